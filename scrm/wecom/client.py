@@ -1,0 +1,395 @@
+"""The one WeCom API client: thin, synchronous, on httpx (reference §3, §3.10, §3.11, §4.5).
+
+Why not wechatpy's client: it retries token errors without limit, has no timeouts and hard-codes
+the gettoken host. This client:
+
+- fetches ``gettoken`` at ``base_url`` (production or the sandbox), caches the token in Redis
+  (shared by every process) and in-process, and never logs the token or the secret;
+- puts a timeout on every HTTP call; timeouts and connection errors raise ``TransportError``;
+- refreshes the token and retries exactly once on 40014/42001/41001, then raises ``TokenError``;
+  40001 from gettoken (bad secret) raises ``TokenError`` at once;
+- backs off on 45009/45033 per ``backoff`` then raises ``RateLimited``; retries -1 up to 3 times,
+  then raises ``SystemBusy``; any other non-zero errcode raises ``error_for(...)`` (typed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import httpx
+import structlog
+
+from scrm.wecom.errors import (
+    RATE_ERRCODES,
+    TOKEN_ERRCODES,
+    RateLimited,
+    SystemBusy,
+    TokenError,
+    TransportError,
+    WeComAPIError,
+    error_for,
+)
+
+log = structlog.get_logger(__name__)
+
+BUSY_RETRIES = 3
+# Refresh this long before WeCom's expiry (capped to a fraction of short lifetimes, e.g. in tests).
+TOKEN_SAFETY_MARGIN = 300
+
+
+def _token_ttl(expires_in: int) -> int:
+    margin = min(TOKEN_SAFETY_MARGIN, expires_in // 10)
+    return max(1, int(expires_in) - margin)
+
+
+def _chunks(items: Sequence[str], size: int) -> Iterator[list[str]]:
+    for i in range(0, len(items), size):
+        yield list(items[i : i + size])
+
+
+class WeComClient:
+    def __init__(
+        self,
+        corp_id: str,
+        secret: str,
+        base_url: str,
+        *,
+        redis=None,
+        timeout: float = 5.0,
+        backoff: Sequence[float] = (1.0, 2.0, 4.0),
+        http: httpx.Client | None = None,
+        agent_id: int | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        if not secret:
+            raise ValueError("WeCom secret is empty")
+        self.corp_id = corp_id
+        self._secret = secret
+        self.base_url = base_url if base_url.endswith("/") else base_url + "/"
+        self.redis = redis
+        self.timeout = timeout
+        self.backoff = tuple(float(b) for b in backoff)
+        self.agent_id = agent_id
+        self._sleep = sleep
+        self._owns_http = http is None
+        self._http = http if http is not None else httpx.Client(timeout=timeout)
+        self._token: str | None = None
+        self._token_expires_at = 0.0  # time.monotonic()
+        self.token_key = f"scrm:wecom:token:{corp_id}:{hashlib.sha256(secret.encode()).hexdigest()[:12]}"
+
+    def __repr__(self) -> str:  # never show the secret or token
+        return f"WeComClient(corp_id={self.corp_id!r}, base_url={self.base_url!r})"
+
+    @classmethod
+    def from_settings(cls, settings, redis=None, **kwargs) -> "WeComClient":
+        w = settings.wecom
+        opts: dict[str, Any] = dict(
+            redis=redis,
+            timeout=w.timeout_seconds,
+            backoff=tuple(w.rate_limit_backoff_seconds),
+            agent_id=w.agent_id,
+        )
+        opts.update(kwargs)
+        return cls(w.corp_id, w.secret.get_secret_value(), w.api_base_url, **opts)
+
+    def close(self) -> None:
+        if self._owns_http:
+            self._http.close()
+
+    def __enter__(self) -> "WeComClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- transport -----------------------------------------------------------------------------
+    def _send(self, method: str, path: str, params: dict | None, json: dict | None) -> dict:
+        url = self.base_url + path.lstrip("/")
+        try:
+            resp = self._http.request(method, url, params=params, json=json, timeout=self.timeout)
+        except httpx.TimeoutException as exc:
+            log.warning("wecom.timeout", path=path, timeout=self.timeout)
+            raise TransportError(f"timeout after {self.timeout}s: {type(exc).__name__}", path=path) from exc
+        except httpx.HTTPError as exc:
+            log.warning("wecom.transport_error", path=path, error=type(exc).__name__)
+            raise TransportError(f"{type(exc).__name__}: {exc}", path=path) from exc
+        try:
+            data = resp.json()
+        except ValueError as exc:
+            raise TransportError(f"HTTP {resp.status_code} with a non-JSON body", path=path) from exc
+        if not isinstance(data, dict):
+            raise TransportError(f"HTTP {resp.status_code} with a non-object JSON body", path=path)
+        return data
+
+    def _with_backoff(self, path: str, attempt: Callable[[], dict]) -> dict:
+        """Run ``attempt`` retrying 45009/45033 per ``backoff`` and -1 up to 3 times."""
+        rate_tries = busy_tries = 0
+        while True:
+            data = attempt()
+            errcode = int(data.get("errcode") or 0)
+            if errcode in RATE_ERRCODES:
+                if rate_tries >= len(self.backoff):
+                    log.warning("wecom.rate_limited", path=path, errcode=errcode, tries=rate_tries + 1)
+                    raise RateLimited(errcode, str(data.get("errmsg", "")), path=path)
+                delay = self.backoff[rate_tries]
+                rate_tries += 1
+                log.info("wecom.backoff", path=path, errcode=errcode, sleep=delay)
+                self._sleep(delay)
+                continue
+            if errcode == -1:
+                if busy_tries >= BUSY_RETRIES:
+                    log.warning("wecom.system_busy", path=path, errcode=errcode, tries=busy_tries + 1)
+                    raise SystemBusy(errcode, str(data.get("errmsg", "")), path=path)
+                delay = self.backoff[min(busy_tries, len(self.backoff) - 1)] if self.backoff else 0.0
+                busy_tries += 1
+                log.info("wecom.busy_retry", path=path, errcode=errcode, sleep=delay)
+                self._sleep(delay)
+                continue
+            return data
+
+    # -- token ---------------------------------------------------------------------------------
+    def _redis_get(self) -> tuple[str | None, int]:
+        if self.redis is None:
+            return None, 0
+        try:
+            value = self.redis.get(self.token_key)
+            if value is None:
+                return None, 0
+            ttl = self.redis.ttl(self.token_key)
+        except Exception as exc:  # Redis down: work without the shared cache
+            log.warning("wecom.token_cache_unavailable", error=type(exc).__name__)
+            return None, 0
+        token = value.decode() if isinstance(value, bytes) else str(value)
+        return token, int(ttl) if ttl and ttl > 0 else 1
+
+    def _redis_set(self, token: str, ttl: int) -> None:
+        if self.redis is None:
+            return
+        try:
+            self.redis.set(self.token_key, token, ex=ttl)
+        except Exception as exc:
+            log.warning("wecom.token_cache_unavailable", error=type(exc).__name__)
+
+    def _fetch_token(self) -> str:
+        path = "gettoken"
+
+        def attempt() -> dict:
+            return self._send("GET", path, {"corpid": self.corp_id, "corpsecret": self._secret}, None)
+
+        data = self._with_backoff(path, attempt)
+        errcode = int(data.get("errcode") or 0)
+        if errcode != 0 or not data.get("access_token"):
+            log.error("wecom.gettoken_failed", path=path, errcode=errcode)
+            raise TokenError(errcode, str(data.get("errmsg", "")), path=path)
+        token = str(data["access_token"])
+        ttl = _token_ttl(int(data.get("expires_in") or 7200))
+        self._token, self._token_expires_at = token, time.monotonic() + ttl
+        self._redis_set(token, ttl)
+        log.info("wecom.token_fetched", corp_id=self.corp_id, ttl=ttl)
+        return token
+
+    def access_token(self, *, force_refresh: bool = False) -> str:
+        if not force_refresh:
+            if self._token and time.monotonic() < self._token_expires_at:
+                return self._token
+            token, ttl = self._redis_get()
+            if token:
+                self._token, self._token_expires_at = token, time.monotonic() + ttl
+                return token
+        return self._fetch_token()
+
+    def _refresh_after(self, stale: str) -> str:
+        """Called after WeCom rejected ``stale``: take a newer shared token if another process has
+        one, otherwise fetch a fresh one."""
+        self._token, self._token_expires_at = None, 0.0
+        token, ttl = self._redis_get()
+        if token and token != stale:
+            self._token, self._token_expires_at = token, time.monotonic() + ttl
+            return token
+        return self._fetch_token()
+
+    # -- generic call --------------------------------------------------------------------------
+    def call(self, method: str, path: str, *, params: dict | None = None, json: dict | None = None) -> dict:
+        method = method.upper()
+        path = path.lstrip("/")
+        state = {"token": self.access_token()}
+        refreshed = False
+        while True:
+            data = self._with_backoff(
+                path, lambda: self._send(method, path, {**(params or {}), "access_token": state["token"]}, json)
+            )
+            errcode = int(data.get("errcode") or 0)
+            if errcode == 0:
+                return data
+            errmsg = str(data.get("errmsg", ""))
+            if errcode in TOKEN_ERRCODES:
+                if refreshed:
+                    log.error("wecom.token_rejected_after_refresh", path=path, errcode=errcode)
+                    raise TokenError(errcode, errmsg, path=path)
+                refreshed = True
+                log.info("wecom.token_refresh", path=path, errcode=errcode)
+                state["token"] = self._refresh_after(state["token"])
+                continue
+            log.warning("wecom.api_error", path=path, errcode=errcode, errmsg=errmsg)
+            raise error_for(errcode, errmsg, path)
+
+    def _get(self, path: str, **params: Any) -> dict:
+        return self.call("GET", path, params={k: v for k, v in params.items() if v is not None})
+
+    def _post(self, path: str, payload: dict) -> dict:
+        return self.call("POST", path, json={k: v for k, v in payload.items() if v is not None})
+
+    # -- members -------------------------------------------------------------------------------
+    def list_members(self) -> list[dict]:
+        return list(self._get("user/list", department_id=1, fetch_child=1).get("userlist", []))
+
+    def list_follow_users(self) -> list[str]:
+        return list(self._get("externalcontact/get_follow_user_list").get("follow_user", []))
+
+    # -- customers -----------------------------------------------------------------------------
+    def get_external_contact(self, external_userid: str) -> dict:
+        follow: list[dict] = []
+        cursor = ""
+        contact: dict = {}
+        seen: set[str] = set()
+        while True:
+            data = self._get("externalcontact/get", external_userid=external_userid, cursor=cursor or None)
+            contact = data.get("external_contact") or contact
+            follow.extend(data.get("follow_user") or [])
+            cursor = data.get("next_cursor") or ""
+            if not cursor or cursor in seen:
+                break
+            seen.add(cursor)
+        return {"external_contact": contact, "follow_user": follow}
+
+    def batch_get_by_user(self, userids: list[str], cursor: str = "", limit: int = 100) -> dict:
+        if not userids or len(userids) > 100:
+            raise ValueError("batch/get_by_user takes 1..100 userids")
+        return self._post(
+            "externalcontact/batch/get_by_user", {"userid_list": list(userids), "cursor": cursor, "limit": limit}
+        )
+
+    def iter_contacts_by_users(self, userids: list[str]) -> Iterator[dict]:
+        for chunk in _chunks(list(userids), 100):
+            cursor = ""
+            while True:
+                data = self.batch_get_by_user(chunk, cursor=cursor)
+                yield from data.get("external_contact_list") or []
+                cursor = data.get("next_cursor") or ""
+                if not cursor:
+                    break
+
+    # -- customer groups -----------------------------------------------------------------------
+    def list_group_chats(
+        self, *, status_filter: int = 0, owner_userids: list[str] | None = None, limit: int = 1000
+    ) -> Iterator[dict]:
+        owner_chunks: Iterable[list[str] | None] = _chunks(owner_userids, 100) if owner_userids else [None]
+        for owners in owner_chunks:
+            cursor = ""
+            while True:
+                payload: dict[str, Any] = {"status_filter": status_filter, "limit": limit, "cursor": cursor}
+                if owners:
+                    payload["owner_filter"] = {"userid_list": owners}
+                data = self._post("externalcontact/groupchat/list", payload)
+                yield from data.get("group_chat_list") or []
+                cursor = data.get("next_cursor") or ""
+                if not cursor:
+                    break
+
+    def get_group_chat(self, chat_id: str, *, need_name: bool = True) -> dict:
+        data = self._post("externalcontact/groupchat/get", {"chat_id": chat_id, "need_name": 1 if need_name else 0})
+        return data.get("group_chat") or {}
+
+    # -- tags ----------------------------------------------------------------------------------
+    def get_corp_tags(self, tag_ids=None, group_ids=None) -> list[dict]:
+        payload: dict[str, Any] = {}
+        if tag_ids:
+            payload["tag_id"] = list(tag_ids)
+        if group_ids:
+            payload["group_id"] = list(group_ids)
+        return list(self._post("externalcontact/get_corp_tag_list", payload).get("tag_group") or [])
+
+    def add_corp_tag(
+        self, *, group_name: str | None = None, group_id: str | None = None, tags: list[dict], order: int | None = None
+    ) -> dict:
+        if not group_name and not group_id:
+            raise ValueError("add_corp_tag needs group_name or group_id")
+        payload = {"group_id": group_id, "group_name": group_name, "order": order, "tag": list(tags)}
+        if self.agent_id is not None:
+            payload["agentid"] = self.agent_id
+        return self._post("externalcontact/add_corp_tag", payload).get("tag_group") or {}
+
+    def edit_corp_tag(self, id: str, *, name: str | None = None, order: int | None = None) -> None:
+        self._post("externalcontact/edit_corp_tag", {"id": id, "name": name, "order": order})
+
+    def del_corp_tag(self, *, tag_ids=None, group_ids=None) -> None:
+        if not tag_ids and not group_ids:
+            raise ValueError("del_corp_tag needs tag_ids or group_ids")
+        self._post("externalcontact/del_corp_tag", {"tag_id": list(tag_ids or []), "group_id": list(group_ids or [])})
+
+    def mark_tag(self, userid: str, external_userid: str, *, add=(), remove=()) -> None:
+        if not add and not remove:
+            raise ValueError("mark_tag needs tags to add or remove")
+        self._post(
+            "externalcontact/mark_tag",
+            {"userid": userid, "external_userid": external_userid, "add_tag": list(add), "remove_tag": list(remove)},
+        )
+
+    # -- 联系我 contact ways ---------------------------------------------------------------------
+    def add_contact_way(self, **payload) -> dict:
+        data = self._post("externalcontact/add_contact_way", payload)
+        return {"config_id": data.get("config_id"), "qr_code": data.get("qr_code")}
+
+    def get_contact_way(self, config_id) -> dict:
+        return self._post("externalcontact/get_contact_way", {"config_id": config_id}).get("contact_way") or {}
+
+    def update_contact_way(self, config_id, **payload) -> None:
+        self._post("externalcontact/update_contact_way", {**payload, "config_id": config_id})
+
+    def del_contact_way(self, config_id) -> None:
+        self._post("externalcontact/del_contact_way", {"config_id": config_id})
+
+    # -- 加入群聊 join ways ----------------------------------------------------------------------
+    def add_join_way(self, **payload) -> str:
+        return str(self._post("externalcontact/groupchat/add_join_way", payload)["config_id"])
+
+    def get_join_way(self, config_id) -> dict:
+        return self._post("externalcontact/groupchat/get_join_way", {"config_id": config_id}).get("join_way") or {}
+
+    def update_join_way(self, config_id, **payload) -> None:
+        self._post("externalcontact/groupchat/update_join_way", {**payload, "config_id": config_id})
+
+    def del_join_way(self, config_id) -> None:
+        self._post("externalcontact/groupchat/del_join_way", {"config_id": config_id})
+
+    # -- mass messaging ------------------------------------------------------------------------
+    def add_msg_template(self, payload: dict) -> dict:
+        data = self._post("externalcontact/add_msg_template", dict(payload))
+        return {"msgid": data.get("msgid"), "fail_list": list(data.get("fail_list") or [])}
+
+    def get_groupmsg_list_v2(self, **payload) -> dict:
+        return self._post("externalcontact/get_groupmsg_list_v2", payload)
+
+    def get_groupmsg_task(self, msgid, cursor="", limit=1000) -> dict:
+        return self._post("externalcontact/get_groupmsg_task", {"msgid": msgid, "cursor": cursor, "limit": limit})
+
+    def get_groupmsg_send_result(self, msgid, userid, cursor="", limit=1000) -> dict:
+        return self._post(
+            "externalcontact/get_groupmsg_send_result",
+            {"msgid": msgid, "userid": userid, "cursor": cursor, "limit": limit},
+        )
+
+    def send_welcome_msg(self, welcome_code: str, *, text: str | None = None, attachments: list | None = None) -> None:
+        if not text and not attachments:
+            raise ValueError("send_welcome_msg needs text or attachments")
+        payload: dict[str, Any] = {"welcome_code": welcome_code}
+        if text:
+            payload["text"] = {"content": text}
+        if attachments:
+            payload["attachments"] = list(attachments)
+        self._post("externalcontact/send_welcome_msg", payload)
+
+
+__all__ = ["WeComClient", "WeComAPIError"]
