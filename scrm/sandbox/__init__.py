@@ -1,0 +1,18 @@
+"""A local fake WeCom that speaks the real protocol (API + signed, encrypted callbacks).
+
+    sandbox = Sandbox(corp_id, secret, callback_token=..., encoding_aes_key=..., callback_url=...)
+    seed_demo(sandbox)
+    server = serve(sandbox, "127.0.0.1", 8899)   # server.api_base_url, server.stop()
+    sandbox.scan_contact_way(config_id)          # a customer scans a 联系我 QR -> callback posted
+"""
+
+from scrm.sandbox.callbacks import CallbackPoster, Delivery
+from scrm.sandbox.seed import seed_demo
+from scrm.sandbox.server import SandboxServer, create_sandbox_app, serve
+from scrm.sandbox.state import WELCOME_CODE_TTL, CorpState, SandboxError
+from scrm.sandbox.users import ACTIONS, ActionError, ActionResult, Sandbox
+
+__all__ = [
+    "ACTIONS", "ActionError", "ActionResult", "CallbackPoster", "CorpState", "Delivery", "Sandbox",
+    "SandboxError", "SandboxServer", "WELCOME_CODE_TTL", "create_sandbox_app", "seed_demo", "serve",
+]
