@@ -711,7 +711,8 @@ class CorpState:
 
     def contact_way_json(self, w: ContactWay) -> dict:
         return {"config_id": w.config_id, "type": w.type, "scene": w.scene, "style": w.style, "remark": w.remark,
-                "skip_verify": w.skip_verify, "state": w.state, "qr_code": w.qr_code, "user": list(w.user),
+                "skip_verify": w.skip_verify, "state": w.state,
+                "qr_code": self.qr_base_url + w.config_id if w.qr_code else "", "user": list(w.user),
                 "party": list(w.party), "is_temp": w.is_temp, "expires_in": w.expires_in,
                 "chat_expires_in": w.chat_expires_in, "unionid": w.unionid, "is_exclusive": w.is_exclusive,
                 "mark_source": w.mark_source}
@@ -773,7 +774,7 @@ class CorpState:
     def join_way_json(self, w: JoinWay) -> dict:
         return {"config_id": w.config_id, "scene": w.scene, "remark": w.remark, "auto_create_room": w.auto_create_room,
                 "room_base_name": w.room_base_name, "room_base_id": w.room_base_id,
-                "chat_id_list": list(w.chat_id_list), "qr_code": w.qr_code, "state": w.state,
+                "chat_id_list": list(w.chat_id_list), "qr_code": self.qr_base_url + w.config_id, "state": w.state,
                 "mark_source": w.mark_source}
 
     def api_get_join_way(self, b: dict) -> dict:
