@@ -111,8 +111,8 @@ class Sandbox(CorpState):
         for event, change_type, fields in events:
             plain = render_event(self.corp_id, event, change_type, self.now(), **fields)
             out.append(self.poster.post(plain))
-            if self.deliver_twice:
-                out.append(self.poster.redeliver(out[-1]))
+            if self.deliver_twice:  # WeCom-style retry: same plaintext, re-encrypted; respects hold
+                out.append(self.poster.post(plain))
         return out
 
     def _result(self, data: dict, events: list[tuple[str, str, dict]]) -> ActionResult:

@@ -85,6 +85,10 @@ class WeComClient:
     @classmethod
     def from_settings(cls, settings, redis=None, **kwargs) -> "WeComClient":
         w = settings.wecom
+        if not w.secret.get_secret_value():
+            from scrm.config import ConfigError
+
+            raise ConfigError("missing SCRM_WECOM__SECRET: set it in the environment or .scrm/secrets.env")
         opts: dict[str, Any] = dict(
             redis=redis,
             timeout=w.timeout_seconds,

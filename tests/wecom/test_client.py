@@ -331,3 +331,10 @@ def test_logs_never_contain_secret_or_token(sandbox, http, capsys):
     text = "\n".join(captured)
     assert "wecom.token_refresh" in text
     assert SECRET not in text and token not in text
+
+
+def test_from_settings_without_secret_says_what_to_set():
+    from scrm.config import ConfigError, Settings
+
+    with pytest.raises(ConfigError, match="SCRM_WECOM__SECRET"):
+        WeComClient.from_settings(Settings(wecom={"secret": ""}))
