@@ -1,0 +1,33 @@
+"""The callback inbox: every accepted callback's plaintext, stored before it is acknowledged."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Index, Text
+from sqlmodel import Field, SQLModel
+
+from scrm.db import utcnow
+
+PENDING = "pending"
+DONE = "done"
+FAILED = "failed"
+
+
+class CallbackInbox(SQLModel, table=True):
+    __tablename__ = "callback_inbox"
+    __table_args__ = (Index("ix_callback_inbox_status_enqueued", "status", "enqueued_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    # sha256 of the decrypted plaintext: a WeCom retry of the same event maps to the same row.
+    dedup_key: str = Field(max_length=64, unique=True)
+    corp_id: str = Field(max_length=64)
+    event: str = Field(default="", max_length=64)
+    change_type: str = Field(default="", max_length=64)
+    plaintext: str = Field(sa_type=Text)
+    received_at: datetime = Field(default_factory=utcnow)
+    status: str = Field(default=PENDING, max_length=16)
+    attempts: int = 0
+    enqueued_at: datetime | None = None
+    done_at: datetime | None = None
+    last_error: str | None = Field(default=None, sa_type=Text)

@@ -1,0 +1,47 @@
+"""Customer groups (客户群) and their members."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from scrm.db import utcnow
+
+
+class CustomerGroup(SQLModel, table=True):
+    __tablename__ = "customer_groups"
+
+    chat_id: str = Field(primary_key=True, max_length=64)
+    name: str = Field(default="", max_length=128)
+    owner_userid: str | None = Field(default=None, max_length=64, index=True)
+    notice: str | None = None
+    # groupchat/get member_version; a callback whose LastMemVer differs means we missed events.
+    member_version: str | None = Field(default=None, max_length=64)
+    status: str = Field(default="active", max_length=16, index=True)  # active | dismissed
+    created_at: datetime | None = None
+    synced_at: datetime | None = None
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class GroupMember(SQLModel, table=True):
+    __tablename__ = "group_members"
+    __table_args__ = (UniqueConstraint("chat_id", "member_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    chat_id: str = Field(max_length=64, index=True)
+    member_id: str = Field(max_length=64, index=True)  # userid or external_userid
+    member_type: int = 2  # 1 employee, 2 external contact
+    unionid: str | None = Field(default=None, max_length=64)
+    name: str | None = Field(default=None, max_length=128)
+    group_nickname: str | None = Field(default=None, max_length=128)
+    join_scene: int | None = None  # 1 direct invite, 2 invite link, 3 group QR
+    # The 加入群聊 state that brought the member: attribution of store QR codes.
+    join_state: str | None = Field(default=None, max_length=64, index=True)
+    invitor: str | None = Field(default=None, max_length=64)
+    state: str = Field(default="member", max_length=16, index=True)  # member | left
+    joined_at: datetime | None = None
+    left_at: datetime | None = None
+    quit_scene: int | None = None  # 0 left by themselves, 1 removed
+    updated_at: datetime = Field(default_factory=utcnow)

@@ -1,0 +1,19 @@
+"""Import every table so SQLModel.metadata (Alembic, create_all) sees the whole schema."""
+
+from scrm.callbacks.models import CallbackInbox
+from scrm.contacts.models import ChurnAlert, Customer, Employee, FollowRelation, WelcomeSend
+from scrm.groups.models import CustomerGroup, GroupMember
+from scrm.tags.models import Tag, TagGroup
+
+__all__ = [
+    "CallbackInbox",
+    "ChurnAlert",
+    "Customer",
+    "CustomerGroup",
+    "Employee",
+    "FollowRelation",
+    "GroupMember",
+    "Tag",
+    "TagGroup",
+    "WelcomeSend",
+]
