@@ -1,0 +1,154 @@
+"""Apply one inbox row: the worker's job. Idempotent, so redelivery changes nothing twice.
+
+API calls happen first, outside any transaction (no DB lock held over HTTP); then one transaction
+claims the row (status pending -> done) and writes. A second worker with the same row finds it
+done and writes nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+
+from sqlalchemy import update
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from scrm.callbacks.models import CallbackInbox
+from scrm.contacts import service as contacts
+from scrm.db import utcnow
+from scrm.groups import service as groups
+from scrm.groups.models import CustomerGroup
+from scrm.logs import get_logger
+from scrm.tags import service as tags
+from scrm.wecom import events as ev
+from scrm.wecom.client import WeComClient
+from scrm.wecom.errors import GroupDismissed, NotExternalContact, WeComAPIError, WelcomeCodeUsed
+
+log = get_logger(__name__)
+T = CallbackInbox.__table__
+
+FETCH_CONTACT = {"add_external_contact", "add_half_external_contact", "edit_external_contact", "msg_audit_approved"}
+
+
+class Processor:
+    def __init__(self, engine: Engine, client: WeComClient, *, welcome_text: str = "", chat_delay_ms: int = 0):
+        self.engine = engine
+        self.client = client
+        self.welcome_text = welcome_text
+        self.chat_delay_ms = chat_delay_ms
+
+    def _session(self) -> Session:
+        return Session(self.engine, expire_on_commit=False)
+
+    def process(self, inbox_id: int) -> None:
+        """Apply one stored callback (a no-op when it is missing or already done)."""
+        with self._session() as s:
+            row = s.get(CallbackInbox, inbox_id)
+            if row is None:
+                log.warning("callback_missing", inbox_id=inbox_id)
+                return
+            if row.status == "done":
+                return
+            plaintext = row.plaintext
+        event = ev.parse_event(plaintext)
+        bound = log.bind(inbox_id=inbox_id, event_type=event.event, change_type=event.change_type)
+        try:
+            fetched = self._fetch(inbox_id, event)
+        except WeComAPIError as exc:
+            self._note_error(inbox_id, exc)
+            bound.warning("callback_fetch_failed", errcode=exc.errcode)
+            raise
+        with self._session() as s:
+            claimed = s.execute(
+                update(T)
+                .where(T.c.id == inbox_id, T.c.status != "done")
+                .values(status="done", done_at=utcnow(), attempts=T.c.attempts + 1, last_error=None)
+            ).rowcount
+            if not claimed:
+                s.rollback()
+                return
+            self._apply(s, inbox_id, event, fetched)
+            s.commit()
+        bound.info("callback_applied", chat_id=getattr(event, "chat_id", None) or None,
+                   external_userid=getattr(event, "external_user_id", None) or None)
+
+    def _note_error(self, inbox_id: int, exc: Exception) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(update(T).where(T.c.id == inbox_id).values(attempts=T.c.attempts + 1, last_error=str(exc)[:500]))
+
+    # -- phase 1: talk to WeCom -------------------------------------------------------------
+    def _fetch(self, inbox_id: int, event: ev.Event):
+        if isinstance(event, ev.ContactEvent) and event.change_type in FETCH_CONTACT:
+            if event.welcome_code and event.change_type in ("add_external_contact", "add_half_external_contact"):
+                self._welcome(inbox_id, event)
+            try:
+                return self.client.get_external_contact(event.external_user_id)
+            except NotExternalContact:
+                return None
+            except WeComAPIError as exc:
+                if exc.errcode == 40096:
+                    return None
+                raise
+        if isinstance(event, ev.ChatEvent) and event.change_type in ("create", "update"):
+            with self._session() as s:
+                group = s.get(CustomerGroup, event.chat_id)
+                if group and event.cur_mem_ver and group.member_version == event.cur_mem_ver:
+                    return "current"  # already applied (out-of-order or redelivered)
+                if group and event.last_mem_ver and group.member_version not in (None, event.last_mem_ver):
+                    log.info("group_resync", chat_id=event.chat_id, stored=group.member_version,
+                             last_mem_ver=event.last_mem_ver)
+            if self.chat_delay_ms:
+                time.sleep(self.chat_delay_ms / 1000)
+            try:
+                return self.client.get_group_chat(event.chat_id)
+            except GroupDismissed:
+                return "dismissed"
+        if isinstance(event, ev.TagEvent):
+            return self.client.get_corp_tags()
+        return None
+
+    def _welcome(self, inbox_id: int, event: ev.ContactEvent) -> None:
+        age = time.time() - event.create_time
+        factory = self._session
+        if not contacts.claim_welcome(factory, inbox_id=inbox_id, userid=event.user_id,
+                                      external_userid=event.external_user_id):
+            return
+        if age > contacts.WELCOME_WINDOW_SECONDS:
+            contacts.record_welcome(factory, inbox_id, "expired")
+            return
+        try:
+            self.client.send_welcome_msg(event.welcome_code, text=self.welcome_text)
+            contacts.record_welcome(factory, inbox_id, "sent")
+        except WelcomeCodeUsed as exc:
+            contacts.record_welcome(factory, inbox_id, "refused", exc.errcode)
+        except WeComAPIError as exc:
+            contacts.record_welcome(factory, inbox_id, "failed", exc.errcode)
+            log.warning("welcome_failed", inbox_id=inbox_id, errcode=exc.errcode)
+
+    # -- phase 2: write -------------------------------------------------------------------
+    def _apply(self, s: Session, inbox_id: int, event: ev.Event, fetched) -> None:
+        at = datetime.fromtimestamp(event.create_time, timezone.utc)
+        if isinstance(event, ev.ContactEvent):
+            if event.change_type in FETCH_CONTACT:
+                if fetched:
+                    contacts.apply_contact_detail(s, fetched, as_of=at)
+            elif event.change_type == "del_external_contact":
+                status = "transferred" if event.source == "DELETE_BY_TRANSFER" else "deleted_by_employee"
+                contacts.mark_removed(s, event.user_id, event.external_user_id, status=status, at=at)
+            elif event.change_type == "del_follow_user":
+                contacts.mark_removed(s, event.user_id, event.external_user_id, status="deleted_by_customer", at=at)
+                contacts.raise_churn_alert(s, inbox_id=inbox_id, kind="customer_deleted_employee",
+                                           userid=event.user_id, external_userid=event.external_user_id, at=at)
+            elif event.change_type == "transfer_fail":
+                contacts.raise_churn_alert(s, inbox_id=inbox_id, kind="transfer_failed", userid=event.user_id,
+                                           external_userid=event.external_user_id, at=at, detail=event.fail_reason)
+        elif isinstance(event, ev.ChatEvent):
+            if event.change_type == "dismiss" or fetched == "dismissed":
+                groups.mark_dismissed(s, event.chat_id)
+            elif isinstance(fetched, dict):
+                groups.apply_group_chat(s, fetched, quit_scene=event.quit_scene)
+        elif isinstance(event, ev.TagEvent):
+            tags.apply_tag_library(s, fetched or [])
+        else:
+            log.info("callback_ignored", inbox_id=inbox_id, event_type=event.event)

@@ -1,0 +1,144 @@
+"""Apply customer-contact data (from callbacks or the full sync) to the database."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, select
+
+from scrm.contacts.models import ChurnAlert, Customer, Employee, FollowRelation, WelcomeSend
+from scrm.db import utcnow
+from scrm.logs import get_logger
+
+log = get_logger(__name__)
+
+WELCOME_WINDOW_SECONDS = 20
+
+
+def _ts(value) -> datetime | None:
+    return datetime.fromtimestamp(int(value), timezone.utc) if value else None
+
+
+def upsert_employee(session: Session, userid: str, name: str = "") -> Employee:
+    emp = session.get(Employee, userid)
+    if emp is None:
+        emp = Employee(userid=userid, name=name)
+        session.add(emp)
+    elif name and emp.name != name:
+        emp.name, emp.updated_at = name, utcnow()
+    return emp
+
+
+def upsert_customer(session: Session, contact: dict) -> Customer:
+    eid = contact["external_userid"]
+    cust = session.get(Customer, eid)
+    if cust is None:
+        cust = Customer(external_userid=eid)
+        session.add(cust)
+    cust.name = contact.get("name") or cust.name
+    cust.unionid = contact.get("unionid") or cust.unionid
+    cust.type = contact.get("type", cust.type)
+    cust.gender = contact.get("gender", cust.gender)
+    cust.avatar = contact.get("avatar") or cust.avatar
+    cust.corp_name = contact.get("corp_name") or cust.corp_name
+    cust.updated_at = utcnow()
+    return cust
+
+
+def upsert_follow(session: Session, external_userid: str, follow: dict, *, as_of: datetime | None = None) -> FollowRelation:
+    """``follow`` is a follow_user item (externalcontact/get) or follow_info (batch/get_by_user).
+
+    A removal we learned from a callback is not undone by older news: an add event processed late
+    (workers run in parallel) reactivates the relation only if it is newer than the removal.
+    """
+    userid = follow["userid"]
+    rel = session.exec(
+        select(FollowRelation).where(FollowRelation.userid == userid, FollowRelation.external_userid == external_userid)
+    ).first()
+    if rel is None:
+        rel = FollowRelation(userid=userid, external_userid=external_userid)
+        session.add(rel)
+    rel.remark = follow.get("remark", rel.remark)
+    rel.description = follow.get("description", rel.description)
+    rel.state = follow.get("state") or rel.state
+    rel.add_way = follow.get("add_way", rel.add_way)
+    rel.oper_userid = follow.get("oper_userid", rel.oper_userid)
+    if "tag_id" in follow:
+        rel.tag_ids = list(follow["tag_id"])
+    elif "tags" in follow:
+        rel.tag_ids = [t["tag_id"] for t in follow["tags"] if t.get("tag_id")]
+    rel.remark_mobiles = list(follow.get("remark_mobiles") or rel.remark_mobiles or [])
+    rel.added_at = _ts(follow.get("createtime")) or rel.added_at
+    newest = max((t for t in (as_of, rel.added_at) if t is not None), default=None)
+    if rel.status == "active" or rel.removed_at is None or (newest is not None and newest > rel.removed_at):
+        rel.status, rel.removed_at, rel.removed_by = "active", None, None
+    rel.updated_at = utcnow()
+    upsert_employee(session, userid)
+    return rel
+
+
+def apply_contact_detail(session: Session, detail: dict, *, as_of: datetime | None = None) -> Customer:
+    """externalcontact/get result -> customer + every follow relation, mobiles merged."""
+    contact = detail["external_contact"]
+    cust = upsert_customer(session, contact)
+    session.flush()
+    mobiles = set(cust.mobiles or [])
+    for follow in detail.get("follow_user", []):
+        upsert_follow(session, cust.external_userid, follow, as_of=as_of)
+        mobiles.update(follow.get("remark_mobiles") or [])
+    cust.mobiles = sorted(mobiles)
+    session.flush()
+    _refresh_status(session, cust)
+    return cust
+
+
+def _refresh_status(session: Session, cust: Customer) -> None:
+    active = session.exec(
+        select(FollowRelation.id).where(
+            FollowRelation.external_userid == cust.external_userid, FollowRelation.status == "active"
+        )
+    ).first()
+    cust.status = "active" if active is not None else "lost"
+
+
+def mark_removed(session: Session, userid: str, external_userid: str, *, status: str, at: datetime) -> None:
+    rel = session.exec(
+        select(FollowRelation).where(FollowRelation.userid == userid, FollowRelation.external_userid == external_userid)
+    ).first()
+    if rel is None:
+        rel = FollowRelation(userid=userid, external_userid=external_userid)
+        session.add(rel)
+    rel.status, rel.removed_at, rel.removed_by, rel.updated_at = status, at, status.removeprefix("deleted_by_"), utcnow()
+    session.flush()
+    cust = session.get(Customer, external_userid)
+    if cust is not None:
+        _refresh_status(session, cust)
+
+
+def raise_churn_alert(
+    session: Session, *, inbox_id: int, kind: str, userid: str, external_userid: str, at: datetime, detail: str | None = None
+) -> None:
+    session.add(
+        ChurnAlert(inbox_id=inbox_id, kind=kind, userid=userid, external_userid=external_userid, occurred_at=at, detail=detail)
+    )
+
+
+def claim_welcome(session_factory, *, inbox_id: int, userid: str, external_userid: str) -> bool:
+    """Commit a claim row before calling WeCom: at most one welcome per callback, even across crashes."""
+    with session_factory() as session:
+        try:
+            session.add(WelcomeSend(inbox_id=inbox_id, userid=userid, external_userid=external_userid))
+            session.commit()
+            return True
+        except IntegrityError:
+            session.rollback()
+            return False
+
+
+def record_welcome(session_factory, inbox_id: int, outcome: str, errcode: int | None = None) -> None:
+    with session_factory() as session:
+        row = session.exec(select(WelcomeSend).where(WelcomeSend.inbox_id == inbox_id)).first()
+        if row is not None:
+            row.outcome, row.errcode = outcome, errcode
+            session.commit()

@@ -1,0 +1,67 @@
+"""Apply customer-group state (groupchat/get) to the database, diffing members."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlmodel import Session, select
+
+from scrm.db import utcnow
+from scrm.groups.models import CustomerGroup, GroupMember
+from scrm.logs import get_logger
+
+log = get_logger(__name__)
+
+
+def _ts(value) -> datetime | None:
+    return datetime.fromtimestamp(int(value), timezone.utc) if value else None
+
+
+def apply_group_chat(session: Session, chat: dict, *, quit_scene: int | None = None) -> dict[str, list[str]]:
+    """Make the stored group equal to ``chat``; returns who joined and who left."""
+    chat_id = chat["chat_id"]
+    group = session.get(CustomerGroup, chat_id)
+    if group is None:
+        group = CustomerGroup(chat_id=chat_id)
+        session.add(group)
+    group.name = chat.get("name", group.name) or ""
+    group.owner_userid = chat.get("owner", group.owner_userid)
+    group.notice = chat.get("notice", group.notice)
+    group.created_at = _ts(chat.get("create_time")) or group.created_at
+    group.member_version = chat.get("member_version", group.member_version)
+    group.status = "active"
+    group.synced_at = group.updated_at = utcnow()
+
+    stored = {m.member_id: m for m in session.exec(select(GroupMember).where(GroupMember.chat_id == chat_id))}
+    current = {m["userid"]: m for m in chat.get("member_list", [])}
+    joined, left = [], []
+    for member_id, info in current.items():
+        row = stored.get(member_id)
+        if row is None:
+            row = GroupMember(chat_id=chat_id, member_id=member_id)
+            session.add(row)
+            joined.append(member_id)
+        elif row.state != "member":
+            joined.append(member_id)
+        row.member_type = info.get("type", row.member_type)
+        row.unionid = info.get("unionid", row.unionid)
+        row.name = info.get("name", row.name)
+        row.group_nickname = info.get("group_nickname", row.group_nickname)
+        row.join_scene = info.get("join_scene", row.join_scene)
+        row.join_state = info.get("state", row.join_state)
+        row.invitor = (info.get("invitor") or {}).get("userid", row.invitor)
+        row.joined_at = _ts(info.get("join_time")) or row.joined_at
+        row.state, row.left_at, row.quit_scene, row.updated_at = "member", None, None, utcnow()
+    for member_id, row in stored.items():
+        if member_id not in current and row.state == "member":
+            row.state, row.left_at, row.quit_scene, row.updated_at = "left", utcnow(), quit_scene, utcnow()
+            left.append(member_id)
+    return {"joined": joined, "left": left}
+
+
+def mark_dismissed(session: Session, chat_id: str) -> None:
+    group = session.get(CustomerGroup, chat_id)
+    if group is None:
+        group = CustomerGroup(chat_id=chat_id)
+        session.add(group)
+    group.status, group.updated_at = "dismissed", utcnow()

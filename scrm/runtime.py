@@ -1,0 +1,35 @@
+"""Wiring from settings: the objects the web app, workers and CLI share."""
+
+from __future__ import annotations
+
+from scrm.callbacks.dispatch import Processor
+from scrm.config import Settings, get_settings
+from scrm.db import get_engine
+from scrm.redisserver import get_redis, redis_url
+from scrm.wecom.client import WeComClient
+from scrm.wecom.crypto import CallbackCrypto
+
+
+def build_client(settings: Settings | None = None) -> WeComClient:
+    settings = settings or get_settings()
+    return WeComClient.from_settings(settings, redis=get_redis(redis_url(settings)))
+
+
+def build_processor(settings: Settings | None = None) -> Processor:
+    settings = settings or get_settings()
+    return Processor(
+        get_engine(settings.database_url()),
+        build_client(settings),
+        welcome_text=settings.wecom.welcome_text,
+        chat_delay_ms=settings.pipeline.chat_event_delay_ms,
+    )
+
+
+def build_crypto(settings: Settings | None = None) -> CallbackCrypto:
+    settings = settings or get_settings()
+    settings.wecom.require_callback_secrets()
+    return CallbackCrypto(
+        settings.wecom.callback_token.get_secret_value(),
+        settings.wecom.encoding_aes_key.get_secret_value(),
+        settings.wecom.corp_id,
+    )

@@ -1,0 +1,1 @@
+"""Dramatiq actors. Import ``workers.actors`` after ``workers.broker.setup_broker``."""

@@ -1,0 +1,46 @@
+"""Worker edge: thin actors that call plain functions in the domain packages."""
+
+from __future__ import annotations
+
+import threading
+
+import dramatiq
+from dramatiq.brokers.stub import StubBroker
+
+from scrm.callbacks.dispatch import Processor
+
+# Actors are declared on a placeholder broker; workers.broker.setup_broker binds them to the real one.
+if not isinstance(dramatiq.get_broker(), StubBroker):
+    dramatiq.set_broker(StubBroker())
+
+_processor: Processor | None = None
+_lock = threading.Lock()
+
+
+def set_processor(processor: Processor | None) -> None:
+    global _processor
+    _processor = processor
+
+
+def get_processor() -> Processor:
+    global _processor
+    with _lock:
+        if _processor is None:
+            from scrm.runtime import build_processor
+
+            _processor = build_processor()
+        return _processor
+
+
+@dramatiq.actor(
+    queue_name="callbacks",
+    max_retries=8,
+    min_backoff=1_000,
+    max_backoff=120_000,
+    time_limit=120_000,
+)
+def process_callback(inbox_id: int) -> None:
+    get_processor().process(inbox_id)
+
+
+ALL = [process_callback]
