@@ -14,6 +14,9 @@ def configure_logging(level: str = "INFO", json: bool = False) -> None:
     global _configured
     numeric = getattr(logging, level.upper(), logging.INFO)
     logging.basicConfig(stream=sys.stderr, level=numeric, format="%(message)s")
+    # httpx logs request URLs at INFO, and WeCom URLs carry access_token: never log them.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
     renderer = structlog.processors.JSONRenderer() if json else structlog.processors.KeyValueRenderer(
         key_order=["event", "level"], drop_missing=True
     )

@@ -72,7 +72,7 @@ class RedisServer:
     """A redis-server child process. ``unix_socket`` or a loopback TCP ``port``."""
 
     def __init__(self, workdir: Path, *, port: int | None = None, unix_socket: bool = False, persist: bool = True):
-        self.workdir = Path(workdir)
+        self.workdir = Path(workdir).resolve()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.unix_socket = unix_socket
         self.port = 0 if unix_socket else (port or free_port())

@@ -111,3 +111,20 @@ def test_tag_event_resyncs_tag_library(h):
     h.sandbox.admin_delete_tag(tags[0].tag_id)
     h.drain()
     assert all(t.deleted for t in rows(h.engine, Tag))
+
+
+def test_full_sync_loads_demo_corp_and_is_safe_to_rerun(engine, redis_url):
+    from scrm.contacts.models import Employee
+    from scrm.sandbox import seed_demo
+    from scrm.sync.service import full_sync
+
+    with harness(engine, redis_url) as h:
+        seed_demo(h.sandbox)
+        first = full_sync(h.engine, h.client)
+        again = full_sync(h.engine, h.client)
+        assert first == again
+        assert first.customers > 0 and first.groups > 0 and first.tags > 0
+        assert len(rows(h.engine, Employee)) == first.employees
+        assert len(rows(h.engine, Customer)) == first.customers
+        assert len(rows(h.engine, FollowRelation)) == first.follows
+        assert len(rows(h.engine, CustomerGroup)) == first.groups

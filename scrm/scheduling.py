@@ -1,0 +1,71 @@
+"""Periodic jobs (APScheduler): the inbox relay. One scheduler at a time, guarded by a Redis lock."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from scrm.callbacks.relay import relay_pending
+from scrm.config import Settings
+from scrm.db import get_engine
+from scrm.logs import get_logger
+
+log = get_logger(__name__)
+LOCK_KEY = "scrm:scheduler:lock"
+
+
+def relay_job(settings: Settings, send) -> int:
+    return relay_pending(
+        get_engine(settings.database_url()),
+        send,
+        older_than_seconds=settings.pipeline.relay_after_seconds,
+        batch=settings.pipeline.relay_batch,
+        max_attempts=settings.pipeline.max_attempts,
+    )
+
+
+def make_scheduler(settings: Settings, send) -> BackgroundScheduler:
+    sched = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30})
+    sched.add_job(relay_job, "interval", seconds=settings.pipeline.relay_interval_seconds, args=[settings, send],
+                  id="inbox_relay")
+    return sched
+
+
+def run_scheduler(settings: Settings) -> None:
+    from scrm.redisserver import get_redis, redis_url
+    from workers.broker import setup_broker
+
+    url = redis_url(settings)
+    setup_broker(url=url)
+    from workers.actors import process_callback
+
+    r = get_redis(url)
+    me = f"{socket.gethostname()}:{os.getpid()}"
+    ttl = 30
+    sched: BackgroundScheduler | None = None
+    try:
+        while True:
+            try:
+                held = r.set(LOCK_KEY, me, nx=True, ex=ttl) or (r.get(LOCK_KEY) or b"").decode() == me
+                if held:
+                    r.expire(LOCK_KEY, ttl)
+            except Exception as exc:
+                log.warning("scheduler_lock_unavailable", error=type(exc).__name__)
+                held = False
+            if held and sched is None:
+                log.info("scheduler_active", holder=me)
+                sched = make_scheduler(settings, lambda i: process_callback.send(i))
+                sched.start()
+            elif not held and sched is not None:
+                log.warning("scheduler_lock_lost", holder=me)
+                sched.shutdown(wait=False)
+                sched = None
+            time.sleep(ttl / 3)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if sched is not None:
+            sched.shutdown(wait=False)
