@@ -92,7 +92,7 @@ def worker(processes: int = typer.Option(None), threads: int = typer.Option(None
         redis_url(s)
     except ConfigError as exc:
         _fail(str(exc))
-    args = ["dramatiq", "scrm.worker_entry", "--processes", str(processes or s.pipeline.worker_processes),
+    args = ["dramatiq", "scrm.worker_entry:broker", "--processes", str(processes or s.pipeline.worker_processes),
             "--threads", str(threads or s.pipeline.worker_threads)]
     import sys
 

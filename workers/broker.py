@@ -23,6 +23,8 @@ def make_redis_broker(url: str, *, heartbeat_timeout_ms: int = 60_000) -> RedisB
 def setup_broker(broker: dramatiq.Broker | None = None, *, url: str | None = None) -> dramatiq.Broker:
     """Install ``broker`` (or a RedisBroker for ``url`` / settings) and bind every actor to it."""
     global _broker
+    from workers import actors  # declared on a placeholder broker first
+
     if broker is None:
         if url is None:
             from scrm.config import get_settings
@@ -32,8 +34,6 @@ def setup_broker(broker: dramatiq.Broker | None = None, *, url: str | None = Non
         broker = make_redis_broker(url)
     dramatiq.set_broker(broker)
     _broker = broker
-    from workers import actors
-
     for actor in actors.ALL:
         actor.broker = broker
         broker.declare_actor(actor)
