@@ -128,3 +128,35 @@ def test_full_sync_loads_demo_corp_and_is_safe_to_rerun(engine, redis_url):
         assert len(rows(h.engine, Customer)) == first.customers
         assert len(rows(h.engine, FollowRelation)) == first.follows
         assert len(rows(h.engine, CustomerGroup)) == first.groups
+
+
+def test_two_workers_racing_on_one_callback_apply_it_once(engine, redis_url):
+    """Redelivery can hand the same inbox row to two workers at once; the claim lets only one write."""
+    import threading
+
+    with harness(engine, redis_url) as h:
+        h.sandbox.add_member("staff", "店员")
+        h.sandbox.hold_callbacks(True)  # stored by the receiver, but we drive processing by hand
+        way = h.client.add_contact_way(type=1, scene=2, state="s", user=["staff"])
+        scan = h.sandbox.scan_contact_way(way["config_id"], welcome_code=False)
+        h.sandbox.customer_deletes_employee(scan["external_userid"], "staff")
+        h.broker.flush_all()
+        h.sandbox.flush_callbacks()
+        h.broker.flush_all()  # nothing is consumed from the queue in this test
+        ids = [r.id for r in rows(h.engine, CallbackInbox)]
+        barrier = threading.Barrier(8)
+
+        def race(inbox_id):
+            barrier.wait()
+            h.processor.process(inbox_id)
+
+        for inbox_id in ids:
+            barrier.reset()
+            threads = [threading.Thread(target=race, args=(inbox_id,)) for _ in range(8)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        assert len(rows(h.engine, ChurnAlert)) == 1
+        assert all(r.status == "done" and r.attempts == 1 for r in rows(h.engine, CallbackInbox))
+        assert len(rows(h.engine, FollowRelation)) == 1

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from sqlalchemy import insert, update
+from sqlalchemy import insert
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
@@ -85,12 +85,7 @@ def ingest(
     except IntegrityError:
         log.info("callback_duplicate", dedup_key=key[:16], event_type=event.event, change_type=event.change_type)
         return Ingested(None, True, False, event.event, event.change_type)
+    # No second write to record the enqueue: the relay only looks at rows older than
+    # relay_after_seconds, so a row that was enqueued just now is left alone either way.
     enqueued = enqueue(inbox_id)
-    if enqueued:
-        with engine.begin() as conn:
-            conn.execute(
-                update(CallbackInbox.__table__)
-                .where(CallbackInbox.__table__.c.id == inbox_id)
-                .values(enqueued_at=utcnow())
-            )
     return Ingested(inbox_id, False, enqueued, event.event, event.change_type)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable
+
+import anyio
 
 from fastapi import FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -10,7 +13,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, g
 from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
-from starlette.concurrency import run_in_threadpool
 
 from scrm.callbacks.ingest import Enqueuer, ingest
 from scrm.callbacks.relay import inbox_backlog
@@ -59,6 +61,8 @@ def create_app(
     registry.register(_QueueCollector(engine, queue_depth))
     enqueue = Enqueuer(send)
     app.state.engine = engine
+    # SQLite has one writer: queueing threads on a lock beats letting them spin in busy_timeout.
+    limiter = anyio.CapacityLimiter(1 if engine.dialect.name == "sqlite" else 16)
 
     def refuse(status: int, reason: str, detail: str) -> PlainTextResponse:
         rejected.labels(reason).inc()
@@ -89,9 +93,10 @@ def create_app(
             chunks.append(chunk)
         body = b"".join(chunks)
         try:
-            result = await run_in_threadpool(
-                ingest, crypto, engine, enqueue, body=body, msg_signature=msg_signature, timestamp=timestamp,
-                nonce=nonce,
+            result = await anyio.to_thread.run_sync(
+                partial(ingest, crypto, engine, enqueue, body=body, msg_signature=msg_signature,
+                        timestamp=timestamp, nonce=nonce),
+                limiter=limiter,
             )
         except SignatureError as exc:
             return refuse(403, "signature", str(exc))
