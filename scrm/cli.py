@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import base64
-import os
 import secrets
 import signal
 import threading
-import time
 from pathlib import Path
 
 import typer
@@ -15,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
-from scrm.config import EMBEDDED, ConfigError, get_settings, reset_settings_cache
+from scrm.config import ConfigError, get_settings, reset_settings_cache
 
 app = typer.Typer(help="scrm: WeCom SCRM automation for community commerce.", no_args_is_help=True)
 console = Console()

@@ -34,6 +34,11 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def from_unix(value) -> datetime | None:
+    """WeCom's integer timestamps (create_time, join_time, ...) as aware UTC; 0/None stays None."""
+    return datetime.fromtimestamp(int(value), timezone.utc) if value else None
+
+
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cur = dbapi_connection.cursor()
     cur.execute("PRAGMA journal_mode=WAL")

@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from scrm.contacts.models import ChurnAlert, Customer, Employee, FollowRelation, WelcomeSend
-from scrm.db import utcnow
+from scrm.db import from_unix, utcnow
 from scrm.logs import get_logger
 
 log = get_logger(__name__)
 
 WELCOME_WINDOW_SECONDS = 20
-
-
-def _ts(value) -> datetime | None:
-    return datetime.fromtimestamp(int(value), timezone.utc) if value else None
 
 
 def upsert_employee(session: Session, userid: str, name: str = "") -> Employee:
@@ -46,6 +42,16 @@ def upsert_customer(session: Session, contact: dict) -> Customer:
     return cust
 
 
+def _relation(session: Session, userid: str, external_userid: str) -> FollowRelation:
+    rel = session.exec(
+        select(FollowRelation).where(FollowRelation.userid == userid, FollowRelation.external_userid == external_userid)
+    ).first()
+    if rel is None:
+        rel = FollowRelation(userid=userid, external_userid=external_userid)
+        session.add(rel)
+    return rel
+
+
 def upsert_follow(session: Session, external_userid: str, follow: dict, *, as_of: datetime | None = None) -> FollowRelation:
     """``follow`` is a follow_user item (externalcontact/get) or follow_info (batch/get_by_user).
 
@@ -53,12 +59,7 @@ def upsert_follow(session: Session, external_userid: str, follow: dict, *, as_of
     (workers run in parallel) reactivates the relation only if it is newer than the removal.
     """
     userid = follow["userid"]
-    rel = session.exec(
-        select(FollowRelation).where(FollowRelation.userid == userid, FollowRelation.external_userid == external_userid)
-    ).first()
-    if rel is None:
-        rel = FollowRelation(userid=userid, external_userid=external_userid)
-        session.add(rel)
+    rel = _relation(session, userid, external_userid)
     rel.remark = follow.get("remark", rel.remark)
     rel.description = follow.get("description", rel.description)
     rel.state = follow.get("state") or rel.state
@@ -69,7 +70,7 @@ def upsert_follow(session: Session, external_userid: str, follow: dict, *, as_of
     elif "tags" in follow:
         rel.tag_ids = [t["tag_id"] for t in follow["tags"] if t.get("tag_id")]
     rel.remark_mobiles = list(follow.get("remark_mobiles") or rel.remark_mobiles or [])
-    rel.added_at = _ts(follow.get("createtime")) or rel.added_at
+    rel.added_at = from_unix(follow.get("createtime")) or rel.added_at
     newest = max((t for t in (as_of, rel.added_at) if t is not None), default=None)
     if rel.status == "active" or rel.removed_at is None or (newest is not None and newest > rel.removed_at):
         rel.status, rel.removed_at, rel.removed_by = "active", None, None
@@ -103,12 +104,7 @@ def _refresh_status(session: Session, cust: Customer) -> None:
 
 
 def mark_removed(session: Session, userid: str, external_userid: str, *, status: str, at: datetime) -> None:
-    rel = session.exec(
-        select(FollowRelation).where(FollowRelation.userid == userid, FollowRelation.external_userid == external_userid)
-    ).first()
-    if rel is None:
-        rel = FollowRelation(userid=userid, external_userid=external_userid)
-        session.add(rel)
+    rel = _relation(session, userid, external_userid)
     rel.status, rel.removed_at, rel.removed_by, rel.updated_at = status, at, status.removeprefix("deleted_by_"), utcnow()
     session.flush()
     cust = session.get(Customer, external_userid)

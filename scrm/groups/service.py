@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 
 from sqlmodel import Session, select
 
-from scrm.db import utcnow
+from scrm.db import from_unix, utcnow
 from scrm.groups.models import CustomerGroup, GroupMember
 from scrm.logs import get_logger
 
 log = get_logger(__name__)
-
-
-def _ts(value) -> datetime | None:
-    return datetime.fromtimestamp(int(value), timezone.utc) if value else None
 
 
 def apply_group_chat(session: Session, chat: dict, *, quit_scene: int | None = None) -> dict[str, list[str]]:
@@ -27,7 +22,7 @@ def apply_group_chat(session: Session, chat: dict, *, quit_scene: int | None = N
     group.name = chat.get("name", group.name) or ""
     group.owner_userid = chat.get("owner", group.owner_userid)
     group.notice = chat.get("notice", group.notice)
-    group.created_at = _ts(chat.get("create_time")) or group.created_at
+    group.created_at = from_unix(chat.get("create_time")) or group.created_at
     group.member_version = chat.get("member_version", group.member_version)
     group.status = "active"
     group.synced_at = group.updated_at = utcnow()
@@ -50,7 +45,7 @@ def apply_group_chat(session: Session, chat: dict, *, quit_scene: int | None = N
         row.join_scene = info.get("join_scene", row.join_scene)
         row.join_state = info.get("state", row.join_state)
         row.invitor = (info.get("invitor") or {}).get("userid", row.invitor)
-        row.joined_at = _ts(info.get("join_time")) or row.joined_at
+        row.joined_at = from_unix(info.get("join_time")) or row.joined_at
         row.state, row.left_at, row.quit_scene, row.updated_at = "member", None, None, utcnow()
     for member_id, row in stored.items():
         if member_id not in current and row.state == "member":

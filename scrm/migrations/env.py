@@ -1,7 +1,6 @@
 """Alembic environment: the schema is SQLModel.metadata (every table imported by scrm.models)."""
 
 from alembic import context
-from sqlalchemy import pool
 
 import scrm.models  # noqa: F401  (registers the tables)
 from scrm.db import make_engine

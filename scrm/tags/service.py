@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 
 from sqlmodel import Session, select
 
-from scrm.db import utcnow
+from scrm.db import from_unix, utcnow
 from scrm.tags.models import Tag, TagGroup
-
-
-def _ts(value) -> datetime | None:
-    return datetime.fromtimestamp(int(value), timezone.utc) if value else None
 
 
 def apply_tag_library(session: Session, tag_groups: list[dict]) -> int:
@@ -22,13 +17,13 @@ def apply_tag_library(session: Session, tag_groups: list[dict]) -> int:
         seen_groups.add(gid)
         row = session.get(TagGroup, gid) or TagGroup(group_id=gid, name=g.get("group_name", ""))
         row.name, row.order = g.get("group_name", row.name), g.get("order", 0) or 0
-        row.created_at, row.deleted, row.updated_at = _ts(g.get("create_time")), bool(g.get("deleted")), utcnow()
+        row.created_at, row.deleted, row.updated_at = from_unix(g.get("create_time")), bool(g.get("deleted")), utcnow()
         session.add(row)
         for t in g.get("tag", []):
             seen_tags.add(t["id"])
             tag = session.get(Tag, t["id"]) or Tag(tag_id=t["id"], group_id=gid, name=t.get("name", ""))
             tag.group_id, tag.name, tag.order = gid, t.get("name", tag.name), t.get("order", 0) or 0
-            tag.created_at, tag.deleted, tag.updated_at = _ts(t.get("create_time")), bool(t.get("deleted")), utcnow()
+            tag.created_at, tag.deleted, tag.updated_at = from_unix(t.get("create_time")), bool(t.get("deleted")), utcnow()
             session.add(tag)
     for row in session.exec(select(TagGroup).where(TagGroup.deleted == False)):  # noqa: E712
         if row.group_id not in seen_groups:
