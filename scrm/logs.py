@@ -17,6 +17,7 @@ def configure_logging(level: str = "INFO", json: bool = False) -> None:
     # httpx logs request URLs at INFO, and WeCom URLs carry access_token: never log them.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
     renderer = structlog.processors.JSONRenderer() if json else structlog.processors.KeyValueRenderer(
         key_order=["event", "level"], drop_missing=True
     )
