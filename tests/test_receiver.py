@@ -142,3 +142,30 @@ def test_readiness_fails_when_redis_is_unreachable(sqlite_engine):
     with TestClient(app) as client:
         r = client.get("/readyz")
     assert r.status_code == 503 and r.json()["checks"]["redis"].startswith("error")
+
+
+def test_database_outage_answers_503_so_wecom_retries():
+    """Nothing can be stored, so nothing may be acknowledged: WeCom retries on any non-200."""
+    from scrm.db import make_engine
+
+    down = make_engine("postgresql+psycopg://nobody@127.0.0.1:1/scrm?connect_timeout=1")
+    queue = FakeQueue()
+    crypto = CallbackCrypto("tok", KEY, CORP)
+    with TestClient(create_app(crypto=crypto, engine=down, send=queue)) as client:
+        r = post(client, *crypto.seal(event()))
+        assert r.status_code == 503
+        assert 'scrm_callbacks_rejected_total{reason="storage"} 1.0' in client.get("/metrics").text
+    assert queue.sent == []
+    down.dispose()
+
+
+def test_callbacks_arriving_together_are_all_stored(setup):
+    """Concurrent deliveries share a commit; each gets its own row and its own answer."""
+    import concurrent.futures
+
+    client, crypto, queue, engine = setup
+    sealed = [crypto.seal(event(n)) for n in range(40)] + [crypto.seal(event(0))]  # one WeCom retry
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(lambda pb: post(client, *pb).status_code, sealed))
+    assert codes == [200] * 41
+    assert len(inbox(engine)) == 40 and sorted(queue.sent) == sorted(r.id for r in inbox(engine))

@@ -10,9 +10,9 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from sqlalchemy import insert
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
 
 from scrm.callbacks.models import CallbackInbox
 from scrm.db import utcnow
@@ -53,39 +53,98 @@ class Enqueuer:
             return False
 
 
-def ingest(
-    crypto: CallbackCrypto,
-    engine: Engine,
-    enqueue: Callable[[int], bool],
-    *,
-    body: bytes,
-    msg_signature: str,
-    timestamp: str,
-    nonce: str,
-) -> Ingested:
+def open_callback(crypto: CallbackCrypto, *, body: bytes, msg_signature: str, timestamp: str, nonce: str) -> dict:
+    """Verify, decrypt and parse: the inbox row to store (raises CallbackError subclasses)."""
     plaintext = crypto.open_envelope(body, msg_signature, timestamp, nonce)
     event = parse_event(plaintext)
     if event.corp_id != crypto.corp_id:
         raise CorpMismatch(f"event is for corp {event.corp_id!r}")
-    key = dedup_key(plaintext)
-    try:
-        with engine.begin() as conn:
-            inbox_id = conn.execute(
-                insert(CallbackInbox.__table__).values(
-                    dedup_key=key,
-                    corp_id=event.corp_id,
-                    event=event.event[:64],
-                    change_type=event.change_type[:64],
-                    plaintext=plaintext,
-                    received_at=utcnow(),
-                    status="pending",
-                    attempts=0,
-                )
-            ).inserted_primary_key[0]
-    except IntegrityError:
-        log.info("callback_duplicate", dedup_key=key[:16], event_type=event.event, change_type=event.change_type)
-        return Ingested(None, True, False, event.event, event.change_type)
-    # No second write to record the enqueue: the relay only looks at rows older than
-    # relay_after_seconds, so a row that was enqueued just now is left alone either way.
-    enqueued = enqueue(inbox_id)
-    return Ingested(inbox_id, False, enqueued, event.event, event.change_type)
+    return dict(
+        dedup_key=dedup_key(plaintext),
+        corp_id=event.corp_id,
+        event=event.event[:64],
+        change_type=event.change_type[:64],
+        plaintext=plaintext,
+        status="pending",
+        attempts=0,
+    )
+
+
+def store_batch(engine: Engine, rows: list[dict]) -> list[int | None]:
+    """Insert rows in one transaction (one commit, one fsync); None marks a duplicate.
+
+    ON CONFLICT DO NOTHING keeps one duplicate from aborting the others in the batch.
+    """
+    table = CallbackInbox.__table__
+    dialect_insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
+    now = utcnow()
+    ids: list[int | None] = []
+    with engine.begin() as conn:
+        for row in rows:
+            stmt = (
+                dialect_insert(table)
+                .values(**row, received_at=now)
+                .on_conflict_do_nothing(index_elements=["dedup_key"])
+                .returning(table.c.id)
+            )
+            ids.append(conn.execute(stmt).scalar())
+    return ids
+
+
+class InboxWriter:
+    """Group commit for the receiver: callbacks arriving together share one transaction.
+
+    Each request awaits its row's id; a writer task takes whatever is waiting (up to
+    ``max_batch``), stores it in a worker thread, then enqueues the new ids. The answer to WeCom
+    is sent only after the commit, so an acknowledged callback is always in the inbox.
+    """
+
+    def __init__(self, engine: Engine, enqueue: Callable[[int], bool], *, max_batch: int = 256):
+        self.engine, self.enqueue, self.max_batch = engine, enqueue, max_batch
+        self._loop = None
+        self._queue = None
+
+    async def store(self, row: dict) -> Ingested:
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:  # first use, or a new event loop (tests)
+            self._loop, self._queue = loop, asyncio.Queue()
+            loop.create_task(self._run(self._queue))
+        future = loop.create_future()
+        await self._queue.put((row, future))
+        return await future
+
+    async def _run(self, queue) -> None:
+        import anyio
+
+        while True:
+            batch = [await queue.get()]
+            while len(batch) < self.max_batch and not queue.empty():
+                batch.append(queue.get_nowait())
+            rows = [row for row, _ in batch]
+            try:
+                results = await anyio.to_thread.run_sync(self._write, rows)
+            except Exception as exc:  # database outage: every waiting request gets the error
+                log.error("inbox_write_failed", error=type(exc).__name__, batch=len(batch))
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, future), result in zip(batch, results):
+                if not future.done():
+                    future.set_result(result)
+
+    def _write(self, rows: list[dict]) -> list[Ingested]:
+        ids = store_batch(self.engine, rows)
+        out = []
+        for row, inbox_id in zip(rows, ids):
+            if inbox_id is None:
+                log.info("callback_duplicate", dedup_key=row["dedup_key"][:16], event_type=row["event"],
+                         change_type=row["change_type"])
+                out.append(Ingested(None, True, False, row["event"], row["change_type"]))
+            else:
+                # No write records the enqueue: the relay only looks at rows older than
+                # relay_after_seconds, so a row enqueued just now is left alone either way.
+                out.append(Ingested(inbox_id, False, self.enqueue(inbox_id), row["event"], row["change_type"]))
+        return out

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Callable
 
-import anyio
 
 from fastapi import FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -14,7 +12,7 @@ from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from scrm.callbacks.ingest import Enqueuer, ingest
+from scrm.callbacks.ingest import Enqueuer, InboxWriter, open_callback
 from scrm.callbacks.relay import inbox_backlog
 from scrm.logs import get_logger
 from scrm.wecom.crypto import CallbackCrypto, CorpMismatch, SignatureError
@@ -59,10 +57,8 @@ def create_app(
     rejected = Counter("scrm_callbacks_rejected_total", "Callbacks refused", ["reason"], registry=registry)
     duplicate = Counter("scrm_callbacks_duplicate_total", "WeCom retries of a stored callback", registry=registry)
     registry.register(_QueueCollector(engine, queue_depth))
-    enqueue = Enqueuer(send)
+    writer = InboxWriter(engine, Enqueuer(send))
     app.state.engine = engine
-    inline = engine.dialect.name == "sqlite"
-    limiter = anyio.CapacityLimiter(16)
 
     def refuse(status: int, reason: str, detail: str) -> PlainTextResponse:
         rejected.labels(reason).inc()
@@ -93,17 +89,19 @@ def create_app(
             chunks.append(chunk)
         body = b"".join(chunks)
         try:
-            work = partial(ingest, crypto, engine, enqueue, body=body, msg_signature=msg_signature,
-                           timestamp=timestamp, nonce=nonce)
-            # SQLite allows one writer anyway, so run inline and skip the thread hop (measured: 454 -> ~790
-            # callbacks/s in bench/ingest.py); PostgreSQL writes concurrently from the thread pool.
-            result = work() if inline else await anyio.to_thread.run_sync(work, limiter=limiter)
+            row = open_callback(crypto, body=body, msg_signature=msg_signature, timestamp=timestamp, nonce=nonce)
         except SignatureError as exc:
             return refuse(403, "signature", str(exc))
         except CorpMismatch as exc:
             return refuse(400, "wrong_corp", str(exc))
         except CallbackError as exc:
             return refuse(400, "malformed", str(exc))
+        try:
+            result = await writer.store(row)
+        except Exception as exc:  # database down: not stored, so WeCom must retry
+            rejected.labels("storage").inc()
+            log.error("callback_not_stored", error=type(exc).__name__)
+            return PlainTextResponse("storage unavailable", status_code=503)
         if result.duplicate:
             duplicate.inc()
         else:
