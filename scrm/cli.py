@@ -62,6 +62,14 @@ def init() -> None:
     console.print(f"database ready: [bold]{s.database_url()}[/bold]; secrets file: {path}")
 
 
+@app.command("config")
+def show_config() -> None:
+    """Print the effective settings (secrets masked)."""
+    import json
+
+    console.print_json(json.dumps(get_settings().redacted(), ensure_ascii=False))
+
+
 @app.command()
 def serve(host: str = typer.Option(None), port: int = typer.Option(None), workers: int = 1) -> None:
     """Run the web app (callback receiver, health, metrics)."""

@@ -22,6 +22,7 @@ def build_processor(settings: Settings | None = None) -> Processor:
         build_client(settings),
         welcome_text=settings.wecom.welcome_text,
         chat_delay_ms=settings.pipeline.chat_event_delay_ms,
+        max_attempts=settings.pipeline.max_attempts,
     )
 
 

@@ -160,3 +160,24 @@ def test_two_workers_racing_on_one_callback_apply_it_once(engine, redis_url):
         assert len(rows(h.engine, ChurnAlert)) == 1
         assert all(r.status == "done" and r.attempts == 1 for r in rows(h.engine, CallbackInbox))
         assert len(rows(h.engine, FollowRelation)) == 1
+
+
+def test_callback_failing_every_time_is_parked_as_failed_not_lost(h):
+    """WeCom keeps refusing (48002, no permission): after max_attempts the row stays, marked failed."""
+    from scrm.wecom.errors import WeComAPIError
+
+    h.processor.max_attempts = 3
+    h.worker.stop()  # drive the attempts by hand
+    h.worker = None
+    way = h.client.add_contact_way(type=1, scene=2, state="s", user=["store_a_staff"])
+    h.sandbox.inject_fault("externalcontact/get", 48002, times=10)
+    h.sandbox.scan_contact_way(way["config_id"], welcome_code=False)
+    [row] = rows(h.engine, CallbackInbox)
+    for _ in range(4):
+        try:
+            h.processor.process(row.id)
+        except WeComAPIError as exc:
+            assert exc.errcode == 48002
+    [row] = rows(h.engine, CallbackInbox)
+    assert (row.status, row.attempts) == ("failed", 3) and "48002" in row.last_error
+    assert rows(h.engine, Customer) == []

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from datetime import datetime, timezone
 
-from sqlalchemy import update
+from sqlalchemy import case, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
@@ -32,7 +32,9 @@ FETCH_CONTACT = {"add_external_contact", "add_half_external_contact", "edit_exte
 
 
 class Processor:
-    def __init__(self, engine: Engine, client: WeComClient, *, welcome_text: str = "", chat_delay_ms: int = 0):
+    def __init__(self, engine: Engine, client: WeComClient, *, welcome_text: str = "", chat_delay_ms: int = 0,
+                 max_attempts: int = 10):
+        self.max_attempts = max_attempts
         self.engine = engine
         self.client = client
         self.welcome_text = welcome_text
@@ -48,7 +50,7 @@ class Processor:
             if row is None:
                 log.warning("callback_missing", inbox_id=inbox_id)
                 return
-            if row.status == "done":
+            if row.status != "pending":
                 return
             plaintext = row.plaintext
         event = ev.parse_event(plaintext)
@@ -74,8 +76,17 @@ class Processor:
                    external_userid=getattr(event, "external_user_id", None) or None)
 
     def _note_error(self, inbox_id: int, exc: Exception) -> None:
+        """Count the failure; after max_attempts the row is parked as failed (kept, with its error)."""
         with self.engine.begin() as conn:
-            conn.execute(update(T).where(T.c.id == inbox_id).values(attempts=T.c.attempts + 1, last_error=str(exc)[:500]))
+            conn.execute(
+                update(T)
+                .where(T.c.id == inbox_id, T.c.status == "pending")
+                .values(
+                    attempts=T.c.attempts + 1,
+                    last_error=str(exc)[:500],
+                    status=case((T.c.attempts + 1 >= self.max_attempts, "failed"), else_=T.c.status),
+                )
+            )
 
     # -- phase 1: talk to WeCom -------------------------------------------------------------
     def _fetch(self, inbox_id: int, event: ev.Event):
