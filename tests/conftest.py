@@ -20,6 +20,21 @@ from scrm.redisserver import RedisServer
 REQUIRE = os.environ.get("SCRM_REQUIRE_SERVICES") == "1"
 
 
+class Clock:
+    """A settable clock for code that takes ``clock=`` (token expiry, welcome-code windows)."""
+
+    def __init__(self, t: float = 1_700_000_000.0):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):
     server = RedisServer(tmp_path_factory.mktemp("redis"), persist=False)

@@ -21,14 +21,6 @@ TOKEN, AES = "CbToken123", "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY"
 pytestmark = pytest.mark.filterwarnings("ignore:You should not use the 'timeout' argument")
 
 
-class Clock:
-    def __init__(self, t: float = 1_700_000_000.0):
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
 class Receiver:
     """A tiny callback receiver that checks signature + decrypts like the real service must."""
 
@@ -52,11 +44,6 @@ class Receiver:
             return PlainTextResponse("success")
 
         self.client = TestClient(app, base_url="http://receiver")
-
-
-@pytest.fixture
-def clock():
-    return Clock()
 
 
 @pytest.fixture

@@ -30,19 +30,6 @@ BASE = "http://sandbox/cgi-bin/"
 pytestmark = pytest.mark.filterwarnings("ignore:You should not use the 'timeout' argument")
 
 
-class Clock:
-    def __init__(self, t: float = 1_700_000_000.0):
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
-@pytest.fixture
-def clock():
-    return Clock()
-
-
 @pytest.fixture
 def sandbox(clock):
     sb = Sandbox(CORP, SECRET, clock=clock)
