@@ -11,10 +11,8 @@ import uvicorn
 
 from scrm.config import EMBEDDED, Settings, get_settings, reset_settings_cache
 from scrm.db import get_engine, migrate
-from scrm.logs import get_logger
 from scrm.redisserver import RedisServer
 
-log = get_logger(__name__)
 
 
 class EmbeddedStack:

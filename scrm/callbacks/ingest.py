@@ -6,10 +6,11 @@ delays the event: the relay enqueues rows that are not done.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from dataclasses import dataclass
 from typing import Callable
 
+import anyio
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
@@ -23,15 +24,6 @@ from scrm.wecom.events import dedup_key, parse_event
 log = get_logger(__name__)
 
 
-@dataclass(frozen=True)
-class Ingested:
-    inbox_id: int | None
-    duplicate: bool
-    enqueued: bool
-    event: str
-    change_type: str
-
-
 class Enqueuer:
     """Sends inbox ids to the queue; after a failure it skips Redis for ``cooldown`` seconds so an
     outage costs each callback nothing (the relay catches up)."""
@@ -41,16 +33,14 @@ class Enqueuer:
         self.cooldown = cooldown
         self._down_until = 0.0
 
-    def __call__(self, inbox_id: int) -> bool:
+    def __call__(self, inbox_id: int) -> None:
         if time.monotonic() < self._down_until:
-            return False
+            return
         try:
             self._send(inbox_id)
-            return True
         except Exception as exc:  # redis.ConnectionError, TimeoutError, ...
             self._down_until = time.monotonic() + self.cooldown
             log.warning("enqueue_failed", inbox_id=inbox_id, error=type(exc).__name__)
-            return False
 
 
 def open_callback(crypto: CallbackCrypto, *, body: bytes, msg_signature: str, timestamp: str, nonce: str) -> dict:
@@ -99,14 +89,13 @@ class InboxWriter:
     is sent only after the commit, so an acknowledged callback is always in the inbox.
     """
 
-    def __init__(self, engine: Engine, enqueue: Callable[[int], bool], *, max_batch: int = 256):
+    def __init__(self, engine: Engine, enqueue: Callable[[int], None], *, max_batch: int = 256):
         self.engine, self.enqueue, self.max_batch = engine, enqueue, max_batch
         self._loop = None
         self._queue = None
 
-    async def store(self, row: dict) -> Ingested:
-        import asyncio
-
+    async def store(self, row: dict) -> int | None:
+        """The new inbox id, or None when the callback was stored before (a WeCom retry)."""
         loop = asyncio.get_running_loop()
         if self._loop is not loop:  # first use, or a new event loop (tests)
             self._loop, self._queue = loop, asyncio.Queue()
@@ -116,8 +105,6 @@ class InboxWriter:
         return await future
 
     async def _run(self, queue) -> None:
-        import anyio
-
         while True:
             batch = [await queue.get()]
             while len(batch) < self.max_batch and not queue.empty():
@@ -135,16 +122,14 @@ class InboxWriter:
                 if not future.done():
                     future.set_result(result)
 
-    def _write(self, rows: list[dict]) -> list[Ingested]:
+    def _write(self, rows: list[dict]) -> list[int | None]:
         ids = store_batch(self.engine, rows)
-        out = []
         for row, inbox_id in zip(rows, ids):
             if inbox_id is None:
                 log.info("callback_duplicate", dedup_key=row["dedup_key"][:16], event_type=row["event"],
                          change_type=row["change_type"])
-                out.append(Ingested(None, True, False, row["event"], row["change_type"]))
             else:
                 # No write records the enqueue: the relay only looks at rows older than
                 # relay_after_seconds, so a row enqueued just now is left alone either way.
-                out.append(Ingested(inbox_id, False, self.enqueue(inbox_id), row["event"], row["change_type"]))
-        return out
+                self.enqueue(inbox_id)
+        return ids

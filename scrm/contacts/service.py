@@ -9,9 +9,7 @@ from sqlmodel import Session, select
 
 from scrm.contacts.models import ChurnAlert, Customer, Employee, FollowRelation, WelcomeSend
 from scrm.db import from_unix, utcnow
-from scrm.logs import get_logger
 
-log = get_logger(__name__)
 
 WELCOME_WINDOW_SECONDS = 20
 

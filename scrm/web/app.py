@@ -97,12 +97,12 @@ def create_app(
         except CallbackError as exc:
             return refuse(400, "malformed", str(exc))
         try:
-            result = await writer.store(row)
+            inbox_id = await writer.store(row)
         except Exception as exc:  # database down: not stored, so WeCom must retry
             rejected.labels("storage").inc()
             log.error("callback_not_stored", error=type(exc).__name__)
             return PlainTextResponse("storage unavailable", status_code=503)
-        if result.duplicate:
+        if inbox_id is None:
             duplicate.inc()
         else:
             received.inc()
