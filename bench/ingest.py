@@ -44,13 +44,13 @@ def serve(port: int, database_url: str, redis_url: str, token: str, aes_key: str
     from workers.broker import make_redis_broker, setup_broker
 
     setup_broker(make_redis_broker(redis_url))
-    from workers.actors import process_callback
+    from workers.actors import enqueue_callbacks
 
     r = get_redis(redis_url)
     app = create_app(
         crypto=CallbackCrypto(token, aes_key, corp_id),
         engine=make_engine(database_url),
-        send=lambda i: process_callback.send(i),
+        send=enqueue_callbacks,
         redis_ping=r.ping,
         queue_depth=lambda: r.llen(QUEUE_KEY),
     )

@@ -34,7 +34,7 @@ class Harness:
         self.app = create_app(
             crypto=self.crypto,
             engine=engine,
-            send=lambda i: actors.process_callback.send(i),
+            send=actors.enqueue_callbacks,
             redis_ping=self.redis.ping,
             queue_depth=lambda: self.redis.llen("dramatiq:callbacks"),
         )

@@ -22,10 +22,10 @@ class FakeQueue:
     def __init__(self):
         self.sent, self.down = [], False
 
-    def __call__(self, inbox_id):
+    def __call__(self, inbox_ids):
         if self.down:
             raise ConnectionError("redis down")
-        self.sent.append(inbox_id)
+        self.sent.extend(inbox_ids)
 
 
 @pytest.fixture

@@ -43,4 +43,11 @@ def process_callback(inbox_id: int) -> None:
     get_processor().process(inbox_id)
 
 
+def enqueue_callbacks(inbox_ids) -> None:
+    """Queue ``process_callback`` for each inbox id, in one Redis round trip where possible."""
+    from workers.broker import send_many
+
+    send_many(process_callback, [(i,) for i in inbox_ids])
+
+
 ALL = [process_callback]

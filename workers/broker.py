@@ -44,3 +44,42 @@ def current_broker() -> dramatiq.Broker:
     if _broker is None:
         return setup_broker()
     return _broker
+
+
+def send_many(actor: dramatiq.Actor, args_list: list[tuple]) -> None:
+    """Enqueue one message per args tuple; on Redis, all of them in one round trip.
+
+    The receiver enqueues each group commit's new inbox ids together. dramatiq's RedisBroker sends
+    one EVALSHA per message; here the same dispatch script runs for every message inside one
+    pipeline, so the queue state is exactly what ``actor.send`` would have produced.
+    """
+    broker = actor.broker
+    if not isinstance(broker, RedisBroker) or len(args_list) < 2:
+        for args in args_list:
+            actor.send(*args)
+        return
+    from uuid import uuid4
+
+    from dramatiq.common import current_millis
+
+    dispatch = broker.scripts["dispatch"]
+    keys = [broker.namespace]
+    messages = []
+    with broker.client.pipeline(transaction=False) as pipe:
+        for args in args_list:
+            message = actor.message(*args).copy(options={"redis_message_id": str(uuid4())})
+            broker.emit_before("enqueue", message, None)
+            dispatch(
+                keys=keys,
+                args=[
+                    "enqueue", current_millis(), message.queue_name, broker.broker_id,
+                    broker.heartbeat_timeout, broker.dead_message_ttl,
+                    broker._should_do_maintenance("enqueue"), broker._max_unpack_size(),
+                    message.options["redis_message_id"], message.encode(),
+                ],
+                client=pipe,
+            )
+            messages.append(message)
+        pipe.execute()
+    for message in messages:
+        broker.emit_after("enqueue", message, None)

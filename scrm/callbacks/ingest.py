@@ -7,6 +7,7 @@ delays the event: the relay enqueues rows that are not done.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from typing import Callable
 
@@ -25,22 +26,23 @@ log = get_logger(__name__)
 
 
 class Enqueuer:
-    """Sends inbox ids to the queue; after a failure it skips Redis for ``cooldown`` seconds so an
-    outage costs each callback nothing (the relay catches up)."""
+    """Sends batches of inbox ids to the queue; after a failure it skips Redis for ``cooldown``
+    seconds so an outage costs each callback nothing (the relay catches up)."""
 
-    def __init__(self, send: Callable[[int], None], cooldown: float = 2.0):
-        self._send = send
+    def __init__(self, send_many: Callable[[list[int]], None], cooldown: float = 2.0):
+        self._send_many = send_many
         self.cooldown = cooldown
         self._down_until = 0.0
 
-    def __call__(self, inbox_id: int) -> None:
-        if time.monotonic() < self._down_until:
+    def __call__(self, inbox_ids: list[int]) -> None:
+        if not inbox_ids or time.monotonic() < self._down_until:
             return
         try:
-            self._send(inbox_id)
+            self._send_many(inbox_ids)
         except Exception as exc:  # redis.ConnectionError, TimeoutError, ...
             self._down_until = time.monotonic() + self.cooldown
-            log.warning("enqueue_failed", inbox_id=inbox_id, error=type(exc).__name__)
+            log.warning("enqueue_failed", inbox_ids=len(inbox_ids), first_inbox_id=inbox_ids[0],
+                        error=type(exc).__name__)
 
 
 def open_callback(crypto: CallbackCrypto, *, body: bytes, msg_signature: str, timestamp: str, nonce: str) -> dict:
@@ -60,25 +62,34 @@ def open_callback(crypto: CallbackCrypto, *, body: bytes, msg_signature: str, ti
     )
 
 
-def store_batch(engine: Engine, rows: list[dict]) -> list[int | None]:
-    """Insert rows in one transaction (one commit, one fsync); None marks a duplicate.
-
-    ON CONFLICT DO NOTHING keeps one duplicate from aborting the others in the batch.
-    """
+@functools.lru_cache(maxsize=4)
+def _insert_statement(dialect_name: str):
     table = CallbackInbox.__table__
-    dialect_insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
+    dialect_insert = pg_insert if dialect_name == "postgresql" else sqlite_insert
+    return (
+        dialect_insert(table)
+        .on_conflict_do_nothing(index_elements=["dedup_key"])
+        .returning(table.c.id, table.c.dedup_key)
+    )
+
+
+def store_batch(engine: Engine, rows: list[dict]) -> list[int | None]:
+    """Insert rows in one transaction; None marks a duplicate.
+
+    Executed with a parameter list, SQLAlchemy sends one multi-row INSERT ... RETURNING
+    ("insertmanyvalues") from a statement it compiles once. ON CONFLICT DO NOTHING keeps a
+    duplicate from aborting the others; a callback that appears twice in the same batch is new
+    once: its first occurrence gets the id.
+    """
+    if not rows:
+        return []
     now = utcnow()
-    ids: list[int | None] = []
     with engine.begin() as conn:
-        for row in rows:
-            stmt = (
-                dialect_insert(table)
-                .values(**row, received_at=now)
-                .on_conflict_do_nothing(index_elements=["dedup_key"])
-                .returning(table.c.id)
-            )
-            ids.append(conn.execute(stmt).scalar())
-    return ids
+        inserted = dict(
+            (key, inbox_id)
+            for inbox_id, key in conn.execute(_insert_statement(engine.dialect.name), [{**row, "received_at": now} for row in rows])
+        )
+    return [inserted.pop(row["dedup_key"], None) for row in rows]
 
 
 class InboxWriter:
@@ -89,7 +100,7 @@ class InboxWriter:
     is sent only after the commit, so an acknowledged callback is always in the inbox.
     """
 
-    def __init__(self, engine: Engine, enqueue: Callable[[int], None], *, max_batch: int = 256):
+    def __init__(self, engine: Engine, enqueue: Callable[[list[int]], None], *, max_batch: int = 256):
         self.engine, self.enqueue, self.max_batch = engine, enqueue, max_batch
         self._loop = None
         self._queue = None
@@ -128,8 +139,7 @@ class InboxWriter:
             if inbox_id is None:
                 log.info("callback_duplicate", dedup_key=row["dedup_key"][:16], event_type=row["event"],
                          change_type=row["change_type"])
-            else:
-                # No write records the enqueue: the relay only looks at rows older than
-                # relay_after_seconds, so a row enqueued just now is left alone either way.
-                self.enqueue(inbox_id)
+        # No write records the enqueue: the relay only looks at rows older than
+        # relay_after_seconds, so a row enqueued just now is left alone either way.
+        self.enqueue([inbox_id for inbox_id in ids if inbox_id is not None])
         return ids

@@ -5,17 +5,18 @@ from __future__ import annotations
 from typing import Callable
 
 
-from fastapi import FastAPI, Query, Request, Response
+from fastapi import FastAPI, Query, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from scrm.callbacks.ingest import Enqueuer, InboxWriter, open_callback
+from scrm.callbacks.ingest import Enqueuer, InboxWriter
 from scrm.callbacks.relay import inbox_backlog
 from scrm.logs import get_logger
-from scrm.wecom.crypto import CallbackCrypto, CorpMismatch, SignatureError
+from scrm.web.callback_endpoint import CallbackEndpoint
+from scrm.wecom.crypto import CallbackCrypto, SignatureError
 from scrm.wecom.errors import CallbackError
 
 log = get_logger(__name__)
@@ -46,11 +47,12 @@ def create_app(
     *,
     crypto: CallbackCrypto,
     engine: Engine,
-    send: Callable[[int], None],
+    send: Callable[[list[int]], None],
     redis_ping: Callable[[], bool] | None = None,
     queue_depth: Callable[[], int | None] = lambda: None,
     max_body_bytes: int = 1024 * 1024,
-) -> FastAPI:
+) -> CallbackEndpoint:
+    """The ASGI app: the callback fast path in front of the FastAPI app (``.api``)."""
     app = FastAPI(title="scrm", docs_url="/docs")
     registry = CollectorRegistry()
     received = Counter("scrm_callbacks_received_total", "Callbacks accepted and stored", registry=registry)
@@ -59,6 +61,15 @@ def create_app(
     registry.register(_QueueCollector(engine, queue_depth))
     writer = InboxWriter(engine, Enqueuer(send))
     app.state.engine = engine
+
+    def count(outcome: str) -> None:
+        if outcome == "stored":
+            received.inc()
+        elif outcome == "duplicate":
+            duplicate.inc()
+        else:
+            rejected.labels(outcome).inc()
+
 
     def refuse(status: int, reason: str, detail: str) -> PlainTextResponse:
         rejected.labels(reason).inc()
@@ -74,39 +85,6 @@ def create_app(
             return refuse(403, "signature", str(exc))
         except CallbackError as exc:
             return refuse(400, "malformed", str(exc))
-
-    @app.post("/wecom/callback")
-    async def receive(request: Request, msg_signature: str = Query(""), timestamp: str = Query(""),
-                      nonce: str = Query("")):
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > max_body_bytes:
-            return refuse(413, "too_large", "body over limit")
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > max_body_bytes:
-                return refuse(413, "too_large", "body over limit")
-            chunks.append(chunk)
-        body = b"".join(chunks)
-        try:
-            row = open_callback(crypto, body=body, msg_signature=msg_signature, timestamp=timestamp, nonce=nonce)
-        except SignatureError as exc:
-            return refuse(403, "signature", str(exc))
-        except CorpMismatch as exc:
-            return refuse(400, "wrong_corp", str(exc))
-        except CallbackError as exc:
-            return refuse(400, "malformed", str(exc))
-        try:
-            inbox_id = await writer.store(row)
-        except Exception as exc:  # database down: not stored, so WeCom must retry
-            rejected.labels("storage").inc()
-            log.error("callback_not_stored", error=type(exc).__name__)
-            return PlainTextResponse("storage unavailable", status_code=503)
-        if inbox_id is None:
-            duplicate.inc()
-        else:
-            received.inc()
-        return PlainTextResponse("success")
 
     @app.get("/healthz")
     def healthz():
@@ -133,10 +111,10 @@ def create_app(
     def metrics():
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    return app
+    return CallbackEndpoint(app, crypto=crypto, store=writer.store, on_result=count, max_body_bytes=max_body_bytes)
 
 
-def app_from_settings(settings=None) -> FastAPI:
+def app_from_settings(settings=None) -> CallbackEndpoint:
     """The production app: settings decide the database, Redis and the WeCom identity."""
     from scrm.config import get_settings
     from scrm.db import get_engine
@@ -147,13 +125,13 @@ def app_from_settings(settings=None) -> FastAPI:
     settings = settings or get_settings()
     url = redis_url(settings)
     setup_broker(url=url)
-    from workers.actors import process_callback
+    from workers.actors import enqueue_callbacks
 
     r = get_redis(url)
     return create_app(
         crypto=build_crypto(settings),
         engine=get_engine(settings.database_url()),
-        send=lambda inbox_id: process_callback.send(inbox_id),
+        send=enqueue_callbacks,
         redis_ping=r.ping,
         queue_depth=lambda: r.llen("dramatiq:callbacks"),
         max_body_bytes=settings.web.max_body_bytes,
