@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import json
 import multiprocessing as mp
 import os
 import secrets
@@ -56,6 +57,33 @@ def serve(port: int, database_url: str, redis_url: str, token: str, aes_key: str
     )
     uvicorn.run(app, host="127.0.0.1", port=port, loop="uvloop", http="httptools", log_level="warning",
                 access_log=False)
+
+
+async def bare_app(scope, receive, send) -> None:
+    """The HTTP ceiling: read the body, answer ``success``; no crypto, no storage."""
+    if scope["type"] != "http":
+        return
+    while (await receive()).get("more_body"):
+        pass
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"7")]})
+    await send({"type": "http.response.body", "body": b"success"})
+
+
+def serve_bare(port: int) -> None:
+    import uvicorn
+
+    uvicorn.run(bare_app, host="127.0.0.1", port=port, loop="uvloop", http="httptools", log_level="warning",
+                access_log=False)
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process (Linux /proc), or None elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def free_port() -> int:
@@ -209,9 +237,30 @@ def main(argv: list[str] | None = None) -> int:
                 parse_event(crypto.open_envelope(body, params["msg_signature"], params["timestamp"], params["nonce"]))
             floor = args.count / (time.perf_counter() - start)
 
-            # 2. Through a real HTTP server in its own process.
-            port = free_port()
+            try:
+                import uvloop
+
+                runner = uvloop.run
+            except ImportError:
+                runner = asyncio.run
+
+            # 2. The HTTP ceiling: the same server stack and load answering without doing any work.
             ctx = mp.get_context("spawn")
+            port = free_port()
+            bare = ctx.Process(target=serve_bare, args=(port,), daemon=True)
+            bare.start()
+            try:
+                wait_ready(port, bare)
+                bare_requests = [build_request(port, params, body) for params, body in sealed]
+                runner(run_load(port, bare_requests[:500], args.concurrency))  # warm-up
+                bare_elapsed, _, _ = runner(run_load(port, bare_requests, args.concurrency))
+                ceiling = args.count / bare_elapsed
+            finally:
+                bare.terminate()
+                bare.join(10)
+
+            # 3. Through the real receiver in its own process.
+            port = free_port()
             proc = ctx.Process(
                 target=serve, args=(port, database_url, redis_server.url, token, aes_key, corp_id), daemon=True
             )
@@ -224,17 +273,15 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(run_load(port, [warm] * 200, min(args.concurrency, 8)))
 
             cpu0 = time.process_time()
-            try:
-                import uvloop
-
-                runner = uvloop.run
-            except ImportError:
-                runner = asyncio.run
+            server_cpu0 = process_cpu_seconds(proc.pid)
             elapsed, latencies, statuses = runner(run_load(port, requests, args.concurrency))
             client_cpu = time.process_time() - cpu0
+            server_cpu1 = process_cpu_seconds(proc.pid)
+            server_cpu = None if server_cpu0 is None or server_cpu1 is None else server_cpu1 - server_cpu0
 
             rows = inbox_rows() - rows_before
-            # Wait until the queue depth settles before reading it.
+            # Wait until the queue depth settles, then count the callbacks the queued messages carry
+            # (the receiver sends one fan-out message per group commit).
             queue_depth, deadline = -1, time.monotonic() + 10
             while time.monotonic() < deadline:
                 depth = r.llen(QUEUE_KEY)
@@ -242,6 +289,10 @@ def main(argv: list[str] | None = None) -> int:
                     break
                 queue_depth = depth
                 time.sleep(0.3)
+            queued_callbacks = 0
+            for raw in r.hvals(QUEUE_KEY + ".msgs"):
+                message = json.loads(raw)
+                queued_callbacks += len(message["args"][0]) if message["actor_name"] == "fan_out_callbacks" else 1
         finally:
             if proc is not None and proc.is_alive():
                 proc.terminate()
@@ -263,18 +314,29 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  database                      {backend}")
     print(f"  callbacks                     {args.count}  (concurrency {args.concurrency} keep-alive connections)")
     print(f"  floor: decrypt+parse          {floor:,.0f} callbacks/s  (1 process, tight loop)")
+    print(f"  HTTP ceiling: bare uvicorn    {ceiling:,.0f} answers/s  (reads the body, answers 'success')")
     print(f"  HTTP: through uvicorn         {rate:,.0f} callbacks/s  ({elapsed:.2f} s, 1 server process)")
     print(f"  ack latency p50 / p99         {percentile(lat, 50) * 1000:.2f} ms / {percentile(lat, 99) * 1000:.2f} ms"
           f"  (mean {statistics.fmean(lat) * 1000:.2f} ms)")
     print(f"  ratio HTTP / floor            {ratio:.2f}")
     print(f"  inbox rows stored             {rows}  ({'== count, OK' if rows == args.count else 'MISMATCH: expected ' + str(args.count)})")
-    print(f"  messages queued in Redis      {queue_depth}  (no worker runs during the benchmark)")
+    print(f"  callbacks queued in Redis     {queued_callbacks}  in {queue_depth} messages"
+          f"  (no worker runs during the benchmark)")
     print(f"  non-200 answers               {non_200}  {dict(sorted(statuses.items()))}")
+    if server_cpu is not None:
+        print(f"  server process CPU            {server_cpu:.2f} s over {elapsed:.2f} s wall "
+              f"({100 * server_cpu / elapsed:.0f}% of one core, {1e6 * server_cpu / args.count:.0f} us per callback)")
     print(f"  load generator CPU            {client_cpu:.2f} s over {elapsed:.2f} s wall "
           f"({100 * client_cpu / elapsed:.0f}% of one core)")
     print(f"  goal >= {GOAL_PER_PROCESS:,.0f}/s per process    {'MET' if rate >= GOAL_PER_PROCESS else 'NOT MET'}"
           f"  ({rate:,.0f}/s)")
     print(f"  goal >= half the floor        {'MET' if ratio >= 0.5 else 'NOT MET'}  ({ratio:.2f} of {floor:,.0f}/s)")
+    # Per-callback CPU budget: if the receiver did nothing but uvicorn's work plus the floor's work,
+    # it could reach at most 1 / (1/ceiling + 1/floor).
+    best = 1 / (1 / ceiling + 1 / floor)
+    print(f"  bound: uvicorn + floor alone  {best:,.0f}/s = {best / floor:.2f} of the floor"
+          f"  (per callback {1e6 / ceiling:.0f} us HTTP + {1e6 / floor:.0f} us decrypt+parse;"
+          f" storing and queueing took {max(0.0, 1e6 / rate - 1e6 / best):.0f} us more)")
     return 0 if rows == args.count and non_200 == 0 else 1
 
 

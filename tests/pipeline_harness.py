@@ -38,7 +38,8 @@ class Harness:
             redis_ping=self.redis.ping,
             queue_depth=lambda: self.redis.llen("dramatiq:callbacks"),
         )
-        self.web = TestClient(self.app, base_url="http://scrm")
+        # Entered, so every request runs on one event loop, as under uvicorn (group commit).
+        self.web = TestClient(self.app, base_url="http://scrm").__enter__()
         self.sandbox = Sandbox(
             CORP, SECRET, callback_token=TOKEN, encoding_aes_key=AES_KEY,
             callback_url="http://scrm/wecom/callback", callback_http=self.web,
@@ -63,7 +64,7 @@ class Harness:
         if self.worker:
             self.worker.stop()
         actors.set_processor(None)
-        self.web.close()
+        self.web.__exit__(None, None, None)
         self.sandbox_http.close()
         self.broker.close()
         self.redis.close()

@@ -70,6 +70,23 @@ def test_replayed_callback_is_stored_once_and_applied_once(h):
     assert "scrm_callbacks_received_total 2.0" in metrics
 
 
+def test_burst_of_scans_at_once_applies_every_callback_once(h):
+    """30 customers scan within the same moment: the receiver commits and enqueues them in batches
+    (one fan-out message per batch); every one still becomes a customer with one welcome."""
+    way = h.client.add_contact_way(type=1, scene=2, state="store:B", user=["store_a_staff"])
+    h.sandbox.hold_callbacks()
+    for n in range(30):
+        h.sandbox.scan_contact_way(way["config_id"], name=f"顾客{n}")
+    deliveries = h.sandbox.flush_callbacks(concurrency=10)
+    assert len(deliveries) == 30 and all(d.delivered for d in deliveries)
+    h.drain()
+    assert len(rows(h.engine, Customer)) == 30
+    assert len(rows(h.engine, FollowRelation, FollowRelation.state == "store:B")) == 30
+    assert len(h.sandbox.welcome_messages) == 30
+    inbox = rows(h.engine, CallbackInbox)
+    assert len(inbox) == 30 and all(r.status == "done" and r.attempts == 1 for r in inbox)
+
+
 def test_group_join_and_leave_update_members_with_attribution(h):
     group = h.sandbox.create_group("store_a_staff", "A店福利群")
     config_id = h.client.add_join_way(scene=2, chat_id_list=[group.chat_id], state="store:A", room_base_name="A店福利群",

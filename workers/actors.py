@@ -43,11 +43,26 @@ def process_callback(inbox_id: int) -> None:
     get_processor().process(inbox_id)
 
 
-def enqueue_callbacks(inbox_ids) -> None:
-    """Queue ``process_callback`` for each inbox id, in one Redis round trip where possible."""
+@dramatiq.actor(queue_name="callbacks", max_retries=8, min_backoff=1_000, max_backoff=60_000)
+def fan_out_callbacks(inbox_ids: list[int]) -> None:
+    """One message per group commit from the receiver becomes one message per callback here, so
+    callbacks are still applied in parallel by every worker thread. Running twice is harmless:
+    processing claims the inbox row."""
     from workers.broker import send_many
 
     send_many(process_callback, [(i,) for i in inbox_ids])
 
 
-ALL = [process_callback]
+def enqueue_callbacks(inbox_ids: list[int]) -> None:
+    """Queue the processing of new inbox rows: the receiver's enqueue.
+
+    A batch costs the receiver one small message (one Redis call) instead of one per callback;
+    a worker fans it out.
+    """
+    if len(inbox_ids) == 1:
+        process_callback.send(inbox_ids[0])
+    elif inbox_ids:
+        fan_out_callbacks.send(list(inbox_ids))
+
+
+ALL = [process_callback, fan_out_callbacks]

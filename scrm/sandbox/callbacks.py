@@ -98,12 +98,19 @@ class CallbackPoster:
                 d.attempts.append(type(exc).__name__)
         log.warning("sandbox.callback_gave_up", url=self.url, attempts=d.attempts)
 
-    def flush(self) -> list[Delivery]:
-        """Deliver held callbacks in order (hold mode stays as it is)."""
+    def flush(self, concurrency: int = 1) -> list[Delivery]:
+        """Deliver held callbacks (hold mode stays as it is): in order, or ``concurrency`` at a
+        time, as WeCom's many servers do in a burst."""
         with self._lock:
             pending, self.queue = self.queue, []
-        for d in pending:
-            self._deliver(d)
+        if concurrency <= 1:
+            for d in pending:
+                self._deliver(d)
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(concurrency) as pool:
+                list(pool.map(self._deliver, pending))
         return pending
 
     def redeliver(self, delivery: Delivery | int = -1) -> Delivery:

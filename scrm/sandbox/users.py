@@ -95,8 +95,8 @@ class Sandbox(CorpState):
     def hold_callbacks(self, hold: bool = True) -> None:
         self.poster.hold = hold
 
-    def flush_callbacks(self) -> list[Delivery]:
-        return self.poster.flush()
+    def flush_callbacks(self, concurrency: int = 1) -> list[Delivery]:
+        return self.poster.flush(concurrency)
 
     def redeliver(self, index: int = -1) -> Delivery:
         return self.poster.redeliver(index)
