@@ -110,6 +110,31 @@ class PipelineSettings(BaseModel):
     max_attempts: int = 10
 
 
+class SopSettings(BaseModel):
+    """Group SOP limits: WeCom-safe defaults. Lower is allowed; the hard cap of 3 posts a group a
+    day is also a database constraint."""
+
+    templates_dir: Path = Path("sop_templates")
+    timezone: str = "Asia/Shanghai"
+    default_channel: str = "mass_send"  # mass_send | owner_task | group_robot
+    max_posts_per_group_per_day: int = Field(default=3, ge=1, le=3)
+    # WeCom delivers about one mass send a day to a group (quota = days in the month).
+    max_mass_sends_per_group_per_day: int = Field(default=1, ge=0, le=3)
+    max_groups_per_bot: int = Field(default=200, ge=1, le=200)
+    quiet_hours_start: str = "22:00"
+    quiet_hours_end: str = "08:00"
+    min_spacing_minutes: int = Field(default=60, ge=0)
+    # Sends of one slot are spread over this many minutes (deterministic jitter per group).
+    spread_minutes: int = Field(default=20, ge=0, le=180)
+    # An owner_task post not sent this long after its time expires.
+    owner_task_window_minutes: int = Field(default=180, ge=10)
+    # How often the scheduler plans ahead, fires due posts and polls delivery results.
+    fire_interval_seconds: float = 30.0
+    plan_interval_seconds: float = 600.0
+    poll_interval_seconds: float = 300.0
+    plan_days_ahead: int = Field(default=1, ge=0, le=14)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="SCRM_",
@@ -127,6 +152,7 @@ class Settings(BaseSettings):
     web: WebSettings = Field(default_factory=WebSettings)
     sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+    sop: SopSettings = Field(default_factory=SopSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -3,6 +3,8 @@
 from scrm.callbacks.models import CallbackInbox
 from scrm.contacts.models import ChurnAlert, Customer, Employee, FollowRelation, WelcomeSend
 from scrm.groups.models import CustomerGroup, GroupMember
+from scrm.sop.models import SopPost
+from scrm.stores.models import Store
 from scrm.tags.models import Tag, TagGroup
 
 __all__ = [
@@ -13,6 +15,8 @@ __all__ = [
     "Employee",
     "FollowRelation",
     "GroupMember",
+    "SopPost",
+    "Store",
     "Tag",
     "TagGroup",
     "WelcomeSend",

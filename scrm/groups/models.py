@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import UniqueConstraint
+from sqlalchemy import JSON, Column, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from scrm.db import utcnow
@@ -20,6 +20,11 @@ class CustomerGroup(SQLModel, table=True):
     # groupchat/get member_version; a callback whose LastMemVer differs means we missed events.
     member_version: str | None = Field(default=None, max_length=64)
     status: str = Field(default="active", max_length=16, index=True)  # active | dismissed
+    # Set by scrm, not WeCom: the store the group serves and operator tags SOP templates target.
+    store_code: str | None = Field(default=None, max_length=32, index=True)
+    tags: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False, default=list))
+    # The main user layer of its members, kept by the layering workers; SOP templates can target it.
+    layer: str | None = Field(default=None, max_length=32)
     created_at: datetime | None = None
     synced_at: datetime | None = None
     updated_at: datetime = Field(default_factory=utcnow)

@@ -1,0 +1,63 @@
+"""The send ledger: one row per SOP post, whatever its channel, from planned to confirmed.
+
+The limits are facts of the database, not only of the planner, so they hold with two schedulers
+and with an owner pressing Send twice:
+- ``slot`` is 1..3 and unique per group and day: at most 3 posts a group a day, ever;
+- ``mass_seq`` is set only on mass sends and unique per group and day (the planner hands out
+  1..sop.max_mass_sends_per_group_per_day);
+- a template step is planned at most once per group and day.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import JSON, CheckConstraint, Column, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from scrm.db import utcnow
+
+# planned -> sending -> sent -> confirmed          (mass_send: sent = task created, confirmed = delivered)
+#                    \-> failed (errcode)          (retried within its day while limits allow)
+# planned -> due -> sent                           (owner_task: the owner sent it from the toolbar page)
+# planned|due -> expired                           (its window ended unsent)
+OPEN_STATUSES = ("planned", "sending", "due")
+FINAL_STATUSES = ("sent", "confirmed", "failed", "expired", "over_quota")
+HARD_MAX_POSTS_PER_DAY = 3
+
+
+class SopPost(SQLModel, table=True):
+    __tablename__ = "sop_posts"
+    __table_args__ = (
+        UniqueConstraint("chat_id", "day", "slot"),
+        UniqueConstraint("chat_id", "day", "mass_seq"),
+        UniqueConstraint("chat_id", "day", "template_id", "step_key"),
+        CheckConstraint(f"slot >= 1 AND slot <= {HARD_MAX_POSTS_PER_DAY}", name="slot_range"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    day: date = Field(index=True)  # the group's calendar day in the corp's time zone
+    chat_id: str = Field(max_length=64, index=True)
+    slot: int
+    mass_seq: int | None = None
+    template_id: str = Field(max_length=64, index=True)
+    step_key: str = Field(max_length=64)
+    # Digest of the step (and targets) as planned: a template edit shows up as a new digest.
+    template_digest: str = Field(max_length=16)
+    channel: str = Field(max_length=16)
+    sender: str = Field(max_length=64, index=True)  # the sending account: the group's owner
+    priority: int = 50
+    scheduled_for: datetime = Field(index=True)  # UTC, jitter included
+    window_ends_at: datetime  # UTC: after this an unsent post expires
+    status: str = Field(default="planned", max_length=16, index=True)
+    attempts: int = 0
+    msgid: str | None = Field(default=None, max_length=128, index=True)
+    errcode: int | None = None
+    error: str | None = None
+    content: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))  # as rendered at send time
+    sent_by: str | None = Field(default=None, max_length=64)
+    sent_at: datetime | None = None
+    confirmed_at: datetime | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
