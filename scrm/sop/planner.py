@@ -1,0 +1,366 @@
+"""The SOP planner: templates x groups x a day -> which group gets which post, from whom, when.
+
+Pure: data in, data out, no I/O, so it is fast and tested exhaustively. The limits it keeps:
+- at most ``max_posts_per_group_per_day`` posts a group a day, across all templates, counting
+  posts already in the ledger; higher priority wins, ties broken by time, template id, step;
+- at most ``max_mass_sends_per_group_per_day`` of them through WeCom's mass send;
+- no post in quiet hours, and at least ``min_spacing`` between two posts to a group;
+- a sending account (the group owner) serves at most ``max_groups_per_bot`` groups; the groups
+  over that are reported, never planned;
+- one slot's sends are spread over ``spread``: each group has a fixed offset, and a bot's groups
+  are spaced evenly over the window, so a bot never bursts (200 groups over 20 min: one per 6 s).
+
+For 100,000 groups the work is shared: groups that match the same templates share one sorted
+candidate list, and each group walks it only until its day is full.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Collection, Iterable, Mapping, Sequence
+
+from scrm.sop.template import Channel, SopTemplate, parse_clock
+
+# Why a candidate post was not planned.
+QUIET_HOURS = "quiet_hours"
+DAILY_LIMIT = "daily_limit"
+MASS_SEND_QUOTA = "mass_send_quota"
+SPACING = "spacing"
+BOT_OVER_CAPACITY = "bot_over_capacity"
+NO_SENDER = "no_sender"
+
+DETAIL_ALL_BELOW = 5000  # below this many groups every drop is listed, above only counted
+
+
+@dataclass(frozen=True, slots=True)
+class GroupInfo:
+    chat_id: str
+    owner: str | None
+    store_code: str | None = None
+    city: str | None = None
+    tags: frozenset[str] = frozenset()
+    layer: str | None = None
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_posts_per_group_per_day: int = 3
+    max_mass_sends_per_group_per_day: int = 1
+    max_groups_per_bot: int = 200
+    quiet_start: dt.time = dt.time(22, 0)
+    quiet_end: dt.time = dt.time(8, 0)
+    min_spacing: dt.timedelta = dt.timedelta(minutes=60)
+    spread: dt.timedelta = dt.timedelta(minutes=20)
+    default_channel: str = Channel.mass_send.value
+
+    def __post_init__(self):
+        if not 1 <= self.max_posts_per_group_per_day <= 3:
+            raise ValueError("max_posts_per_group_per_day must be 1..3 (WeCom-safe)")
+        if not 1 <= self.max_groups_per_bot <= 200:
+            raise ValueError("max_groups_per_bot must be 1..200 (WeCom-safe)")
+
+    @classmethod
+    def from_settings(cls, sop) -> "Limits":
+        return cls(
+            max_posts_per_group_per_day=sop.max_posts_per_group_per_day,
+            max_mass_sends_per_group_per_day=sop.max_mass_sends_per_group_per_day,
+            max_groups_per_bot=sop.max_groups_per_bot,
+            quiet_start=parse_clock(sop.quiet_hours_start),
+            quiet_end=parse_clock(sop.quiet_hours_end),
+            min_spacing=dt.timedelta(minutes=sop.min_spacing_minutes),
+            spread=dt.timedelta(minutes=sop.spread_minutes),
+            default_channel=sop.default_channel,
+        )
+
+    def is_quiet(self, t: dt.time) -> bool:
+        start, end = self.quiet_start, self.quiet_end
+        if start == end:
+            return False
+        if start > end:  # over midnight, e.g. 22:00-08:00
+            return t >= start or t < end
+        return start <= t < end
+
+
+@dataclass(frozen=True, slots=True)
+class FixedPost:
+    """A post of the day already in the ledger that planning must count and keep (sent, being
+    sent, due, or simply in the past)."""
+
+    chat_id: str
+    template_id: str
+    step_key: str
+    at: dt.datetime  # local time
+    channel: str
+
+
+@dataclass(slots=True)
+class PlannedPost:
+    day: dt.date
+    chat_id: str
+    sender: str
+    template_id: str
+    step_key: str
+    channel: str
+    priority: int
+    at: dt.datetime  # local wall-clock time, jitter included
+    nominal: dt.time  # the step's time
+    digest: str
+
+
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    chat_id: str
+    template_id: str
+    step_key: str
+    nominal: dt.time
+    reason: str
+
+
+@dataclass
+class DayPlan:
+    day: dt.date
+    posts: list[PlannedPost] = field(default_factory=list)
+    # Every drop, counted by (template_id, step_key, reason); listed in ``dropped`` for small
+    # plans or for the groups asked about.
+    dropped_counts: Counter = field(default_factory=Counter)
+    dropped: list[Dropped] = field(default_factory=list)
+    groups_per_bot: dict[str, int] = field(default_factory=dict)
+    over_capacity: dict[str, list[str]] = field(default_factory=dict)  # bot -> chat ids not served
+
+
+@dataclass(frozen=True, slots=True)
+class _Candidate:
+    sort_key: tuple
+    template_id: str
+    step_key: str
+    channel: str
+    priority: int
+    nominal: dt.time
+    nominal_seconds: int
+    max_offset: int  # seconds of jitter allowed before quiet hours / midnight
+    quiet: bool
+    digest: str
+
+
+def step_digest(template: SopTemplate, index: int) -> str:
+    """Changes when the step's content, time, channel or priority changes."""
+    step = template.steps[index]
+    payload = json.dumps(
+        [step.model_dump(mode="json"), template.priority, template.targets.model_dump(mode="json")],
+        sort_keys=True, ensure_ascii=False,
+    )
+    return hashlib.blake2b(payload.encode("utf-8"), digest_size=8).hexdigest()
+
+
+class GroupIndex:
+    """Which active groups match a template's targets, by set operations on small indexes."""
+
+    def __init__(self, groups: Iterable[GroupInfo]):
+        self.groups: dict[str, GroupInfo] = {g.chat_id: g for g in groups}
+        self.all = frozenset(self.groups)
+        self.by_store: dict[str, set[str]] = defaultdict(set)
+        self.by_city: dict[str, set[str]] = defaultdict(set)
+        self.by_tag: dict[str, set[str]] = defaultdict(set)
+        self.by_layer: dict[str, set[str]] = defaultdict(set)
+        for g in self.groups.values():
+            if g.store_code:
+                self.by_store[g.store_code].add(g.chat_id)
+            if g.city:
+                self.by_city[g.city].add(g.chat_id)
+            for tag in g.tags:
+                self.by_tag[tag].add(g.chat_id)
+            if g.layer:
+                self.by_layer[g.layer].add(g.chat_id)
+
+    def _union(self, index: Mapping[str, set[str]], keys: Sequence[str]) -> set[str]:
+        out: set[str] = set()
+        for key in keys:
+            out |= index.get(key, set())
+        return out
+
+    def match(self, template: SopTemplate) -> frozenset[str]:
+        t = template.targets
+        parts: list[set[str]] = []
+        if t.stores:
+            parts.append(self._union(self.by_store, t.stores))
+        if t.cities:
+            parts.append(self._union(self.by_city, t.cities))
+        if t.group_tags:
+            parts.append(self._union(self.by_tag, t.group_tags))
+        if t.layers:
+            parts.append(self._union(self.by_layer, t.layers))
+        if t.chat_ids:
+            parts.append(set(t.chat_ids) & self.all)
+        if parts:
+            parts.sort(key=len)
+            matched = set(parts[0])
+            for part in parts[1:]:
+                matched &= part
+        else:
+            matched = set(self.all)
+        if t.exclude_stores:
+            matched -= self._union(self.by_store, t.exclude_stores)
+        if t.exclude_chat_ids:
+            matched -= set(t.exclude_chat_ids)
+        return frozenset(matched)
+
+
+def _candidates(template: SopTemplate, limits: Limits) -> list[_Candidate]:
+    out = []
+    for i, step in enumerate(template.steps):
+        nominal = step.clock
+        seconds = nominal.hour * 3600 + nominal.minute * 60
+        # Jitter must not carry a post into quiet hours or past midnight.
+        limit = 24 * 3600 - seconds
+        q = limits.quiet_start.hour * 3600 + limits.quiet_start.minute * 60
+        if q > seconds:
+            limit = min(limit, q - seconds)
+        max_offset = max(0, min(int(limits.spread.total_seconds()), limit - 1))
+        priority = step.priority if step.priority is not None else template.priority
+        channel = (step.channel.value if step.channel else limits.default_channel)
+        key = template.step_key(i)
+        out.append(_Candidate(
+            sort_key=(-priority, seconds, template.id, key),
+            template_id=template.id, step_key=key, channel=channel, priority=priority,
+            nominal=nominal, nominal_seconds=seconds, max_offset=max_offset,
+            quiet=limits.is_quiet(nominal), digest=step_digest(template, i),
+        ))
+    return out
+
+
+def plan_day(
+    day: dt.date,
+    templates: Sequence[SopTemplate],
+    groups: Iterable[GroupInfo],
+    limits: Limits = Limits(),
+    *,
+    fixed: Mapping[str, Sequence[FixedPost]] | None = None,
+    explain: Collection[str] | None = None,
+) -> DayPlan:
+    """Plan ``day``. ``fixed`` holds each group's posts already in the ledger for the day; they
+    count against every limit and are not planned again. ``explain`` lists chat ids whose drops
+    are listed one by one (all groups are listed when there are fewer than 5,000)."""
+    fixed = fixed or {}
+    index = groups if isinstance(groups, GroupIndex) else GroupIndex(groups)
+    plan = DayPlan(day=day)
+    detail_all = len(index.groups) < DETAIL_ALL_BELOW
+    explain = set(explain or ())
+    midnight = dt.datetime.combine(day, dt.time(0, 0))
+    max_posts = limits.max_posts_per_group_per_day
+    max_mass = limits.max_mass_sends_per_group_per_day
+    spacing = int(limits.min_spacing.total_seconds())
+    mass = Channel.mass_send.value
+
+    # 1. Sending accounts: each serves its first max_groups_per_bot groups (by chat id).
+    served: set[str] = set()
+    by_owner: dict[str, list[str]] = defaultdict(list)
+    no_owner: list[str] = []
+    for chat_id, g in index.groups.items():
+        (by_owner[g.owner] if g.owner else no_owner).append(chat_id)
+    span = int(limits.spread.total_seconds())
+    offsets: dict[str, int] = {}
+    for owner, chats in by_owner.items():
+        chats.sort()
+        mine = chats[: limits.max_groups_per_bot]
+        served.update(mine)
+        # A bot's groups are spaced evenly over the spread window: one slot's sends never burst.
+        for i, chat_id in enumerate(mine):
+            offsets[chat_id] = i * span // len(mine)
+        plan.groups_per_bot[owner] = min(len(chats), limits.max_groups_per_bot)
+        if len(chats) > limits.max_groups_per_bot:
+            plan.over_capacity[owner] = chats[limits.max_groups_per_bot:]
+
+    # 2. Which templates run today; groups that match the same templates form one class
+    #    (partition refinement with set operations, not a loop over groups x templates).
+    running = [t for t in templates if t.enabled and t.days.runs_on(day)]
+    per_template = {t.id: _candidates(t, limits) for t in running}
+    classes: list[tuple[tuple[str, ...], frozenset[str]]] = [((), index.all)]
+    for t in running:
+        matched = index.match(t)
+        refined = []
+        for ids, members in classes:
+            inside = members & matched
+            if inside:
+                refined.append((ids + (t.id,), inside))
+                if len(inside) < len(members):
+                    refined.append((ids, members - inside))
+            else:
+                refined.append((ids, members))
+        classes = refined
+    by_signature = {ids: sorted(members) for ids, members in classes if ids}
+
+    counts = plan.dropped_counts
+    posts = plan.posts
+    clock: dict[int, dt.datetime] = {}
+    for signature, chats in by_signature.items():
+        cands = sorted((c for tid in signature for c in per_template[tid]), key=lambda c: c.sort_key)
+        chats.sort()
+        tail_from = [0] * (len(cands) + 1)  # daily-limit drops of the tail, counted in bulk
+        for chat_id in chats:
+            detail = detail_all or chat_id in explain
+            g = index.groups[chat_id]
+            if chat_id not in served:
+                reason = BOT_OVER_CAPACITY if g.owner else NO_SENDER
+                for c in cands:
+                    counts[(c.template_id, c.step_key, reason)] += 1
+                    if detail:
+                        plan.dropped.append(Dropped(chat_id, c.template_id, c.step_key, c.nominal, reason))
+                continue
+            offset = offsets[chat_id]
+            taken: list[tuple[int, str]] = []  # (second of day, channel)
+            done: set[tuple[str, str]] = set()
+            for f in fixed.get(chat_id, ()):
+                taken.append((f.at.hour * 3600 + f.at.minute * 60 + f.at.second, f.channel))
+                done.add((f.template_id, f.step_key))
+            mass_used = sum(1 for _, ch in taken if ch == mass)
+            for i, c in enumerate(cands):
+                if done and (c.template_id, c.step_key) in done:
+                    continue
+                if len(taken) >= max_posts:
+                    if detail or done:
+                        for rest in cands[i:]:
+                            if (rest.template_id, rest.step_key) in done:
+                                continue
+                            counts[(rest.template_id, rest.step_key, DAILY_LIMIT)] += 1
+                            if detail:
+                                plan.dropped.append(Dropped(chat_id, rest.template_id, rest.step_key,
+                                                            rest.nominal, DAILY_LIMIT))
+                    else:
+                        tail_from[i] += 1
+                    break
+                reason = None
+                at = c.nominal_seconds + (offset if offset < c.max_offset else c.max_offset)
+                if c.quiet:
+                    reason = QUIET_HOURS
+                elif c.channel == mass and mass_used >= max_mass:
+                    reason = MASS_SEND_QUOTA
+                else:
+                    for other, _ in taken:
+                        if -spacing < at - other < spacing:
+                            reason = SPACING
+                            break
+                if reason:
+                    counts[(c.template_id, c.step_key, reason)] += 1
+                    if detail:
+                        plan.dropped.append(Dropped(chat_id, c.template_id, c.step_key, c.nominal, reason))
+                    continue
+                taken.append((at, c.channel))
+                if c.channel == mass:
+                    mass_used += 1
+                when = clock.get(at)
+                if when is None:
+                    when = clock[at] = midnight + dt.timedelta(seconds=at)
+                posts.append(PlannedPost(day, chat_id, g.owner, c.template_id, c.step_key, c.channel,
+                                         c.priority, when, c.nominal, c.digest))
+        # Expand the bulk tail counts: a group full at candidate i drops every later one.
+        running_total = 0
+        for i, c in enumerate(cands):
+            running_total += tail_from[i]
+            if running_total:
+                counts[(c.template_id, c.step_key, DAILY_LIMIT)] += running_total
+    return plan

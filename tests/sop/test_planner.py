@@ -1,0 +1,244 @@
+"""The planner's limits, tried on random template sets and group sets (hypothesis) and on the
+cases an operator would check by hand."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter, defaultdict
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from scrm.sop.planner import (
+    BOT_OVER_CAPACITY,
+    DAILY_LIMIT,
+    MASS_SEND_QUOTA,
+    NO_SENDER,
+    QUIET_HOURS,
+    SPACING,
+    FixedPost,
+    GroupInfo,
+    Limits,
+    plan_day,
+)
+from scrm.sop.template import SopTemplate
+
+DAY = dt.date(2026, 11, 24)  # a Tuesday
+
+
+def template(tid, steps, priority=50, **kw):
+    return SopTemplate.model_validate({"id": tid, "name": tid, "priority": priority, "steps": steps, **kw})
+
+
+def step(at, channel="owner_task", **kw):
+    return {"at": at, "channel": channel, "text": "hello", **kw}
+
+
+def group(n, owner="bot1", **kw):
+    return GroupInfo(chat_id=f"wr{n:04d}", owner=owner, **kw)
+
+
+# -- hand-checked cases -----------------------------------------------------------------------
+
+def test_higher_priority_wins_when_a_group_has_more_than_three_candidate_posts():
+    ts = [template(f"t{p}", [step(f"{9 + p}:00")], priority=p * 10) for p in range(5)]
+    plan = plan_day(DAY, ts, [group(1)])
+    assert sorted(p.template_id for p in plan.posts) == ["t2", "t3", "t4"]
+    assert {(d.template_id, d.reason) for d in plan.dropped} == {("t0", DAILY_LIMIT), ("t1", DAILY_LIMIT)}
+
+
+def test_ties_are_broken_the_same_way_every_time_whatever_the_input_order():
+    ts = [template(f"t{i}", [step(f"{9 + i}:00")]) for i in range(5)]
+    gs = [group(i) for i in range(30)]
+    a = plan_day(DAY, ts, gs)
+    b = plan_day(DAY, list(reversed(ts)), list(reversed(gs)))
+    key = lambda p: (p.chat_id, p.template_id, p.at)  # noqa: E731
+    assert sorted(map(key, a.posts)) == sorted(map(key, b.posts))
+    assert {p.template_id for p in a.posts} == {"t0", "t1", "t2"}  # earlier time wins a tie
+
+
+def test_only_one_mass_send_a_day_the_rest_of_the_day_runs_on_other_channels():
+    ts = [
+        template("breakfast", [step("08:00", "mass_send")], priority=90),
+        template("lunch", [step("12:00", "mass_send")], priority=80),
+        template("flash", [step("15:00", "owner_task")], priority=70),
+    ]
+    plan = plan_day(DAY, ts, [group(1)])
+    assert sorted((p.template_id, p.channel) for p in plan.posts) == [("breakfast", "mass_send"), ("flash", "owner_task")]
+    assert [(d.template_id, d.reason) for d in plan.dropped] == [("lunch", MASS_SEND_QUOTA)]
+
+
+def test_quiet_hours_and_spacing_drop_posts_with_their_reason():
+    ts = [
+        template("late", [step("22:30")]),
+        template("a", [step("09:00")], priority=60),
+        template("b", [step("09:30")], priority=50),  # 30 min after a
+    ]
+    plan = plan_day(DAY, ts, [group(1)], Limits(spread=dt.timedelta(0)))
+    assert [p.template_id for p in plan.posts] == ["a"]
+    assert {(d.template_id, d.reason) for d in plan.dropped} == {("late", QUIET_HOURS), ("b", SPACING)}
+
+
+def test_a_bot_over_200_groups_is_reported_and_not_overloaded():
+    gs = [group(i, owner="bigbot") for i in range(205)] + [group(1000, owner=None)]
+    plan = plan_day(DAY, [template("t", [step("10:00")])], gs)
+    served = {p.chat_id for p in plan.posts}
+    assert len(served) == 200
+    assert plan.groups_per_bot["bigbot"] == 200
+    assert plan.over_capacity["bigbot"] == [f"wr{i:04d}" for i in range(200, 205)]
+    assert plan.dropped_counts[("t", "1", BOT_OVER_CAPACITY)] == 5
+    assert plan.dropped_counts[("t", "1", NO_SENDER)] == 1
+
+
+def test_posts_already_in_the_ledger_count_against_the_day():
+    ts = [template(f"t{i}", [step(f"{10 + 2 * i}:00", "mass_send" if i == 0 else "owner_task")]) for i in range(4)]
+    fixed = {"wr0001": [FixedPost("wr0001", "old", "1", dt.datetime(2026, 11, 24, 8, 0), "mass_send"),
+                        FixedPost("wr0001", "t1", "1", dt.datetime(2026, 11, 24, 12, 0), "owner_task")]}
+    plan = plan_day(DAY, ts, [group(1)], fixed=fixed)
+    # 2 already used: one more post, not the mass send (quota used), not t1 again.
+    assert [p.template_id for p in plan.posts] == ["t2"]
+    assert plan.dropped_counts[("t0", "1", MASS_SEND_QUOTA)] == 1
+    assert ("t1", "1", DAILY_LIMIT) not in plan.dropped_counts
+
+
+def test_targets_pick_groups_by_store_city_tag_layer_and_exclusions():
+    gs = [
+        group(1, store_code="SH001", city="上海", tags=frozenset({"office"}), layer="vip"),
+        group(2, store_code="SH002", city="上海"),
+        group(3, store_code="BJ001", city="北京", tags=frozenset({"office"})),
+    ]
+    cases = {
+        "city": ({"cities": ["上海"]}, {"wr0001", "wr0002"}),
+        "city_and_tag": ({"cities": ["上海"], "group_tags": ["office"]}, {"wr0001"}),
+        "store": ({"stores": ["BJ001", "SH002"]}, {"wr0002", "wr0003"}),
+        "layer": ({"layers": ["vip"]}, {"wr0001"}),
+        "excluded": ({"cities": ["上海"], "exclude_chat_ids": ["wr0002"]}, {"wr0001"}),
+        "all_but_store": ({"exclude_stores": ["SH001"]}, {"wr0002", "wr0003"}),
+        "explicit": ({"chat_ids": ["wr0003", "wr9999"]}, {"wr0003"}),
+    }
+    for tid, (targets, expected) in cases.items():
+        plan = plan_day(DAY, [template(tid, [step("10:00")], targets=targets)], gs)
+        assert {p.chat_id for p in plan.posts} == expected, tid
+
+
+def test_days_weekdays_ranges_and_one_off_dates():
+    weekend = template("weekend", [step("10:30")], days={"weekdays": ["sat", "sun"]})
+    launch = template("launch", [step("11:00")], days={"dates": ["2026-11-24"]})
+    later = template("later", [step("12:00")], days={"from": "2026-12-01"})
+    plan = plan_day(DAY, [weekend, launch, later], [group(1)])
+    assert [p.template_id for p in plan.posts] == ["launch"]
+    saturday = plan_day(dt.date(2026, 11, 28), [weekend, launch, later], [group(1)])
+    assert [p.template_id for p in saturday.posts] == ["weekend"]
+
+
+def test_one_slot_is_spread_over_the_window_so_a_bot_never_bursts():
+    gs = [group(i, owner=f"bot{i % 3}") for i in range(600)]  # 200 groups per bot
+    plan = plan_day(DAY, [template("t", [step("08:00")])], gs, Limits(spread=dt.timedelta(minutes=20)))
+    assert len(plan.posts) == 600
+    assert all(dt.time(8, 0) <= p.at.time() < dt.time(8, 20) for p in plan.posts)
+    for bot in ("bot0", "bot1", "bot2"):
+        ats = sorted(p.at for p in plan.posts if p.sender == bot)
+        assert min(b - a for a, b in zip(ats, ats[1:])) == dt.timedelta(seconds=6)  # 1,200 s / 200
+
+
+def test_planning_100_groups_x_20_templates_is_all_accounted_for():
+    ts = [template(f"t{i}", [step(f"{8 + i % 13}:{i * 7 % 60:02d}", "mass_send" if i % 3 == 0 else "owner_task")],
+                   priority=i * 7 % 100) for i in range(20)]
+    plan = plan_day(DAY, ts, [group(i, owner=f"bot{i % 4}") for i in range(100)])
+    assert len(plan.posts) + sum(plan.dropped_counts.values()) == 100 * 20
+
+
+# -- properties -------------------------------------------------------------------------------
+
+times = st.builds(lambda h, m: f"{h:02d}:{m:02d}", st.integers(0, 23), st.sampled_from([0, 10, 15, 30, 45, 59]))
+channels = st.sampled_from(["mass_send", "owner_task", "group_robot"])
+steps_st = st.lists(st.builds(lambda at, ch: step(at, ch), times, channels), min_size=1, max_size=3,
+                    unique_by=lambda s: s["at"])
+
+
+@st.composite
+def template_sets(draw):
+    n = draw(st.integers(1, 8))
+    out = []
+    for i in range(n):
+        targets = draw(st.sampled_from([{}, {"cities": ["上海"]}, {"group_tags": ["a"]}, {"stores": ["S1", "S2"]},
+                                        {"exclude_stores": ["S1"]}]))
+        days = draw(st.sampled_from([{}, {"weekdays": ["tue"]}, {"weekdays": ["sat"]}, {"dates": ["2026-11-24"]}]))
+        out.append(template(f"t{i}", draw(steps_st), priority=draw(st.integers(0, 100)), targets=targets, days=days))
+    return out
+
+
+@st.composite
+def group_sets(draw):
+    n = draw(st.integers(1, 40))
+    owners = draw(st.lists(st.sampled_from(["b1", "b2", "b3", None]), min_size=n, max_size=n))
+    return [
+        GroupInfo(
+            chat_id=f"wr{i:04d}", owner=owners[i],
+            store_code=draw(st.sampled_from(["S1", "S2", "S3", None])),
+            city=draw(st.sampled_from(["上海", "北京", None])),
+            tags=frozenset(draw(st.lists(st.sampled_from(["a", "b"]), max_size=2))),
+        )
+        for i in range(n)
+    ]
+
+
+limits_st = st.builds(
+    Limits,
+    max_posts_per_group_per_day=st.integers(1, 3),
+    max_mass_sends_per_group_per_day=st.integers(0, 2),
+    max_groups_per_bot=st.integers(1, 20),
+    quiet_start=st.sampled_from([dt.time(22, 0), dt.time(21, 0), dt.time(23, 30)]),
+    quiet_end=st.sampled_from([dt.time(8, 0), dt.time(7, 0), dt.time(0, 0)]),
+    min_spacing=st.sampled_from([dt.timedelta(0), dt.timedelta(minutes=30), dt.timedelta(minutes=90)]),
+    spread=st.sampled_from([dt.timedelta(0), dt.timedelta(minutes=20), dt.timedelta(minutes=45)]),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(template_sets(), group_sets(), limits_st)
+def test_no_plan_ever_breaks_a_limit(templates, groups, limits):
+    plan = plan_day(DAY, templates, groups, limits)
+    by_group = defaultdict(list)
+    for p in plan.posts:
+        by_group[p.chat_id].append(p)
+    owner = {g.chat_id: g.owner for g in groups}
+    for chat_id, posts in by_group.items():
+        assert len(posts) <= limits.max_posts_per_group_per_day
+        assert sum(p.channel == "mass_send" for p in posts) <= limits.max_mass_sends_per_group_per_day
+        ats = sorted(p.at for p in posts)
+        assert all(b - a >= limits.min_spacing for a, b in zip(ats, ats[1:]))
+        assert len({(p.template_id, p.step_key) for p in posts}) == len(posts)
+        for p in posts:
+            assert p.sender == owner[chat_id] is not None
+            assert not limits.is_quiet(p.at.time())
+            assert p.at.date() == DAY
+            nominal = dt.datetime.combine(DAY, p.nominal)
+            assert nominal <= p.at <= nominal + limits.spread
+    groups_of_bot = defaultdict(set)
+    for p in plan.posts:
+        groups_of_bot[p.sender].add(p.chat_id)
+    assert all(len(chats) <= limits.max_groups_per_bot for chats in groups_of_bot.values())
+    # Every candidate is accounted for: planned or dropped with a reason.
+    expected = 0
+    for t in templates:
+        if t.days.runs_on(DAY):
+            from scrm.sop.planner import GroupIndex
+
+            expected += len(GroupIndex(groups).match(t)) * len(t.steps)
+    assert len(plan.posts) + sum(plan.dropped_counts.values()) == expected
+    # A post dropped for the daily limit lost to posts of at least its priority.
+    priority = {(t.id, t.step_key(i)): (t.steps[i].priority or t.priority) for t in templates for i in range(len(t.steps))}
+    for d in plan.dropped:
+        if d.reason == DAILY_LIMIT:
+            assert all(p.priority >= priority[(d.template_id, d.step_key)] for p in by_group[d.chat_id])
+
+
+@settings(max_examples=100, deadline=None)
+@given(template_sets(), group_sets())
+def test_planning_is_deterministic_and_independent_of_input_order(templates, groups):
+    a = plan_day(DAY, templates, groups)
+    b = plan_day(DAY, list(reversed(templates)), list(reversed(groups)))
+    key = lambda p: (p.chat_id, p.template_id, p.step_key, p.at, p.channel)  # noqa: E731
+    assert sorted(map(key, a.posts)) == sorted(map(key, b.posts))
+    assert a.dropped_counts == b.dropped_counts
