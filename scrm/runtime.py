@@ -34,3 +34,21 @@ def build_crypto(settings: Settings | None = None) -> CallbackCrypto:
         settings.wecom.encoding_aes_key.get_secret_value(),
         settings.wecom.corp_id,
     )
+
+
+def build_sop_sender(settings: Settings | None = None):
+    """The SOP sender; templates are re-read from disk (lint-checked) on every batch."""
+    from pathlib import Path
+    from zoneinfo import ZoneInfo
+
+    from scrm.sop.jobs import load_templates
+    from scrm.sop.sender import SopSender
+
+    settings = settings or get_settings()
+    sop = settings.sop
+    return SopSender(
+        get_engine(settings.database_url()),
+        build_client(settings),
+        lambda: load_templates(Path(sop.templates_dir), sop),
+        tz=ZoneInfo(sop.timezone),
+    )

@@ -14,6 +14,7 @@ if not isinstance(dramatiq.get_broker(), StubBroker):
     dramatiq.set_broker(StubBroker())
 
 _processor: Processor | None = None
+_sop_sender = None
 _lock = threading.Lock()
 
 
@@ -65,4 +66,26 @@ def enqueue_callbacks(inbox_ids: list[int]) -> None:
         fan_out_callbacks.send(list(inbox_ids))
 
 
-ALL = [process_callback, fan_out_callbacks]
+def set_sop_sender(sender) -> None:
+    global _sop_sender
+    _sop_sender = sender
+
+
+def get_sop_sender():
+    global _sop_sender
+    with _lock:
+        if _sop_sender is None:
+            from scrm.runtime import build_sop_sender
+
+            _sop_sender = build_sop_sender()
+        return _sop_sender
+
+
+@dramatiq.actor(queue_name="sop", max_retries=3, min_backoff=5_000, max_backoff=60_000, time_limit=300_000)
+def send_sop_posts(post_ids: list[int]) -> None:
+    """Send claimed mass-send posts; only rows still ``sending`` are touched, so a redelivered
+    message cannot send twice."""
+    get_sop_sender().send(post_ids)
+
+
+ALL = [process_callback, fan_out_callbacks, send_sop_posts]

@@ -1,0 +1,74 @@
+"""The SOP engine's periodic work, as plain functions the scheduler (and tests) call with a clock.
+
+plan_ahead: re-plan today and the next days from the templates on disk. Broken templates are
+refused as a whole: the existing plan stays as it was until the operator fixes the files.
+fire: expire posts whose window ended, claim due posts, queue the mass sends.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Callable
+from zoneinfo import ZoneInfo
+
+from sqlalchemy.engine import Engine
+
+from scrm.db import utcnow
+from scrm.logs import get_logger
+from scrm.sop.planner import Limits
+from scrm.sop.service import ReplanResult, claim_due, expire_overdue, replan_day, requeue_stuck
+from scrm.sop.template import Channel, SopTemplate
+
+log = get_logger(__name__)
+
+
+class TemplatesRefused(RuntimeError):
+    """The template folder has problems; the message lists them with file and line."""
+
+
+def load_templates(path: Path, sop) -> dict[str, SopTemplate]:
+    from scrm.sop.lint import lint
+
+    templates, problems = lint(path, quiet_hours=(sop.quiet_hours_start, sop.quiet_hours_end))
+    if problems:
+        raise TemplatesRefused("; ".join(str(p) for p in problems[:20])
+                               + (f" (and {len(problems) - 20} more)" if len(problems) > 20 else ""))
+    return {t.id: t for t in templates}
+
+
+def plan_ahead(engine: Engine, sop, *, now: dt.datetime | None = None,
+               templates: dict[str, SopTemplate] | None = None) -> list[ReplanResult]:
+    now = now or utcnow()
+    tz = ZoneInfo(sop.timezone)
+    if templates is None:
+        try:
+            templates = load_templates(Path(sop.templates_dir), sop)
+        except TemplatesRefused as exc:
+            log.error("sop_templates_refused", problems=str(exc)[:2000])
+            return []
+    limits = Limits.from_settings(sop)
+    today = now.astimezone(tz).date()
+    window = dt.timedelta(minutes=sop.owner_task_window_minutes)
+    return [
+        replan_day(engine, list(templates.values()), today + dt.timedelta(days=n), limits, tz=tz, now=now,
+                   window=window)
+        for n in range(sop.plan_days_ahead + 1)
+    ]
+
+
+def fire(engine: Engine, enqueue_mass: Callable[[list[int]], None], *, now: dt.datetime | None = None,
+         chunk: int = 200) -> dict[str, int]:
+    """Expire, claim and queue; returns counts. A chunk of mass posts is one worker job, which
+    groups them by sender and content into add_msg_template calls."""
+    now = now or utcnow()
+    expired = expire_overdue(engine, now)
+    claimed = claim_due(engine, now)
+    stuck = requeue_stuck(engine, now)
+    mass = claimed.get(Channel.mass_send.value, []) + stuck
+    for i in range(0, len(mass), chunk):
+        enqueue_mass(mass[i:i + chunk])
+    counts = {"expired": expired, "requeued": len(stuck), **{channel: len(ids) for channel, ids in claimed.items()}}
+    if any(counts.values()):
+        log.info("sop_fired", **counts)
+    return counts

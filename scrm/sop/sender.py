@@ -1,0 +1,234 @@
+"""Sending claimed SOP posts through their channel, and reading mass-send delivery back.
+
+mass_send: posts with the same sender and the same rendered content go out in one
+add_msg_template call (chat_type group, at most 2000 chat ids). WeCom only creates a task; the
+owner confirms it in the client, and get_groupmsg_task / get_groupmsg_send_result tell us what
+each group received: status 1 confirmed, 2 failed (group gone), 3 over WeCom's quota, recorded
+as such and never retried blindly.
+
+Never double-sent: a post is sent only from ``sending``, which one scheduler moved it to. When
+the call's outcome is unknown (a timeout after the request left), the sender looks for the task
+in get_groupmsg_list_v2 before trying again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections import defaultdict
+from typing import Callable
+
+from sqlalchemy import select, update
+from sqlalchemy.engine import Engine
+
+from scrm.db import utcnow
+from scrm.groups.models import CustomerGroup
+from scrm.logs import get_logger
+from scrm.sop.models import SopPost
+from scrm.sop.render import TemplateRenderError, build_context, group_fields, render_step, store_fields
+from scrm.sop.template import Channel, SopTemplate
+from scrm.stores.models import Store
+from scrm.wecom.errors import RateLimited, SystemBusy, TransportError, WeComAPIError
+
+log = get_logger(__name__)
+MAX_CHATS_PER_CALL = 2000
+RETRY_AFTER = dt.timedelta(minutes=2)
+
+
+class SopSender:
+    def __init__(
+        self,
+        engine: Engine,
+        client,
+        templates: Callable[[], dict[str, SopTemplate]],
+        *,
+        tz,
+        clock: Callable[[], dt.datetime] = utcnow,
+    ):
+        self.engine, self.client, self.templates, self.tz, self.clock = engine, client, templates, tz, clock
+
+    # -- sending --------------------------------------------------------------------------------
+    def send(self, post_ids: list[int]) -> dict[str, int]:
+        """Send the given posts that are still ``sending``; returns counts by outcome."""
+        table, c = SopPost.__table__, SopPost.__table__.c
+        with self.engine.connect() as conn:
+            posts = conn.execute(select(table).where(c.id.in_(post_ids), c.status == "sending")).all()
+            chats = {p.chat_id for p in posts}
+            groups = {g.chat_id: g for g in conn.execute(
+                select(CustomerGroup.__table__).where(CustomerGroup.__table__.c.chat_id.in_(chats)))}
+            codes = {g.store_code for g in groups.values() if g.store_code}
+            stores = {s.code: s for s in conn.execute(
+                select(Store.__table__).where(Store.__table__.c.code.in_(codes)))} if codes else {}
+        outcome: dict[str, int] = defaultdict(int)
+        templates = self.templates()
+        batches: dict[tuple[str, str, str], list] = defaultdict(list)
+        for p in posts:
+            payload, error = self._render(p, templates, groups, stores)
+            if error:
+                self._finish([p.id], status="failed", error=error)
+                outcome["failed"] += 1
+                continue
+            if p.channel != Channel.mass_send.value:  # claim_due never sends these here
+                self._finish([p.id], status="due")
+                outcome["due"] += 1
+                continue
+            key = json.dumps(payload, sort_keys=True, ensure_ascii=False)
+            batches[(p.sender, key, p.channel)].append(p)
+        for (sender, key, _), batch in batches.items():
+            payload = json.loads(key)
+            for i in range(0, len(batch), MAX_CHATS_PER_CALL):
+                for status, n in self._mass_send(sender, payload, batch[i:i + MAX_CHATS_PER_CALL]).items():
+                    outcome[status] += n
+        return dict(outcome)
+
+    def _render(self, post, templates, groups, stores) -> tuple[dict | None, str | None]:
+        template = templates.get(post.template_id)
+        if template is None:
+            return None, f"template {post.template_id!r} no longer exists"
+        index = next((i for i in range(len(template.steps)) if template.step_key(i) == post.step_key), None)
+        if index is None:
+            return None, f"template {post.template_id!r} has no step {post.step_key!r} any more"
+        group = groups.get(post.chat_id)
+        if group is None or group.status != "active":
+            return None, "the group is gone"
+        store = stores.get(group.store_code) if group.store_code else None
+        context = build_context(group=group_fields(group), store=store_fields(store), day=post.day,
+                                at=template.steps[index].at, template=template)
+        try:
+            return render_step(template, index, context), None
+        except TemplateRenderError as exc:
+            return None, f"render: {exc}"
+
+    def _mass_send(self, sender: str, payload: dict, batch: list) -> dict[str, int]:
+        ids = [p.id for p in batch]
+        body = {"chat_type": "group", "sender": sender, "chat_id_list": [p.chat_id for p in batch], **payload}
+        started = self.clock()
+        if any(p.attempts > 1 for p in batch):  # tried before: WeCom may have created the task
+            since = min(p.scheduled_for for p in batch)
+            msgid = self._find_created(sender, payload, since)
+            if msgid is not None:
+                return self._record(sender, payload, batch, {"msgid": msgid, "fail_list": []})
+        try:
+            result = self.client.add_msg_template(body)
+        except TransportError:
+            msgid = self._find_created(sender, payload, started)
+            if msgid is None:
+                return self._retry_later(batch, "transport")
+            result = {"msgid": msgid, "fail_list": []}
+        except (RateLimited, SystemBusy) as exc:
+            return self._retry_later(batch, f"errcode {exc.errcode}")
+        except WeComAPIError as exc:
+            self._finish(ids, status="failed", errcode=exc.errcode, error=exc.errmsg[:500])
+            log.warning("sop_mass_send_failed", sender=sender, chats=len(ids), errcode=exc.errcode)
+            return {"failed": len(ids)}
+        return self._record(sender, payload, batch, result)
+
+    def _record(self, sender: str, payload: dict, batch: list, result: dict) -> dict[str, int]:
+        failed = set(result.get("fail_list") or [])
+        ok = [p.id for p in batch if p.chat_id not in failed]
+        bad = [p.id for p in batch if p.chat_id in failed]
+        now = self.clock()
+        if ok:
+            self._finish(ok, status="sent", msgid=result["msgid"], content=payload, sent_by=sender, sent_at=now)
+        if bad:
+            self._finish(bad, status="failed", error="WeCom refused the group (fail_list)", msgid=result["msgid"])
+        log.info("sop_mass_send_created", sender=sender, msgid=result["msgid"], chats=len(ok), refused=len(bad))
+        return {"sent": len(ok), "failed": len(bad)}
+
+    def _find_created(self, sender: str, payload: dict, since: dt.datetime) -> str | None:
+        """After a timeout: did WeCom create the task anyway? Look for it before sending again."""
+        start = int(since.timestamp()) - 60
+        try:
+            listing = self.client.get_groupmsg_list_v2(
+                chat_type="group", start_time=start, end_time=int(self.clock().timestamp()) + 60,
+                creator=sender, filter_type=2, limit=100)
+        except WeComAPIError:
+            return None
+        for item in listing.get("group_msg_list") or []:
+            if item.get("text") == payload.get("text") and (item.get("attachments") or []) == payload.get("attachments", []):
+                return item.get("msgid")
+        return None
+
+    def _retry_later(self, batch: list, reason: str) -> dict[str, int]:
+        """Back to ``planned`` a little later if the post's window allows, else failed."""
+        now = self.clock()
+        again, give_up = [], []
+        for p in batch:
+            (again if now + RETRY_AFTER < p.window_ends_at else give_up).append(p.id)
+        c = SopPost.__table__.c
+        with self.engine.begin() as conn:
+            if again:
+                conn.execute(update(SopPost.__table__).where(c.id.in_(again), c.status == "sending")
+                             .values(status="planned", scheduled_for=now + RETRY_AFTER, error=reason, updated_at=now))
+        if give_up:
+            self._finish(give_up, status="failed", error=f"{reason}; window ended")
+        log.warning("sop_send_retry_later", reason=reason, retry=len(again), failed=len(give_up))
+        return {"retry": len(again), "failed": len(give_up)}
+
+    def _finish(self, ids: list[int], *, status: str, **values) -> None:
+        c = SopPost.__table__.c
+        with self.engine.begin() as conn:
+            conn.execute(update(SopPost.__table__).where(c.id.in_(ids), c.status == "sending")
+                         .values(status=status, updated_at=self.clock(), **values))
+
+    # -- delivery results -------------------------------------------------------------------------
+    def poll_results(self, *, lookback: dt.timedelta = dt.timedelta(days=3)) -> dict[str, int]:
+        """Read what each group received for mass sends still waiting for their owner."""
+        table, c = SopPost.__table__, SopPost.__table__.c
+        now = self.clock()
+        with self.engine.connect() as conn:
+            waiting = conn.execute(
+                select(c.id, c.chat_id, c.msgid, c.sender).where(
+                    c.channel == Channel.mass_send.value, c.status == "sent", c.msgid.is_not(None),
+                    c.sent_at >= now - lookback)
+            ).all()
+        by_msg: dict[str, list] = defaultdict(list)
+        for row in waiting:
+            by_msg[row.msgid].append(row)
+        counts: dict[str, int] = defaultdict(int)
+        for msgid, rows in by_msg.items():
+            try:
+                results = self._send_results(msgid, {r.sender for r in rows})
+            except WeComAPIError as exc:
+                log.warning("sop_poll_failed", msgid=msgid, errcode=exc.errcode)
+                continue
+            with self.engine.begin() as conn:
+                for r in rows:
+                    status, send_time = results.get(r.chat_id, (0, 0))
+                    if status == 0:
+                        continue
+                    values = {"updated_at": now}
+                    if status == 1:
+                        values.update(status="confirmed",
+                                      confirmed_at=dt.datetime.fromtimestamp(send_time or now.timestamp(),
+                                                                             dt.timezone.utc))
+                    elif status == 3:
+                        values.update(status="over_quota", errcode=3,
+                                      error="the group already received another mass message (WeCom quota)")
+                    else:
+                        values.update(status="failed", errcode=status, error="WeCom could not deliver to the group")
+                    conn.execute(update(table).where(c.id == r.id, c.status == "sent").values(**values))
+                    counts[values["status"]] += 1
+        return dict(counts)
+
+    def _send_results(self, msgid: str, senders: set[str]) -> dict[str, tuple[int, int]]:
+        out: dict[str, tuple[int, int]] = {}
+        cursor = ""
+        confirmed = set()
+        while True:
+            page = self.client.get_groupmsg_task(msgid, cursor=cursor)
+            confirmed |= {t["userid"] for t in page.get("task_list") or [] if t.get("status") == 2}
+            cursor = page.get("next_cursor") or ""
+            if not cursor:
+                break
+        for userid in senders & confirmed:
+            cursor = ""
+            while True:
+                page = self.client.get_groupmsg_send_result(msgid, userid, cursor=cursor)
+                for item in page.get("send_list") or []:
+                    if item.get("chat_id"):
+                        out[item["chat_id"]] = (int(item.get("status", 0)), int(item.get("send_time") or 0))
+                cursor = page.get("next_cursor") or ""
+                if not cursor:
+                    break
+        return out

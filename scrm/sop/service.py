@@ -1,0 +1,222 @@
+"""The ledger side of the SOP engine: plan into the database, claim due posts, expire stale ones.
+
+Planning reads the day's ledger first: posts already sent, being sent, due, or past their time
+are kept and count against the limits; only future ``planned`` rows are replaced, so a template
+change or a group leaving a target set changes the future and never what was sent. On
+PostgreSQL a transaction-scoped advisory lock serialises two schedulers planning the same day;
+the unique constraints on the ledger hold the limits whatever happens.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import zlib
+from collections import defaultdict
+from dataclasses import dataclass
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import delete, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection, Engine
+
+from scrm.db import utcnow
+from scrm.groups.models import CustomerGroup
+from scrm.logs import get_logger
+from scrm.sop.models import HARD_MAX_POSTS_PER_DAY, SopPost
+from scrm.sop.planner import DayPlan, FixedPost, GroupIndex, GroupInfo, Limits, plan_day
+from scrm.sop.template import Channel, SopTemplate
+from scrm.stores.models import Store
+
+log = get_logger(__name__)
+REPLACE_GUARD = dt.timedelta(seconds=60)  # a post this close to its time is left alone
+
+
+@dataclass
+class ReplanResult:
+    day: dt.date
+    plan: DayPlan
+    kept: int = 0
+    inserted: int = 0
+    removed: int = 0
+    conflicts: int = 0  # rows another scheduler wrote first
+
+
+def load_groups(conn: Connection) -> list[GroupInfo]:
+    """Active customer groups with what templates can target (the store's city)."""
+    g, s = CustomerGroup.__table__.c, Store.__table__.c
+    rows = conn.execute(
+        select(g.chat_id, g.owner_userid, g.store_code, g.tags, g.layer, g.name, s.city)
+        .select_from(CustomerGroup.__table__.outerjoin(Store.__table__, s.code == g.store_code))
+        .where(g.status == "active")
+    )
+    return [
+        GroupInfo(chat_id=r.chat_id, owner=r.owner_userid, store_code=r.store_code, city=r.city or None,
+                  tags=frozenset(r.tags or ()), layer=r.layer, name=r.name or "")
+        for r in rows
+    ]
+
+
+def local_window(day: dt.date, tz: ZoneInfo) -> tuple[dt.datetime, dt.datetime]:
+    start = dt.datetime.combine(day, dt.time(0, 0), tzinfo=tz)
+    return start.astimezone(dt.timezone.utc), (start + dt.timedelta(days=1)).astimezone(dt.timezone.utc)
+
+
+def _window_end(at_local: dt.datetime, limits: Limits, window: dt.timedelta, tz: ZoneInfo) -> dt.datetime:
+    """An unsent post expires after ``window``, at quiet hours, or at midnight, whichever is first."""
+    end = at_local + window
+    midnight = dt.datetime.combine(at_local.date() + dt.timedelta(days=1), dt.time(0, 0))
+    quiet = dt.datetime.combine(at_local.date(), limits.quiet_start)
+    if quiet > at_local:
+        end = min(end, quiet)
+    return min(end, midnight).replace(tzinfo=tz).astimezone(dt.timezone.utc)
+
+
+def _lock_day(conn: Connection, day: dt.date) -> None:
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": zlib.crc32(f"sop:{day}".encode())})
+
+
+def replan_day(
+    engine: Engine,
+    templates: list[SopTemplate],
+    day: dt.date,
+    limits: Limits,
+    *,
+    tz: ZoneInfo,
+    now: dt.datetime | None = None,
+    window: dt.timedelta = dt.timedelta(hours=3),
+    groups: list[GroupInfo] | None = None,
+) -> ReplanResult:
+    now = now or utcnow()
+    table = SopPost.__table__
+    c = table.c
+    insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
+    with engine.begin() as conn:
+        _lock_day(conn, day)
+        if groups is None:
+            groups = load_groups(conn)
+        rows = conn.execute(select(table).where(c.day == day)).all()
+        fixed: dict[str, list[FixedPost]] = defaultdict(list)
+        replaceable: dict[tuple[str, str, str], object] = {}
+        used_slots: dict[str, set[int]] = defaultdict(set)
+        used_mass: dict[str, set[int]] = defaultdict(set)
+        for r in rows:
+            if r.status == "planned" and r.scheduled_for > now + REPLACE_GUARD:
+                replaceable[(r.chat_id, r.template_id, r.step_key)] = r
+            else:
+                at_local = r.scheduled_for.astimezone(tz).replace(tzinfo=None)
+                fixed[r.chat_id].append(FixedPost(r.chat_id, r.template_id, r.step_key, at_local, r.channel))
+                used_slots[r.chat_id].add(r.slot)
+                if r.mass_seq is not None:
+                    used_mass[r.chat_id].add(r.mass_seq)
+
+        plan = plan_day(day, templates, GroupIndex(groups), limits, fixed=fixed)
+        result = ReplanResult(day=day, plan=plan)
+
+        desired = {}
+        for p in plan.posts:
+            at_utc = p.at.replace(tzinfo=tz).astimezone(dt.timezone.utc)
+            desired[(p.chat_id, p.template_id, p.step_key)] = (p, at_utc)
+        stale = []
+        for key, r in replaceable.items():
+            want = desired.get(key)
+            if want and (r.template_digest, r.channel, r.sender, r.scheduled_for) == (
+                want[0].digest, want[0].channel, want[0].sender, want[1]
+            ):
+                desired.pop(key)
+                used_slots[r.chat_id].add(r.slot)
+                if r.mass_seq is not None:
+                    used_mass[r.chat_id].add(r.mass_seq)
+                result.kept += 1
+            else:
+                stale.append(r.id)
+        for i in range(0, len(stale), 500):
+            result.removed += conn.execute(
+                delete(table).where(c.id.in_(stale[i:i + 500]), c.status == "planned")
+            ).rowcount
+
+        new_rows = []
+        stamp = utcnow()
+        for (chat_id, _, _), (p, at_utc) in sorted(desired.items()):
+            slot = next((s for s in range(1, HARD_MAX_POSTS_PER_DAY + 1) if s not in used_slots[chat_id]), None)
+            mass_seq = None
+            if p.channel == Channel.mass_send.value:
+                mass_seq = next((s for s in range(1, limits.max_mass_sends_per_group_per_day + 1)
+                                 if s not in used_mass[chat_id]), None)
+                if mass_seq is None:
+                    continue
+                used_mass[chat_id].add(mass_seq)
+            if slot is None:
+                continue
+            used_slots[chat_id].add(slot)
+            new_rows.append(dict(
+                day=day, chat_id=chat_id, slot=slot, mass_seq=mass_seq, template_id=p.template_id,
+                step_key=p.step_key, template_digest=p.digest, channel=p.channel, sender=p.sender,
+                priority=p.priority, scheduled_for=at_utc,
+                window_ends_at=_window_end(p.at, limits, window, tz),
+                status="planned", attempts=0, created_at=stamp, updated_at=stamp,
+            ))
+        for i in range(0, len(new_rows), 1000):
+            chunk = new_rows[i:i + 1000]
+            written = conn.execute(insert(table).on_conflict_do_nothing().returning(c.id), chunk).all()
+            result.inserted += len(written)
+            result.conflicts += len(chunk) - len(written)
+    log.info("sop_replanned", day=str(day), kept=result.kept, inserted=result.inserted, removed=result.removed,
+             conflicts=result.conflicts, dropped=sum(plan.dropped_counts.values()))
+    return result
+
+
+def expire_overdue(engine: Engine, now: dt.datetime | None = None) -> int:
+    now = now or utcnow()
+    c = SopPost.__table__.c
+    with engine.begin() as conn:
+        return conn.execute(
+            update(SopPost.__table__)
+            .where(c.status.in_(("planned", "due")), c.window_ends_at <= now)
+            .values(status="expired", updated_at=now)
+        ).rowcount
+
+
+def claim_due(engine: Engine, now: dt.datetime | None = None, *, limit: int = 2000) -> dict[str, list[int]]:
+    """Move posts whose time has come out of ``planned``, each exactly once even with two
+    schedulers: mass sends to ``sending`` (a worker sends them), the others to ``due`` (the owner
+    sends them from the toolbar page; group robots have no sender of their own yet, so their
+    posts are owner tasks too). Returns ids by channel."""
+    now = now or utcnow()
+    table = SopPost.__table__
+    c = table.c
+    mass = Channel.mass_send.value
+    claimed: dict[str, list[int]] = defaultdict(list)
+    with engine.begin() as conn:
+        ids = [r.id for r in conn.execute(
+            select(c.id).where(c.status == "planned", c.scheduled_for <= now, c.window_ends_at > now)
+            .order_by(c.scheduled_for, c.id).limit(limit)
+        )]
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            for is_mass in (True, False):
+                rows = conn.execute(
+                    update(table)
+                    .where(c.id.in_(chunk), c.status == "planned", (c.channel == mass) if is_mass else (c.channel != mass))
+                    .values(status="sending" if is_mass else "due",
+                            attempts=c.attempts + (1 if is_mass else 0), updated_at=now)
+                    .returning(c.id, c.channel)
+                ).all()
+                for r in rows:
+                    claimed[r.channel].append(r.id)
+    return dict(claimed)
+
+
+def requeue_stuck(engine: Engine, now: dt.datetime | None = None, *,
+                  older_than: dt.timedelta = dt.timedelta(minutes=10)) -> list[int]:
+    """Mass posts left in ``sending`` (the queue was down, a worker died) go back to a worker.
+    Their attempt count goes up, which makes the sender look for a task WeCom may already have
+    created before it calls add_msg_template again."""
+    now = now or utcnow()
+    table, c = SopPost.__table__, SopPost.__table__.c
+    with engine.begin() as conn:
+        return [r.id for r in conn.execute(
+            update(table).where(c.status == "sending", c.updated_at < now - older_than)
+            .values(attempts=c.attempts + 1, updated_at=now).returning(c.id)
+        )]
