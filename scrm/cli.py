@@ -18,6 +18,11 @@ from scrm.config import ConfigError, get_settings, reset_settings_cache
 app = typer.Typer(help="scrm: WeCom SCRM automation for community commerce.", no_args_is_help=True)
 console = Console()
 
+from scrm.sop import plan_cli as _plan_cli  # noqa: E402,F401  (registers `scrm sop plan`)
+from scrm.sop.cli import sop_app  # noqa: E402
+
+app.add_typer(sop_app, name="sop")
+
 
 def _setup_logging() -> None:
     from scrm.logs import configure_logging

@@ -72,6 +72,33 @@ def _window_end(at_local: dt.datetime, limits: Limits, window: dt.timedelta, tz:
     return min(end, midnight).replace(tzinfo=tz).astimezone(dt.timezone.utc)
 
 
+@dataclass
+class DayLedger:
+    """A day's ledger as planning sees it: posts to keep and count, and future planned posts
+    that a new plan may replace."""
+
+    fixed: dict[str, list[FixedPost]]
+    replaceable: dict[tuple[str, str, str], object]
+    used_slots: dict[str, set[int]]
+    used_mass: dict[str, set[int]]
+
+
+def read_day(conn: Connection, day: dt.date, *, now: dt.datetime, tz: ZoneInfo) -> DayLedger:
+    table = SopPost.__table__
+    c = table.c
+    ledger = DayLedger(defaultdict(list), {}, defaultdict(set), defaultdict(set))
+    for r in conn.execute(select(table).where(c.day == day)):
+        if r.status == "planned" and r.scheduled_for > now + REPLACE_GUARD:
+            ledger.replaceable[(r.chat_id, r.template_id, r.step_key)] = r
+        else:
+            at_local = r.scheduled_for.astimezone(tz).replace(tzinfo=None)
+            ledger.fixed[r.chat_id].append(FixedPost(r.chat_id, r.template_id, r.step_key, at_local, r.channel))
+            ledger.used_slots[r.chat_id].add(r.slot)
+            if r.mass_seq is not None:
+                ledger.used_mass[r.chat_id].add(r.mass_seq)
+    return ledger
+
+
 def _lock_day(conn: Connection, day: dt.date) -> None:
     if conn.dialect.name == "postgresql":
         conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": zlib.crc32(f"sop:{day}".encode())})
@@ -96,20 +123,9 @@ def replan_day(
         _lock_day(conn, day)
         if groups is None:
             groups = load_groups(conn)
-        rows = conn.execute(select(table).where(c.day == day)).all()
-        fixed: dict[str, list[FixedPost]] = defaultdict(list)
-        replaceable: dict[tuple[str, str, str], object] = {}
-        used_slots: dict[str, set[int]] = defaultdict(set)
-        used_mass: dict[str, set[int]] = defaultdict(set)
-        for r in rows:
-            if r.status == "planned" and r.scheduled_for > now + REPLACE_GUARD:
-                replaceable[(r.chat_id, r.template_id, r.step_key)] = r
-            else:
-                at_local = r.scheduled_for.astimezone(tz).replace(tzinfo=None)
-                fixed[r.chat_id].append(FixedPost(r.chat_id, r.template_id, r.step_key, at_local, r.channel))
-                used_slots[r.chat_id].add(r.slot)
-                if r.mass_seq is not None:
-                    used_mass[r.chat_id].add(r.mass_seq)
+        ledger = read_day(conn, day, now=now, tz=tz)
+        fixed, replaceable = ledger.fixed, ledger.replaceable
+        used_slots, used_mass = ledger.used_slots, ledger.used_mass
 
         plan = plan_day(day, templates, GroupIndex(groups), limits, fixed=fixed)
         result = ReplanResult(day=day, plan=plan)

@@ -1,0 +1,91 @@
+"""`scrm sop plan`: the operator's dry run, against groups in a real (SQLite) database."""
+
+from __future__ import annotations
+
+import pytest
+from sqlmodel import Session
+from typer.testing import CliRunner
+
+from scrm.config import reset_settings_cache
+from scrm.db import dispose_engines, make_engine, migrate
+from scrm.groups.models import CustomerGroup
+from scrm.stores.models import Store
+
+BREAKFAST = """\
+id: breakfast
+name: 工作日早餐
+priority: 90
+days: {weekdays: [mon, tue, wed, thu, fri]}
+steps:
+  - {at: "08:00", channel: mass_send, text: "{{ store.name }}早安"}
+  - {at: "08:30", channel: owner_task, text: 第二条}
+"""
+LATE = """\
+id: late
+name: 夜宵
+steps:
+  - {at: "22:30", text: 夜宵来了}
+"""
+
+
+@pytest.fixture
+def cli(tmp_path, monkeypatch):
+    url = f"sqlite:///{tmp_path / 'scrm.db'}"
+    monkeypatch.setenv("SCRM_DATABASE__URL", url)
+    monkeypatch.setenv("SCRM_SOP__SPREAD_MINUTES", "0")
+    monkeypatch.setenv("COLUMNS", "200")
+    reset_settings_cache()
+    migrate(url)
+    engine = make_engine(url)
+    with Session(engine) as s:
+        s.add(Store(code="A", name="南京西路店", city="上海"))
+        for i in range(3):
+            s.add(CustomerGroup(chat_id=f"wr{i}", name=f"A店{i}群", owner_userid="owner_a", store_code="A"))
+        s.add(CustomerGroup(chat_id="wrX", name="无主群", owner_userid=None))
+        s.commit()
+    engine.dispose()
+    folder = tmp_path / "tpl"
+    folder.mkdir()
+    (folder / "breakfast.yaml").write_text(BREAKFAST, encoding="utf-8")
+    from scrm.cli import app
+
+    yield lambda *args: CliRunner().invoke(app, ["sop", *args, "--path", str(folder)]), folder
+    dispose_engines()
+    reset_settings_cache()
+
+
+def test_plan_shows_who_gets_what_when_and_what_was_dropped(cli):
+    run, folder = cli
+    r = run("plan", "--date", "2026-11-24")  # a Tuesday
+    assert r.exit_code == 0, r.output
+    assert "2026-11-24 (周二): 3 posts planned for 4 groups" in r.output
+    # The second step is 30 min after the first: dropped for spacing (60 min by default).
+    assert "3 too close to another post" in r.output
+    assert "dropped: wr1 breakfast/2 08:30: too close to another post" in r.output
+    assert "dropped: wrX breakfast/1 08:00: group has no owner" in r.output
+    # A small plan lists every post: time, group, template/step, channel, sending account.
+    row = next(line for line in r.output.splitlines() if "A店0群 wr0" in line)
+    assert [cell.strip() for cell in row.strip("│ ").split("│")] == ["08:00:00", "A店0群 wr0", "breakfast/1",
+                                                                    "mass_send", "owner_a"]
+    saturday = run("plan", "--date", "2026-11-28")
+    assert "no template runs on this day" in saturday.output
+
+
+def test_plan_explains_one_group_and_refuses_broken_templates(cli):
+    run, folder = cli
+    (folder / "late.yaml").write_text(LATE, encoding="utf-8")
+    r = run("plan", "--date", "2026-11-24", "--group", "wr1")  # a step at 22:30 is in quiet hours
+    assert r.exit_code == 2 and "late.yaml:" in r.output and "quiet" in r.output
+    (folder / "late.yaml").write_text("id: late\nname: [oops\n", encoding="utf-8")
+    r = run("plan", "--date", "2026-11-24")
+    assert r.exit_code == 2 and "late.yaml:" in r.output and "fix them first" in r.output
+    (folder / "late.yaml").unlink()
+    r = run("plan", "--date", "2026-11-24", "--group", "wr1")
+    assert r.exit_code == 0
+    assert "A店1群 wr1" in r.output and "A店0群 wr0" not in r.output
+    assert "dropped: wr1 breakfast/2 08:30: too close to another post" in r.output
+    assert "dropped: wr0" not in r.output
+    r = run("plan", "--date", "2026-11-24", "--group", "nope")
+    assert r.exit_code == 2 and "unknown chat id" in r.output
+    r = run("plan", "--date", "24/11/2026")
+    assert r.exit_code == 2 and "is not a date" in r.output
