@@ -80,7 +80,8 @@ class EmbeddedStack:
         self.client = processor.client
         self.worker = dramatiq.Worker(self.broker, worker_threads=s.pipeline.worker_threads)
         self.worker.start()
-        self.scheduler = make_scheduler(s, lambda i: actors.process_callback.send(i))
+        self.scheduler = make_scheduler(s, lambda i: actors.process_callback.send(i),
+                                        lambda ids: actors.send_sop_posts.send(ids))
         self.scheduler.start()
         return self
 

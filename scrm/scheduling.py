@@ -1,10 +1,13 @@
-"""Periodic jobs (APScheduler): the inbox relay. One scheduler at a time, guarded by a Redis lock."""
+"""Periodic jobs (APScheduler): the inbox relay and the SOP engine (plan ahead, fire due posts,
+read mass-send results). One scheduler at a time, guarded by a Redis lock; the SOP ledger's
+constraints keep its limits even if two ever run."""
 
 from __future__ import annotations
 
 import os
 import socket
 import time
+from datetime import datetime, timezone
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -27,10 +30,35 @@ def relay_job(settings: Settings, send) -> int:
     )
 
 
-def make_scheduler(settings: Settings, send) -> BackgroundScheduler:
+def sop_plan_job(settings: Settings) -> None:
+    from scrm.sop.jobs import plan_ahead
+
+    plan_ahead(get_engine(settings.database_url()), settings.sop)
+
+
+def sop_fire_job(settings: Settings, enqueue_sop) -> None:
+    from scrm.sop.jobs import fire
+
+    fire(get_engine(settings.database_url()), enqueue_sop)
+
+
+def sop_poll_job(settings: Settings) -> None:
+    from workers.actors import get_sop_sender
+
+    get_sop_sender().poll_results()
+
+
+def make_scheduler(settings: Settings, send, enqueue_sop=None) -> BackgroundScheduler:
     sched = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30})
     sched.add_job(relay_job, "interval", seconds=settings.pipeline.relay_interval_seconds, args=[settings, send],
                   id="inbox_relay")
+    if enqueue_sop is not None:
+        sop = settings.sop
+        sched.add_job(sop_plan_job, "interval", seconds=sop.plan_interval_seconds, args=[settings], id="sop_plan",
+                      next_run_time=datetime.now(timezone.utc))
+        sched.add_job(sop_fire_job, "interval", seconds=sop.fire_interval_seconds, args=[settings, enqueue_sop],
+                      id="sop_fire")
+        sched.add_job(sop_poll_job, "interval", seconds=sop.poll_interval_seconds, args=[settings], id="sop_poll")
     return sched
 
 
@@ -40,7 +68,7 @@ def run_scheduler(settings: Settings) -> None:
 
     url = redis_url(settings)
     setup_broker(url=url)
-    from workers.actors import process_callback
+    from workers.actors import process_callback, send_sop_posts
 
     r = get_redis(url)
     me = f"{socket.gethostname()}:{os.getpid()}"
@@ -57,7 +85,8 @@ def run_scheduler(settings: Settings) -> None:
                 held = False
             if held and sched is None:
                 log.info("scheduler_active", holder=me)
-                sched = make_scheduler(settings, lambda i: process_callback.send(i))
+                sched = make_scheduler(settings, lambda i: process_callback.send(i),
+                                       lambda ids: send_sop_posts.send(ids))
                 sched.start()
             elif not held and sched is not None:
                 log.warning("scheduler_lock_lost", holder=me)

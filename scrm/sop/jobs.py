@@ -42,6 +42,9 @@ def plan_ahead(engine: Engine, sop, *, now: dt.datetime | None = None,
     now = now or utcnow()
     tz = ZoneInfo(sop.timezone)
     if templates is None:
+        if not Path(sop.templates_dir).exists():
+            log.warning("sop_templates_missing", path=str(sop.templates_dir))
+            return []
         try:
             templates = load_templates(Path(sop.templates_dir), sop)
         except TemplatesRefused as exc:
