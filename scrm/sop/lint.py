@@ -1,0 +1,466 @@
+"""Loading and checking SOP template files, with file and line numbers.
+
+Operators edit YAML by hand and run ``scrm sop lint`` in CI, so every problem has to point at
+the line to fix. The YAML is composed into PyYAML's node tree (which keeps line marks) before it
+is turned into data; a pydantic error's ``loc`` is then walked down that tree to the key it
+names. Every problem in a file is reported, not just the first.
+
+Beyond the model's own validation (``scrm/sop/template.py``) lint catches what the model cannot
+see: duplicate keys (PyYAML silently keeps the last one), the same template id in two files,
+template fields that do not compile or render (unknown variables, unsafe constructs, WeCom's
+byte limits with realistic values), posts inside quiet hours and two posts of a template at the
+same time. It is pure: settings come in as parameters.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import difflib
+import re
+import typing
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from scrm.sop.render import (
+    TemplateRenderError,
+    check_step_sources,
+    format_loc,
+    render_step,
+    sample_context,
+    sample_days,
+)
+from scrm.sop.template import (
+    ImageAttachment,
+    LinkAttachment,
+    MiniProgramAttachment,
+    SopTemplate,
+    parse_clock,
+)
+
+DEFAULT_QUIET_HOURS = ("22:00", "08:00")  # sop.quiet_hours_start / _end defaults
+TEMPLATE_SUFFIXES = (".yaml", ".yml")
+
+# pydantic puts the union member's class name into the loc of attachment errors.
+_UNION_TAGS: dict[str, tuple[type[BaseModel], str]] = {
+    "LinkAttachment": (LinkAttachment, "link"),
+    "MiniProgramAttachment": (MiniProgramAttachment, "miniprogram"),
+    "ImageAttachment": (ImageAttachment, "image"),
+}
+_ATTACHMENT_KINDS = tuple(kind for _, kind in _UNION_TAGS.values())
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing to fix, printed as ``path:line: message`` (the format editors and CI link)."""
+
+    path: str
+    line: int | None
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.message}" if self.line else f"{self.path}: {self.message}"
+
+
+@dataclass(frozen=True)
+class LoadedTemplate:
+    """A validated template with where it came from, so later checks can name lines."""
+
+    template: SopTemplate
+    path: str
+    root: MappingNode
+
+
+# --------------------------------------------------------------------------------------------
+# YAML
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader for templates: ``at: 10:30`` stays the text '10:30' (YAML 1.1 reads it as the
+    base-60 integer 630) and dates stay text, so pydantic parses them and a bad date is reported
+    at its line instead of crashing the loader."""
+
+
+def _int_or_clock(loader: _Loader, node: ScalarNode) -> Any:
+    return loader.construct_scalar(node) if ":" in node.value else loader.construct_yaml_int(node)
+
+
+def _float_or_clock(loader: _Loader, node: ScalarNode) -> Any:
+    return loader.construct_scalar(node) if ":" in node.value else loader.construct_yaml_float(node)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _int_or_clock)
+_Loader.add_constructor("tag:yaml.org,2002:float", _float_or_clock)
+_Loader.add_constructor("tag:yaml.org,2002:timestamp", lambda loader, node: loader.construct_scalar(node))
+
+
+def _line(node: Node) -> int:
+    return node.start_mark.line + 1
+
+
+def _yaml_error(path: str, text: str, exc: yaml.YAMLError) -> Problem:
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    context = getattr(exc, "context", None)
+    message = f"YAML syntax error: {problem}" + (f" ({context})" if context else "")
+    if "<block end>" in problem:
+        message += "; check the indentation of this line and the one above"
+    # An error found at the end of the stream is marked on the line after the last one.
+    line = min(mark.line + 1, max(1, len(text.splitlines()))) if mark else None
+    return Problem(path, line, message)
+
+
+def _duplicate_keys(path: str, root: Node) -> list[Problem]:
+    """Keys given twice in one mapping. PyYAML keeps the last silently, which turns a copy-paste
+    slip into a post at the wrong time; walked on the node tree, where both are still there."""
+    problems: list[Problem] = []
+    seen_nodes: set[int] = set()
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen_nodes:
+            continue
+        seen_nodes.add(id(node))
+        if isinstance(node, MappingNode):
+            first: dict[str, int] = {}
+            for key, value in node.value:
+                if isinstance(key, ScalarNode) and key.value != "<<":
+                    if key.value in first:
+                        problems.append(Problem(path, _line(key), f"duplicate key {key.value!r} (first at line "
+                                                f"{first[key.value]}); YAML would keep only the last one"))
+                    else:
+                        first[key.value] = _line(key)
+                stack.append(value)
+        elif isinstance(node, SequenceNode):
+            stack.extend(node.value)
+    return problems
+
+
+def _parse(path: str, text: str) -> tuple[Node | None, Any, list[Problem]]:
+    loader = _Loader(text)
+    try:
+        root = loader.get_single_node()
+        if root is None:
+            return None, None, [Problem(path, None, "the file is empty; a template needs id, name and steps")]
+        problems = _duplicate_keys(path, root)
+        return root, loader.construct_document(root), problems
+    except yaml.YAMLError as exc:
+        return None, None, [_yaml_error(path, text, exc)]
+    except (ValueError, TypeError) as exc:  # an explicit tag on a bad value, e.g. !!int abc
+        return None, None, [Problem(path, None, f"cannot read a value: {exc}")]
+    finally:
+        loader.dispose()
+
+
+def _node_at(root: Node, loc: Iterable[str | int]) -> tuple[int, Node | None]:
+    """The line of the deepest key or item of ``loc`` found in the tree, and its node (None
+    when the walk stopped early, e.g. at a missing key: the parent's line is the best guess)."""
+    node: Node | None = root
+    line = _line(root)
+    for part in loc:
+        if isinstance(node, MappingNode) and isinstance(part, str):
+            for key, value in node.value:
+                if isinstance(key, ScalarNode) and key.value == part:
+                    line, node = _line(key), value
+                    break
+            else:
+                if part in _UNION_TAGS:
+                    continue
+                return line, None
+        elif isinstance(node, SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
+            node = node.value[part]
+            line = _line(node)
+        else:
+            return line, None
+    return line, node
+
+
+def line_of(root: Node, loc: Iterable[str | int]) -> int:
+    return _node_at(root, loc)[0]
+
+
+# --------------------------------------------------------------------------------------------
+# Validation errors -> problems
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
+
+
+def _keys_at(loc: tuple) -> list[str]:
+    """The keys allowed in the mapping at ``loc``, to suggest the intended one for a typo."""
+    models: list[type[BaseModel]] = [SopTemplate]
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if part in _UNION_TAGS:
+            models = [_UNION_TAGS[part][0]]
+            continue
+        found = [f for m in models for name, f in m.model_fields.items() if (f.alias or name) == part]
+        if not found:
+            return []
+        models = _models_in(found[0].annotation)
+    return sorted({(f.alias or name) for m in models for name, f in m.model_fields.items()})
+
+
+def _suggest(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _data_at(data: Any, loc: tuple) -> Any:
+    for part in loc:
+        try:
+            data = data[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return data
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _message(err: dict) -> tuple[tuple, str]:
+    """(where, what) for one pydantic error, in an operator's words."""
+    loc, kind, msg = tuple(err["loc"]), err["type"], err["msg"]
+    msg = msg.removeprefix("Value error, ")
+    value = err.get("input")
+    if kind == "extra_forbidden":  # labelled with the mapping, located at the key
+        return loc, f"unknown key {loc[-1]!r}{_suggest(str(loc[-1]), _keys_at(loc[:-1]))}"
+    if kind == "missing":
+        return loc[:-1], f"missing required key {loc[-1]!r}"
+    if kind == "string_pattern_mismatch" and loc[-1] == "appid":
+        return loc, f"{_short(value)} is not a mini program appid: 'wx' and 16 letters or digits"
+    if kind == "string_pattern_mismatch" and loc[-1] == "id":
+        return loc, (f"{_short(value)} is not a valid id: lowercase letters, digits, '-' and '_', "
+                     "starting with a letter or digit, at most 64 characters")
+    if kind == "too_short" and loc == ("steps",):
+        return loc, "a template needs at least one step"
+    if kind == "value_error" and loc == ("days",) and "until" in msg:
+        return ("days", "until"), msg
+    if kind == "value_error":
+        return loc, msg
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return loc, f"{msg} (got {_short(value)})"
+    return loc, msg
+
+
+def _duplicate_step_loc(data: Any, msg: str) -> tuple:
+    """'two steps share the id X' is raised on the template; point at the second such step."""
+    m = re.search(r"share the id '(.*)'", msg)
+    steps = data.get("steps") if isinstance(data, dict) else None
+    if not m or not isinstance(steps, list):
+        return ()
+    seen = False
+    for i, step in enumerate(steps):
+        key = str(step.get("id") or i + 1) if isinstance(step, dict) else str(i + 1)
+        if key == m.group(1):
+            if seen:
+                return ("steps", i, "id") if isinstance(step, dict) and step.get("id") else ("steps", i)
+            seen = True
+    return ()
+
+
+def _validation_problems(path: str, root: Node, data: Any, exc: ValidationError) -> list[Problem]:
+    problems: list[Problem] = []
+    reported_attachments: set[tuple] = set()
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        tag_at = next((i for i, part in enumerate(loc) if part in _UNION_TAGS), None)
+        if tag_at is not None:
+            # An attachment is tried as each kind in turn; keep only the errors of the kind it
+            # declares (its key), or say once that it declares none or several.
+            att_loc, tag = loc[:tag_at], loc[tag_at]
+            raw = _data_at(data, att_loc)
+            kinds = [k for k in _ATTACHMENT_KINDS if isinstance(raw, dict) and k in raw]
+            if len(kinds) == 1:
+                if _UNION_TAGS[tag][1] != kinds[0]:
+                    continue
+                err = dict(err, loc=loc[:tag_at] + loc[tag_at + 1:])
+            else:
+                if att_loc in reported_attachments:
+                    continue
+                reported_attachments.add(att_loc)
+                if kinds:
+                    where, what = att_loc, f"an attachment is exactly one of {', '.join(_ATTACHMENT_KINDS)}; " \
+                                           f"this one has {', '.join(kinds)}: split it into separate attachments"
+                else:
+                    others = [str(k) for k in raw] if isinstance(raw, dict) else []
+                    where = att_loc + (others[0],) if others else att_loc
+                    hint = (f"unknown key {others[0]!r}{_suggest(others[0], list(_ATTACHMENT_KINDS))}; "
+                            if others else "")
+                    what = f"{hint}an attachment is one of {', '.join(_ATTACHMENT_KINDS)}"
+                problems.append(Problem(path, line_of(root, where), f"{format_loc(att_loc)}: {what}"))
+                continue
+        where, what = _message(err)
+        if not where and "share the id" in what:
+            where = _duplicate_step_loc(data, what)
+        label = format_loc(where[:-1] if err["type"] == "extra_forbidden" else where)
+        problems.append(Problem(path, line_of(root, where), f"{label}: {what}" if label else what))
+    return problems
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+
+def _step_source_problems(path: str, root: Node, data: dict) -> list[Problem]:
+    """Template-field problems of a file that failed validation, from the raw steps, so a typo
+    elsewhere in the file doesn't hide an unknown variable until the next lint run."""
+    steps = data.get("steps")
+    problems = []
+    for i, raw in enumerate(steps if isinstance(steps, list) else []):
+        if isinstance(raw, dict):
+            problems.extend(_render_problem(path, root, exc) for exc in check_step_sources(raw, i))
+    return problems
+
+
+def template_files(path: str | Path) -> list[Path]:
+    """The template files under ``path`` (a directory, searched recursively but skipping hidden
+    files and directories, sorted) or ``path`` itself when it is a file."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        return []
+    return sorted(
+        p for p in path.rglob("*")
+        if p.suffix in TEMPLATE_SUFFIXES and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(path).parts)
+    )
+
+
+def _load(path: str | Path) -> tuple[list[LoadedTemplate], list[Problem]]:
+    base = Path(path)
+    if not base.exists():
+        return [], [Problem(str(base), None, "no such file or directory")]
+    loaded: list[LoadedTemplate] = []
+    problems: list[Problem] = []
+    first_file_of: dict[str, str] = {}
+    for file in template_files(base):
+        name = str(file)
+        try:
+            text = file.read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(Problem(name, None, f"cannot read the file: {exc}"))
+            continue
+        root, data, file_problems = _parse(name, text)
+        problems.extend(file_problems)
+        if root is None:
+            continue
+        if not isinstance(root, MappingNode) or not isinstance(data, dict):
+            problems.append(Problem(name, _line(root), "the top level must be a mapping of keys "
+                                    "(id, name, steps, ...), one template per file"))
+            continue
+        try:
+            template = SopTemplate.model_validate(data)
+        except ValidationError as exc:
+            problems.extend(_validation_problems(name, root, data, exc))
+            problems.extend(_step_source_problems(name, root, data))
+            continue
+        if template.id in first_file_of:
+            problems.append(Problem(name, line_of(root, ("id",)),
+                                    f"template id {template.id!r} is already used by {first_file_of[template.id]}"))
+            continue
+        first_file_of[template.id] = name
+        if not file_problems:
+            loaded.append(LoadedTemplate(template, name, root))
+    problems.sort(key=lambda p: (p.path, p.line or 0))
+    return loaded, problems
+
+
+def load_templates(path: str | Path) -> tuple[list[SopTemplate], list[Problem]]:
+    """Parse and validate the templates in ``path`` (a directory or one file).
+
+    Returns the templates that validated and every problem found. A file with a problem does
+    not contribute a template; a second file with an id already seen is a problem, not a
+    template. Callers that act on templates should refuse to when problems is not empty."""
+    loaded, problems = _load(path)
+    return [item.template for item in loaded], problems
+
+
+# --------------------------------------------------------------------------------------------
+# Checks on validated templates
+
+
+def _in_quiet_hours(at: dt.time, start: dt.time, end: dt.time) -> bool:
+    if start == end:
+        return False
+    if start < end:
+        return start <= at < end
+    return at >= start or at < end  # the window wraps midnight, e.g. 22:00-08:00
+
+
+def _render_problem(path: str, root: Node, exc: TemplateRenderError) -> Problem:
+    line, node = _node_at(root, exc.loc)
+    if exc.lineno and isinstance(node, ScalarNode):
+        # Block scalars (text: |) start on the line after the key; others on the key's line.
+        line = _line(node) + exc.lineno - (0 if node.style in ("|", ">") else 1)
+    return Problem(path, line, f"{format_loc(exc.loc)}: {exc.reason}")
+
+
+def check_template(item: LoadedTemplate, *, quiet_hours: tuple[str, str] | None = DEFAULT_QUIET_HOURS
+                   ) -> list[Problem]:
+    """Lint checks for one validated template (render, timing, WeCom page paths)."""
+    template, problems = item.template, []
+
+    def at(loc: tuple, message: str) -> None:
+        problems.append(Problem(item.path, line_of(item.root, loc), f"{format_loc(loc)}: {message}"))
+
+    quiet = (parse_clock(quiet_hours[0]), parse_clock(quiet_hours[1])) if quiet_hours else None
+    first_at: dict[str, int] = {}
+    for i, step in enumerate(template.steps):
+        source_errors = check_step_sources(step, i)
+        problems.extend(_render_problem(item.path, item.root, exc) for exc in source_errors)
+        if not source_errors:
+            for day in sample_days(template):
+                try:
+                    render_step(template, i, sample_context(template, step_index=i, day=day))
+                except TemplateRenderError as exc:
+                    problems.append(_render_problem(item.path, item.root, exc))
+                    break
+        if quiet and _in_quiet_hours(step.clock, *quiet):
+            at(("steps", i, "at"), f"{step.at} is inside quiet hours ({quiet_hours[0]}-{quiet_hours[1]}), "
+                                   "when no posts are sent; move it")
+        if step.at in first_at:
+            at(("steps", i, "at"), f"{step.at} is the same time as steps[{first_at[step.at]}]; a group gets one "
+                                   "post at a time, so give each step its own time")
+        else:
+            first_at[step.at] = i
+        for j, att in enumerate(step.attachments):
+            if isinstance(att, MiniProgramAttachment):
+                page = att.miniprogram.page.split("?", 1)[0]
+                if "{" not in page and not page.endswith(".html"):
+                    at(("steps", i, "attachments", j, "miniprogram", "page"),
+                       f"{page!r} should end in .html (e.g. pages/index/index.html): WeChat opens a mini "
+                       "program page sent from WeCom only by its .html path, otherwise it shows 'page not found'")
+    return problems
+
+
+def lint(path: str | Path, *, quiet_hours: tuple[str, str] | None = DEFAULT_QUIET_HOURS
+         ) -> tuple[list[SopTemplate], list[Problem]]:
+    """Load and check every template in ``path``: the entry point of ``scrm sop lint``.
+
+    ``quiet_hours`` is (start, end) as HH:MM (from sop.quiet_hours_start/_end), None to skip
+    that check. Returns the templates that validated (see load_templates) and all problems,
+    sorted by file and line."""
+    loaded, problems = _load(path)
+    for item in loaded:
+        problems.extend(check_template(item, quiet_hours=quiet_hours))
+    problems.sort(key=lambda p: (p.path, p.line or 0))
+    return [item.template for item in loaded], problems
+
+
+__all__ = [
+    "DEFAULT_QUIET_HOURS", "LoadedTemplate", "Problem", "check_template", "line_of", "lint", "load_templates",
+    "template_files",
+]
