@@ -3,7 +3,7 @@
 from scrm.callbacks.models import CallbackInbox
 from scrm.contacts.models import ChurnAlert, Customer, Employee, FollowRelation, WelcomeSend
 from scrm.groups.models import CustomerGroup, GroupMember
-from scrm.sop.models import SopPost
+from scrm.sop.models import LinkClick, SopPost, TrackedLink
 from scrm.stores.models import Store
 from scrm.tags.models import Tag, TagGroup
 
@@ -15,9 +15,11 @@ __all__ = [
     "Employee",
     "FollowRelation",
     "GroupMember",
+    "LinkClick",
     "SopPost",
     "Store",
     "Tag",
+    "TrackedLink",
     "TagGroup",
     "WelcomeSend",
 ]

@@ -51,4 +51,5 @@ def build_sop_sender(settings: Settings | None = None):
         build_client(settings),
         lambda: load_templates(Path(sop.templates_dir), sop),
         tz=ZoneInfo(sop.timezone),
+        link_base=settings.web.base_url(),
     )

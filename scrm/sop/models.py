@@ -61,3 +61,31 @@ class SopPost(SQLModel, table=True):
     confirmed_at: datetime | None = None
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
+
+
+class TrackedLink(SQLModel, table=True):
+    """A link attachment of one post, sent as ``{web.public_url}/t/{code}`` so clicks are counted
+    per group, post and day (managers judge SOPs by click-through)."""
+
+    __tablename__ = "tracked_links"
+    __table_args__ = (UniqueConstraint("post_id", "position"),)
+
+    code: str = Field(primary_key=True, max_length=24)
+    post_id: int = Field(index=True)
+    position: int  # index of the attachment in the post
+    chat_id: str = Field(max_length=64, index=True)
+    template_id: str = Field(max_length=64, index=True)
+    day: date = Field(index=True)
+    url: str
+    clicks: int = 0
+    first_clicked_at: datetime | None = None
+    last_clicked_at: datetime | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class LinkClick(SQLModel, table=True):
+    __tablename__ = "link_clicks"
+
+    id: int | None = Field(default=None, primary_key=True)
+    code: str = Field(max_length=24, index=True)
+    clicked_at: datetime = Field(default_factory=utcnow, index=True)

@@ -15,16 +15,19 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import secrets
 from collections import defaultdict
 from typing import Callable
 
 from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 
 from scrm.db import utcnow
 from scrm.groups.models import CustomerGroup
 from scrm.logs import get_logger
-from scrm.sop.models import SopPost
+from scrm.sop.models import SopPost, TrackedLink
 from scrm.sop.render import TemplateRenderError, build_context, group_fields, render_step, store_fields
 from scrm.sop.template import Channel, SopTemplate
 from scrm.stores.models import Store
@@ -43,9 +46,12 @@ class SopSender:
         templates: Callable[[], dict[str, SopTemplate]],
         *,
         tz,
+        link_base: str = "",
         clock: Callable[[], dt.datetime] = utcnow,
     ):
         self.engine, self.client, self.templates, self.tz, self.clock = engine, client, templates, tz, clock
+        # Where tracked links point: web.public_url; empty sends links untracked.
+        self.link_base = link_base.rstrip("/")
 
     # -- sending --------------------------------------------------------------------------------
     def send(self, post_ids: list[int]) -> dict[str, int]:
@@ -72,6 +78,7 @@ class SopSender:
                 self._finish([p.id], status="due")
                 outcome["due"] += 1
                 continue
+            payload = self._track_links(p, payload)
             key = json.dumps(payload, sort_keys=True, ensure_ascii=False)
             batches[(p.sender, key, p.channel)].append(p)
         for (sender, key, _), batch in batches.items():
@@ -98,6 +105,29 @@ class SopSender:
             return render_step(template, index, context), None
         except TemplateRenderError as exc:
             return None, f"render: {exc}"
+
+    def _track_links(self, post, payload: dict) -> dict:
+        """Point each link attachment at ``/t/{code}`` (one code per post and attachment, kept
+        across retries), so a click is counted for this group, post and day. The trade-off: posts
+        with links differ per group, so they go out one add_msg_template call per group."""
+        if not self.link_base or not any(a.get("msgtype") == "link" for a in payload.get("attachments", [])):
+            return payload
+        table, c = TrackedLink.__table__, TrackedLink.__table__.c
+        insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
+        attachments = []
+        with self.engine.begin() as conn:
+            for position, a in enumerate(payload["attachments"]):
+                if a.get("msgtype") != "link":
+                    attachments.append(a)
+                    continue
+                conn.execute(insert(table).values(
+                    code=secrets.token_urlsafe(9), post_id=post.id, position=position, chat_id=post.chat_id,
+                    template_id=post.template_id, day=post.day, url=a["link"]["url"], clicks=0,
+                    created_at=self.clock(),
+                ).on_conflict_do_nothing(index_elements=["post_id", "position"]))
+                code = conn.execute(select(c.code).where(c.post_id == post.id, c.position == position)).scalar_one()
+                attachments.append({**a, "link": {**a["link"], "url": f"{self.link_base}/t/{code}"}})
+        return {**payload, "attachments": attachments}
 
     def _mass_send(self, sender: str, payload: dict, batch: list) -> dict[str, int]:
         ids = [p.id for p in batch]

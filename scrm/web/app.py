@@ -6,7 +6,7 @@ from typing import Callable
 
 
 from fastapi import FastAPI, Query, Response
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import text
@@ -85,6 +85,16 @@ def create_app(
             return refuse(403, "signature", str(exc))
         except CallbackError as exc:
             return refuse(400, "malformed", str(exc))
+
+    @app.get("/t/{code}")
+    def tracked_link(code: str):
+        """A tracked SOP link: count the click, send the reader on to the real page."""
+        from scrm.sop.links import record_click
+
+        url = record_click(engine, code)
+        if url is None:
+            return PlainTextResponse("This link does not exist or has expired.", status_code=404)
+        return RedirectResponse(url, status_code=302)
 
     @app.get("/healthz")
     def healthz():

@@ -14,7 +14,7 @@ from sqlmodel import Session, select
 from scrm.config import SopSettings
 from scrm.groups.models import CustomerGroup
 from scrm.sop import jobs
-from scrm.sop.models import SopPost
+from scrm.sop.models import SopPost, TrackedLink
 from scrm.sop.sender import SopSender
 from scrm.stores.models import Store
 from scrm.sync.service import full_sync
@@ -90,7 +90,7 @@ def setup(engine, redis_url, tmp_path):
         sop = SopSettings(templates_dir=folder, spread_minutes=20)
         clock = {"now": local(6)}
         sender = SopSender(engine, h.client, lambda: jobs.load_templates(folder, sop), tz=TZ,
-                           clock=lambda: clock["now"])
+                           link_base="http://scrm", clock=lambda: clock["now"])
         actors.set_sop_sender(sender)
         h.start_worker()
         try:
@@ -122,23 +122,33 @@ def test_a_day_of_posts_reaches_the_right_groups_at_the_right_times(setup):
     clock["now"] = local(8, 25)
     assert fire(h, clock)["mass_send"] == 3
     tasks = list(h.sandbox.templates.values())
-    # One add_msg_template per owner and content: A's two groups share the store name, B's differs.
-    assert sorted((t.creator, sorted(r["chat_id"] for r in t.results[t.creator])) for t in tasks) == sorted(
-        [("owner_a", sorted(chats[:2])), ("owner_b", [chats[2]])])
-    texts = {t.creator: t.text["content"] for t in tasks}
-    assert texts == {"owner_a": "南京西路店早安！今天 8:00-10:00 拿铁 9.9 元。",
-                     "owner_b": "国贸店早安！今天 8:00-10:00 拿铁 9.9 元。"}
+    # The link is tracked per group, so each group's post is its own add_msg_template task.
+    assert sorted((t.creator, [r["chat_id"] for r in t.results[t.creator]]) for t in tasks) == sorted(
+        [("owner_a", [chats[0]]), ("owner_a", [chats[1]]), ("owner_b", [chats[2]])])
+    texts = sorted((t.creator, t.text["content"]) for t in tasks)
+    assert texts == [("owner_a", "南京西路店早安！今天 8:00-10:00 拿铁 9.9 元。")] * 2 + [
+        ("owner_b", "国贸店早安！今天 8:00-10:00 拿铁 9.9 元。")]
+    links = [t.attachments[0]["link"]["url"] for t in tasks]
+    assert len(set(links)) == 3 and all(u.startswith("http://scrm/t/") for u in links)
+    # A customer taps the card: counted for that group, then on to the real page.
+    r = h.web.get(links[0][len("http://scrm"):], follow_redirects=False)
+    assert r.status_code == 302 and r.headers["location"] == "https://m.example.com/coupon/breakfast"
+    with Session(h.engine) as s:
+        [clicked] = [link for link in s.exec(select(TrackedLink)) if link.clicks]
+    assert clicked.clicks == 1 and clicked.template_id == "breakfast" and clicked.day == DAY
+    assert h.web.get("/t/nosuchcode", follow_redirects=False).status_code == 404
     sent = posts(h.engine, SopPost.template_id == "breakfast", SopPost.day == DAY)
     assert [(p.status, bool(p.msgid), p.sent_by) for p in sent] == [("sent", True, p.sender) for p in sent]
 
     # Firing again sends nothing twice.
     clock["now"] = local(8, 40)
     assert fire(h, clock).get("mass_send", 0) == 0
-    assert len(h.sandbox.templates) == 2
+    assert len(h.sandbox.templates) == 3
 
     # Owner A confirms; B has not yet. Delivery is read back.
-    msg_a = next(t.msgid for t in tasks if t.creator == "owner_a")
-    h.sandbox.confirm_mass_send(msg_a)
+    for t in tasks:
+        if t.creator == "owner_a":
+            h.sandbox.confirm_mass_send(t.msgid)
     assert sender.poll_results() == {"confirmed": 2}
     status = {p.chat_id: p.status for p in posts(h.engine, SopPost.template_id == "breakfast", SopPost.day == DAY)}
     assert status == {chats[0]: "confirmed", chats[1]: "confirmed", chats[2]: "sent"}
@@ -167,10 +177,21 @@ def test_group_over_wecom_quota_is_recorded_as_such_not_retried(setup):
     assert b.status == "over_quota" and b.errcode == 3
     clock["now"] = local(9, 0)
     fire(h, clock)
-    assert len(h.sandbox.templates) == 2  # not sent again
+    assert len(h.sandbox.templates) == 3  # not sent again
     # The rest of B's day still runs on the other channel.
     assert [p.status for p in posts(h.engine, SopPost.chat_id == chats[2], SopPost.template_id == "flash",
                                     SopPost.day == DAY)] == ["planned"]
+
+
+def test_same_content_goes_out_in_one_call_per_owner(setup):
+    h, sop, clock, sender, chats, _ = setup
+    sender.link_base = ""  # untracked links: A's two groups get identical content
+    jobs.plan_ahead(h.engine, sop, now=clock["now"])
+    clock["now"] = local(8, 25)
+    fire(h, clock)
+    tasks = list(h.sandbox.templates.values())
+    assert sorted((t.creator, sorted(r["chat_id"] for r in t.results[t.creator])) for t in tasks) == sorted(
+        [("owner_a", sorted(chats[:2])), ("owner_b", [chats[2]])])
 
 
 def test_template_change_updates_future_posts_and_leaves_sent_ones(setup):
