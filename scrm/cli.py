@@ -202,6 +202,7 @@ def run(
                 stack.play_demo()
                 stack.wait_applied()
                 _print_summary(stack.engine)
+            _print_sop_plan(stack.engine)
             console.print(
                 f"\n[bold green]scrm is running[/bold green]: {stack.web_url}  "
                 f"(callbacks {stack.web_url}/wecom/callback, health {stack.web_url}/readyz, "
@@ -213,6 +214,23 @@ def run(
                 _wait_forever()
     except ConfigError as exc:
         _fail(str(exc))
+
+
+def _print_sop_plan(engine) -> None:
+    """Plan today's SOP posts now that the groups are loaded, and say what was planned."""
+    from scrm.sop.jobs import plan_ahead
+
+    s = get_settings()
+    results = plan_ahead(engine, s.sop)
+    if not results:
+        console.print(f"SOP: nothing planned (see the log; templates in {s.sop.templates_dir}, "
+                      "check them with `scrm sop lint`)")
+        return
+    today = results[0]
+    dropped = sum(today.plan.dropped_counts.values())
+    console.print(f"SOP: {len(today.plan.posts)} posts planned for {today.day} across "
+                  f"{len({p.chat_id for p in today.plan.posts})} groups ({dropped} dropped by the limits); "
+                  f"`scrm sop plan --date {today.day}` shows them")
 
 
 def _print_summary(engine) -> None:

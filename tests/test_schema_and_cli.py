@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -24,10 +27,14 @@ def test_scrm_run_demo_on_embedded_defaults(tmp_path):
     for key in list(env):
         if key.startswith("SCRM_") and key not in ("SCRM_WEB__PORT", "SCRM_SANDBOX__PORT"):
             env.pop(key)
+    shutil.copytree(Path(__file__).parent.parent / "sop_templates", tmp_path / "sop_templates")
     out = subprocess.run([sys.executable, "-m", "scrm.cli", "run", "--exit-after-demo"], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "scrm is running" in out.stdout
+    # The example SOP templates are planned for the synced demo groups (some template runs every day).
+    planned = re.search(r"SOP: (\d+) posts planned for \S+ across (\d+) groups", out.stdout)
+    assert planned and int(planned.group(1)) > 0 and int(planned.group(2)) == 3, out.stdout
     assert "access_token=" not in out.stdout + out.stderr  # tokens never logged
     lines = {line.split("│")[1].strip(): line.split("│")[2].strip()
              for line in out.stdout.splitlines() if line.count("│") == 3}
