@@ -69,8 +69,10 @@ def posts(engine, *where):
 
 @pytest.fixture
 def setup(engine, redis_url, tmp_path):
+    clock = {"now": local(6)}
     with harness(engine, redis_url) as h:
         sb = h.sandbox
+        sb.clock = lambda: clock["now"].timestamp()  # WeCom and scrm share the test's clock
         sb.add_member("owner_a", "A店店长")
         sb.add_member("owner_b", "B店店长")
         groups = [sb.create_group("owner_a", "A店福利1群"), sb.create_group("owner_a", "A店福利2群"),
@@ -88,7 +90,6 @@ def setup(engine, redis_url, tmp_path):
         folder.mkdir()
         write_templates(folder, breakfast=BREAKFAST, lunch=LUNCH, flash=FLASH)
         sop = SopSettings(templates_dir=folder, spread_minutes=20)
-        clock = {"now": local(6)}
         sender = SopSender(engine, h.client, lambda: jobs.load_templates(folder, sop), tz=TZ,
                            link_base="http://scrm", clock=lambda: clock["now"])
         actors.set_sop_sender(sender)
@@ -220,3 +221,47 @@ def test_broken_templates_leave_the_plan_as_it_was(setup):
     (folder / "flash.yaml").write_text("id: flash\nname: [unclosed\n", encoding="utf-8")
     assert jobs.plan_ahead(h.engine, sop, now=clock["now"]) == []
     assert len(posts(h.engine)) == n
+
+
+def test_rate_limited_send_is_retried_later_in_its_window_and_sent_once(setup):
+    h, sop, clock, sender, chats, _ = setup
+    jobs.plan_ahead(h.engine, sop, now=clock["now"])
+    # WeCom answers 45009 to every add_msg_template for a while (past the client's own backoff).
+    h.sandbox.inject_fault("externalcontact/add_msg_template", 45009, times=12)
+    clock["now"] = local(8, 25)
+    fire(h, clock)
+    breakfast = posts(h.engine, SopPost.template_id == "breakfast", SopPost.day == DAY)
+    assert {p.status for p in breakfast} == {"planned"} and h.sandbox.templates == {}
+    assert all(p.error == "errcode 45009" for p in breakfast)
+    h.sandbox.faults.clear()
+    clock["now"] = local(8, 30)  # the retry time has come
+    fire(h, clock)
+    assert {p.status for p in posts(h.engine, SopPost.template_id == "breakfast", SopPost.day == DAY)} == {"sent"}
+    assert len(h.sandbox.templates) == 3
+
+
+def test_timeout_after_wecom_created_the_task_does_not_send_twice(setup):
+    h, sop, clock, sender, chats, _ = setup
+    from scrm.wecom.errors import TransportError
+
+    class LosesAnswers:
+        """The request reaches WeCom, the answer is lost (a read timeout)."""
+
+        def __init__(self, client):
+            self.client = client
+
+        def add_msg_template(self, payload):
+            self.client.add_msg_template(payload)
+            raise TransportError("read timeout", path="externalcontact/add_msg_template")
+
+        def __getattr__(self, name):
+            return getattr(self.client, name)
+
+    sender.client = LosesAnswers(h.client)
+    jobs.plan_ahead(h.engine, sop, now=clock["now"])
+    clock["now"] = local(8, 25)
+    fire(h, clock)
+    assert len(h.sandbox.templates) == 3  # one task per group, created once
+    breakfast = posts(h.engine, SopPost.template_id == "breakfast", SopPost.day == DAY)
+    assert {p.status for p in breakfast} == {"sent"}
+    assert {p.msgid for p in breakfast} == set(h.sandbox.templates)  # found in get_groupmsg_list_v2
