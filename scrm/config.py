@@ -135,6 +135,22 @@ class SopSettings(BaseModel):
     plan_days_ahead: int = Field(default=1, ge=0, le=14)
 
 
+class RoutingSettings(BaseModel):
+    """Store QR codes and LBS routing."""
+
+    # A located customer goes to the nearest open store within this distance...
+    radius_km: float = Field(default=5.0, gt=0)
+    # ...else to their city's group (city -> store code whose groups serve the city)...
+    city_stores: dict[str, str] = Field(default_factory=dict)
+    # ...else to this store's groups ('' = none).
+    default_store: str = ""
+    # WeCom lets at most 200 members join a group through a QR code.
+    group_qr_cap: int = Field(default=200, ge=1, le=200)
+    # Refresh every store's group live code this often (and after member events).
+    refresh_interval_seconds: float = 300.0
+    room_base_id: int = 1
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="SCRM_",
@@ -153,6 +169,7 @@ class Settings(BaseSettings):
     sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     sop: SopSettings = Field(default_factory=SopSettings)
+    routing: RoutingSettings = Field(default_factory=RoutingSettings)
 
     @classmethod
     def settings_customise_sources(

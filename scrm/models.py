@@ -4,7 +4,7 @@ from scrm.callbacks.models import CallbackInbox
 from scrm.contacts.models import ChurnAlert, Customer, Employee, FollowRelation, WelcomeSend
 from scrm.groups.models import CustomerGroup, GroupMember
 from scrm.sop.models import LinkClick, SopPost, TrackedLink
-from scrm.stores.models import Store
+from scrm.stores.models import Store, StoreCode, StoreStaff
 from scrm.tags.models import Tag, TagGroup
 
 __all__ = [
@@ -18,6 +18,8 @@ __all__ = [
     "LinkClick",
     "SopPost",
     "Store",
+    "StoreCode",
+    "StoreStaff",
     "Tag",
     "TrackedLink",
     "TagGroup",

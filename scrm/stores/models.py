@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from sqlalchemy import JSON, Column, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from scrm.db import utcnow
+
+
+STORE_CODE_PATTERN = r"^[A-Za-z0-9_-]{1,20}$"  # short: it travels inside WeCom's 30-character `state`
 
 
 class Store(SQLModel, table=True):
@@ -19,4 +23,36 @@ class Store(SQLModel, table=True):
     latitude: float | None = None
     longitude: float | None = None
     status: str = Field(default="open", max_length=16)  # open | closed
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class StoreStaff(SQLModel, table=True):
+    """An employee working at a store: each gets a "contact me" QR code carrying the store."""
+
+    __tablename__ = "store_staff"
+
+    store_code: str = Field(primary_key=True, max_length=32)
+    userid: str = Field(primary_key=True, max_length=64, index=True)
+
+
+class StoreCode(SQLModel, table=True):
+    """A QR code scrm created in WeCom for a store. WeCom does not list API-created codes in its
+    console, so the config_id kept here is the only handle to update or delete them.
+
+    kind ``staff``: add_contact_way for one staff member; kind ``group``: the store's group live
+    code (add_join_way) over up to 5 of its groups that still have room."""
+
+    __tablename__ = "store_codes"
+    __table_args__ = (UniqueConstraint("store_code", "kind", "userid"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    store_code: str = Field(max_length=32, index=True)
+    kind: str = Field(max_length=8)  # staff | group
+    userid: str = Field(default="", max_length=64)  # the staff member ('' for the group code)
+    state: str = Field(max_length=30, unique=True)
+    config_id: str | None = Field(default=None, max_length=64, unique=True)
+    qr_code: str | None = None
+    chat_ids: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    status: str = Field(default="active", max_length=16)  # active | failed | removed
+    error: str | None = None
     updated_at: datetime = Field(default_factory=utcnow)
