@@ -16,13 +16,23 @@ def build_client(settings: Settings | None = None) -> WeComClient:
 
 
 def build_processor(settings: Settings | None = None) -> Processor:
+    from sqlmodel import Session
+
+    from scrm.routing.router import StoreRouter
+
     settings = settings or get_settings()
+    engine = get_engine(settings.database_url())
+    client = build_client(settings)
+    router = StoreRouter(lambda: Session(engine, expire_on_commit=False), client,
+                         welcome_text=settings.wecom.welcome_text, link_base=settings.web.base_url(),
+                         group_cap=settings.routing.group_qr_cap, room_base_id=settings.routing.room_base_id)
     return Processor(
-        get_engine(settings.database_url()),
-        build_client(settings),
+        engine,
+        client,
         welcome_text=settings.wecom.welcome_text,
         chat_delay_ms=settings.pipeline.chat_event_delay_ms,
         max_attempts=settings.pipeline.max_attempts,
+        router=router,
     )
 
 

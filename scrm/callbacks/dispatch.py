@@ -33,8 +33,11 @@ FETCH_CONTACT = {"add_external_contact", "add_half_external_contact", "edit_exte
 
 class Processor:
     def __init__(self, engine: Engine, client: WeComClient, *, welcome_text: str = "", chat_delay_ms: int = 0,
-                 max_attempts: int = 10):
+                 max_attempts: int = 10, router=None):
         self.max_attempts = max_attempts
+        # Store routing (scrm.routing.router.StoreRouter): store tags, the welcome's group card,
+        # live-code rotation. None: plain welcome, no routing.
+        self.router = router
         self.engine = engine
         self.client = client
         self.welcome_text = welcome_text
@@ -74,6 +77,11 @@ class Processor:
             s.commit()
         bound.info("callback_applied", chat_id=getattr(event, "chat_id", None) or None,
                    external_userid=getattr(event, "external_user_id", None) or None)
+        if self.router and isinstance(event, ev.ChatEvent) and fetched != "current":
+            try:
+                self.router.on_group_changed(event.chat_id)
+            except WeComAPIError as exc:  # the scheduled refresh catches up
+                bound.warning("store_code_refresh_failed", errcode=exc.errcode)
 
     def _note_error(self, inbox_id: int, exc: Exception) -> None:
         """Count the failure; after max_attempts the row is parked as failed (kept, with its error)."""
@@ -93,6 +101,8 @@ class Processor:
         if isinstance(event, ev.ContactEvent) and event.change_type in FETCH_CONTACT:
             if event.welcome_code and event.change_type in ("add_external_contact", "add_half_external_contact"):
                 self._welcome(inbox_id, event)
+            if self.router and event.change_type in ("add_external_contact", "add_half_external_contact"):
+                self.router.on_new_contact(event.user_id, event.external_user_id, event.state)
             try:
                 return self.client.get_external_contact(event.external_user_id)
             except NotExternalContact:
@@ -128,8 +138,10 @@ class Processor:
         if age > contacts.WELCOME_WINDOW_SECONDS:
             contacts.record_welcome(factory, inbox_id, "expired")
             return
+        text, attachments = (self.router.welcome_for(event.state) if self.router
+                             else (self.welcome_text, []))
         try:
-            self.client.send_welcome_msg(event.welcome_code, text=self.welcome_text)
+            self.client.send_welcome_msg(event.welcome_code, text=text, attachments=attachments or None)
             contacts.record_welcome(factory, inbox_id, "sent")
         except WelcomeCodeUsed as exc:
             contacts.record_welcome(factory, inbox_id, "refused", exc.errcode)

@@ -1,0 +1,68 @@
+"""Where the callback worker hands store routing: new contacts from a store's QR code are tagged
+with the store and welcomed with the store group's join card; group changes keep the store's
+group live code pointing at groups with room."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from sqlmodel import Session
+
+from scrm.logs import get_logger
+from scrm.routing.state import parse_state
+from scrm.stores import service as stores
+from scrm.stores.models import Store
+from scrm.wecom.errors import WeComAPIError
+
+log = get_logger(__name__)
+
+
+class StoreRouter:
+    def __init__(self, session_factory: Callable[[], Session], client, *, welcome_text: str, link_base: str,
+                 group_cap: int = 200, room_base_id: int = 1):
+        self.session_factory, self.client = session_factory, client
+        self.welcome_text, self.link_base = welcome_text, link_base.rstrip("/")
+        self.group_cap, self.room_base_id = group_cap, room_base_id
+
+    def _store(self, state: str | None) -> Store | None:
+        ref = parse_state(state)
+        if ref is None:
+            return None
+        with self.session_factory() as s:
+            return s.get(Store, ref.store_code)
+
+    def welcome_for(self, state: str | None) -> tuple[str, list[dict]]:
+        """The welcome message: for a store's QR code, the store's greeting and a card that opens
+        the store group's live code."""
+        store = self._store(state)
+        if store is None:
+            return self.welcome_text, []
+        card = {"msgtype": "link", "link": {
+            "title": f"加入{store.name}福利群"[:40],
+            "desc": "扫码进群：每天早餐优惠、限时秒杀，只在门店群里发。",
+            "url": f"{self.link_base}/g/{store.code}",
+        }}
+        return f"{self.welcome_text}\n这里是{store.name}，点下面的卡片加入门店福利群。", [card]
+
+    def on_new_contact(self, userid: str, external_userid: str, state: str | None) -> str | None:
+        """Tag a customer who came through a store's code with that store; returns the store code."""
+        store = self._store(state)
+        if store is None:
+            return None
+        try:
+            tag_id = stores.store_tag_id(self.session_factory, self.client, store)
+            self.client.mark_tag(userid, external_userid, add=[tag_id])
+        except WeComAPIError as exc:
+            log.warning("store_tag_failed", store=store.code, external_userid=external_userid, errcode=exc.errcode)
+            raise
+        log.info("contact_routed_to_store", store=store.code, external_userid=external_userid, userid=userid)
+        return store.code
+
+    def on_group_changed(self, chat_id: str) -> None:
+        """After a group's members changed: attribute new rooms, keep the live code current."""
+        with self.session_factory() as s:
+            store_code = stores.attribute_group_to_store(s, chat_id)
+            s.commit()
+        if store_code:
+            stores.refresh_group_code(self.session_factory, self.client, store_code, cap=self.group_cap,
+                                      room_base_id=self.room_base_id)

@@ -1,0 +1,118 @@
+"""Store QR codes through the sandbox: a customer scans store A's staff QR, is tagged with store A
+and welcomed with A's group card, joins A's group; when A1 fills, the live code rotates to the new
+room and later joiners land there. Real Redis broker and worker; SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import pytest
+from sqlmodel import Session, select
+
+from scrm.groups.models import CustomerGroup, GroupMember
+from scrm.routing.router import StoreRouter
+from scrm.stores import service as stores
+from scrm.stores.models import Store, StoreCode, StoreStaff
+from scrm.sync.service import full_sync
+from tests.pipeline_harness import harness
+
+pytestmark = pytest.mark.filterwarnings("ignore:You should not use the 'timeout' argument")
+CAP = 3  # the sandbox fills a group at 3 QR joins here (WeCom: 200)
+
+
+@pytest.fixture
+def h(engine, redis_url):
+    with harness(engine, redis_url) as h:
+        sb = h.sandbox
+        sb.group_qr_cap = CAP
+        sb.add_member("a_staff", "A店店员")
+        sb.add_member("b_staff", "B店店员")
+        a1 = sb.create_group("a_staff", "南京西路店福利群")
+        b1 = sb.create_group("b_staff", "国贸店福利群")
+        full_sync(engine, h.client)
+        with Session(engine) as s:
+            s.add(Store(code="A", name="南京西路店", city="上海", latitude=31.2304, longitude=121.4737))
+            s.add(Store(code="B", name="国贸店", city="北京", latitude=39.9087, longitude=116.4605))
+            s.add(StoreStaff(store_code="A", userid="a_staff"))
+            s.add(StoreStaff(store_code="B", userid="b_staff"))
+            for chat_id, code in ((a1.chat_id, "A"), (b1.chat_id, "B")):
+                g = s.get(CustomerGroup, chat_id)
+                g.store_code = code
+                s.add(g)
+            s.commit()
+        factory = lambda: Session(engine, expire_on_commit=False)  # noqa: E731
+        h.processor.router = StoreRouter(factory, h.client, welcome_text="欢迎！", link_base="http://scrm",
+                                         group_cap=CAP)
+        h.factory, h.a1 = factory, a1.chat_id
+        h.start_worker()
+        yield h
+
+
+def code(h, store, kind, userid=""):
+    with Session(h.engine) as s:
+        return s.exec(select(StoreCode).where(StoreCode.store_code == store, StoreCode.kind == kind,
+                                              StoreCode.userid == userid)).one()
+
+
+def test_scan_at_store_a_tags_the_customer_and_welcomes_with_a_group_card(h):
+    report = stores.ensure_staff_codes(h.factory, h.client)
+    assert (report.created, report.failed) == (2, [])
+    staff_code = code(h, "A", "staff", "a_staff")
+    assert staff_code.state.startswith("st:A:") and staff_code.config_id and staff_code.qr_code
+    assert stores.ensure_staff_codes(h.factory, h.client).unchanged == 2  # safe to rerun
+
+    scan = h.sandbox.scan_contact_way(staff_code.config_id, name="王小姐")
+    h.drain()
+    eid = scan["external_userid"]
+    # Tagged with store A in WeCom (门店/南京西路店).
+    [follow] = h.sandbox.follows_of_customer(eid)
+    assert [h.sandbox.tags[t].name for t in follow.tag_ids] == ["南京西路店"]
+    # Welcomed with a card that opens store A's group live code.
+    [welcome] = h.sandbox.welcome_messages
+    card = welcome["attachments"][0]["link"]
+    assert card["url"] == "http://scrm/g/A" and "南京西路店" in card["title"]
+
+
+def test_group_fills_and_the_live_code_rotates_to_the_new_room(h):
+    assert stores.refresh_group_code(h.factory, h.client, "A", cap=CAP) == "created"
+    live = code(h, "A", "group")
+    assert live.chat_ids == [h.a1] and live.state == "sg:A"
+    # The owner is a member too: CAP - 1 customers fill A1.
+    joined = [h.sandbox.join_group_via_way(live.config_id, name=f"顾客{i}") for i in range(CAP - 1)]
+    h.drain()
+    assert {j["chat_id"] for j in joined} == {h.a1}
+    with Session(h.engine) as s:
+        states = {m.join_state for m in s.exec(select(GroupMember).where(GroupMember.chat_id == h.a1,
+                                                                         GroupMember.member_type == 2))}
+    assert states == {"sg:A"}  # every member is attributed to store A's code
+
+    # A1 is full: the next joiner makes WeCom open a new room; scrm attributes it to store A and
+    # rotates the live code so it no longer points at the full group.
+    nxt = h.sandbox.join_group_via_way(live.config_id, name="第四位")
+    h.drain()
+    a2 = nxt["created_chat_id"]
+    assert a2 and nxt["chat_id"] == a2
+    with Session(h.engine) as s:
+        assert s.get(CustomerGroup, a2).store_code == "A"
+    live = code(h, "A", "group")
+    assert live.chat_ids == [a2]
+    assert h.sandbox.join_ways[live.config_id].chat_id_list == [a2]
+    later = h.sandbox.join_group_via_way(live.config_id, name="后来的人")
+    h.drain()
+    assert later["chat_id"] == a2
+
+
+def test_dismissed_group_is_dropped_from_the_live_code(h):
+    stores.refresh_group_code(h.factory, h.client, "A", cap=CAP)
+    live = code(h, "A", "group")
+    a2 = h.sandbox.create_group("a_staff", "南京西路店福利群2")
+    full_sync(h.engine, h.client)
+    with Session(h.engine) as s:
+        g = s.get(CustomerGroup, a2.chat_id)
+        g.store_code = "A"
+        s.add(g)
+        s.commit()
+    assert stores.refresh_group_code(h.factory, h.client, "A", cap=CAP) == "updated"
+    assert sorted(code(h, "A", "group").chat_ids) == sorted([h.a1, a2.chat_id])  # same age: by chat id
+    h.sandbox.dismiss_group(h.a1)
+    h.drain()
+    assert code(h, "A", "group").chat_ids == [a2.chat_id]
+    assert h.sandbox.join_ways[live.config_id].chat_id_list == [a2.chat_id]
