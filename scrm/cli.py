@@ -23,6 +23,10 @@ from scrm.sop.cli import sop_app  # noqa: E402
 
 app.add_typer(sop_app, name="sop")
 
+from scrm.stores.cli import stores_app  # noqa: E402
+
+app.add_typer(stores_app, name="stores")
+
 
 def _setup_logging() -> None:
     from scrm.logs import configure_logging

@@ -51,6 +51,7 @@ def create_app(
     redis_ping: Callable[[], bool] | None = None,
     queue_depth: Callable[[], int | None] = lambda: None,
     max_body_bytes: int = 1024 * 1024,
+    routing_settings=None,
 ) -> CallbackEndpoint:
     """The ASGI app: the callback fast path in front of the FastAPI app (``.api``)."""
     app = FastAPI(title="scrm", docs_url="/docs")
@@ -85,6 +86,11 @@ def create_app(
             return refuse(403, "signature", str(exc))
         except CallbackError as exc:
             return refuse(400, "malformed", str(exc))
+
+    from scrm.config import RoutingSettings
+    from scrm.web.pages import store_pages
+
+    app.include_router(store_pages(engine, routing_settings or RoutingSettings()))
 
     @app.get("/t/{code}")
     def tracked_link(code: str):
@@ -145,4 +151,5 @@ def app_from_settings(settings=None) -> CallbackEndpoint:
         redis_ping=r.ping,
         queue_depth=lambda: r.llen("dramatiq:callbacks"),
         max_body_bytes=settings.web.max_body_bytes,
+        routing_settings=settings.routing,
     )

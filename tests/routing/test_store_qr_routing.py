@@ -116,3 +116,63 @@ def test_dismissed_group_is_dropped_from_the_live_code(h):
     h.drain()
     assert code(h, "A", "group").chat_ids == [a2.chat_id]
     assert h.sandbox.join_ways[live.config_id].chat_id_list == [a2.chat_id]
+
+
+def test_staff_page_shows_the_store_codes_and_escapes_hostile_names(h):
+    stores.ensure_staff_codes(h.factory, h.client)
+    stores.refresh_group_code(h.factory, h.client, "A", cap=CAP)
+    with Session(h.engine) as s:
+        s.add(Store(code="X", name="<script>alert(1)</script>店", address="\"><img src=x onerror=alert(1)>"))
+        s.commit()
+    page = h.web.get("/s/A")
+    assert page.status_code == 200
+    assert "南京西路店" in page.text and "A店店员" in page.text
+    assert code(h, "A", "staff", "a_staff").qr_code in page.text and code(h, "A", "group").qr_code in page.text
+    hostile = h.web.get("/s/X").text
+    assert "<script>alert(1)</script>" not in hostile and "&lt;script&gt;" in hostile
+    assert "<img src=x" not in hostile
+    assert "还没有群活码" in hostile  # and it says what to do
+    assert h.web.get("/s/NOPE").status_code == 404
+    customer = h.web.get("/g/A")
+    assert customer.status_code == 200 and code(h, "A", "group").qr_code in customer.text
+
+
+def test_a_located_customer_is_routed_to_the_nearest_open_store(h):
+    stores.refresh_group_code(h.factory, h.client, "A", cap=CAP)
+    near_a = h.web.get("/api/route", params={"lat": 31.2397, "lng": 121.4998}).json()  # 陆家嘴, ~2.6 km from A
+    assert near_a["reason"] == "nearest" and near_a["store"]["code"] == "A"
+    assert 2.0 < near_a["distance_km"] < 3.5
+    assert near_a["group_page"] == "/g/A" and near_a["qr_code"] == code(h, "A", "group").qr_code
+    near_b = h.web.get("/api/route", params={"lat": 39.91, "lng": 116.46}).json()
+    assert near_b["store"]["code"] == "B"
+    chengdu = h.web.get("/api/route", params={"lat": 30.66, "lng": 104.06}).json()  # no store within 5 km
+    assert chengdu == {"reason": "none", "distance_km": None, "store": None}
+    assert h.web.get("/api/route", params={"lat": 31.2}).status_code == 422
+    assert h.web.get("/api/route", params={"lat": 95, "lng": 0}).status_code == 422
+    # A store that closes stops receiving customers: the index is rebuilt when stores change.
+    from scrm.config import RoutingSettings
+    from scrm.routing.locate import StoreLocator
+
+    locator = StoreLocator(h.engine, check_every=0)
+    assert locator.route(31.2397, 121.4998, city=None, settings=RoutingSettings()).store_code == "A"
+    with Session(h.engine) as s:
+        a = s.get(Store, "A")
+        a.status = "closed"
+        s.add(a)
+        s.commit()
+    assert locator.route(31.2397, 121.4998, city=None, settings=RoutingSettings()).reason == "none"
+    page = h.web.get("/l")
+    assert page.status_code == 200 and "北京" in page.text
+
+
+def test_route_falls_back_to_the_city_store_then_the_default_store():
+    from scrm.routing.locate import decide
+    from scrm.routing.nearest import NearestStoreIndex, StorePoint
+
+    index = NearestStoreIndex([StorePoint("A", 31.2304, 121.4737, "上海"), StorePoint("C", 30.66, 104.06, "成都")])
+    kw = dict(radius_km=5, city_stores={"上海": "A", "杭州": "CLOSED"}, default_store="C", open_codes={"A", "C"})
+    assert decide(index, 31.24, 121.50, city=None, **kw).store_code == "A"
+    far = decide(index, 31.5, 121.9, city="上海", **kw)  # in Shanghai but >5 km from A
+    assert (far.store_code, far.reason) == ("A", "city")
+    assert decide(index, None, None, city="杭州", **kw).reason == "default"  # the city's store is closed
+    assert decide(index, None, None, city=None, **{**kw, "default_store": ""}).reason == "none"
