@@ -23,6 +23,7 @@ from scrm.sop.cli import sop_app  # noqa: E402
 
 app.add_typer(sop_app, name="sop")
 
+from scrm.stores import codes_cli as _codes_cli  # noqa: E402,F401  (registers `scrm stores codes`)
 from scrm.stores.cli import stores_app  # noqa: E402
 
 app.add_typer(stores_app, name="stores")

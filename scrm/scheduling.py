@@ -48,6 +48,19 @@ def sop_poll_job(settings: Settings) -> None:
     get_sop_sender().poll_results()
 
 
+def store_codes_job(settings: Settings) -> None:
+    """Keep every store's group live code pointing at groups with room (member events refresh
+    it too; this catches anything missed)."""
+    from sqlmodel import Session
+
+    from scrm.runtime import build_client
+    from scrm.stores.service import refresh_all_group_codes
+
+    engine = get_engine(settings.database_url())
+    refresh_all_group_codes(lambda: Session(engine, expire_on_commit=False), build_client(settings),
+                            cap=settings.routing.group_qr_cap, room_base_id=settings.routing.room_base_id)
+
+
 def make_scheduler(settings: Settings, send, enqueue_sop=None) -> BackgroundScheduler:
     sched = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30})
     sched.add_job(relay_job, "interval", seconds=settings.pipeline.relay_interval_seconds, args=[settings, send],
@@ -59,6 +72,8 @@ def make_scheduler(settings: Settings, send, enqueue_sop=None) -> BackgroundSche
         sched.add_job(sop_fire_job, "interval", seconds=sop.fire_interval_seconds, args=[settings, enqueue_sop],
                       id="sop_fire")
         sched.add_job(sop_poll_job, "interval", seconds=sop.poll_interval_seconds, args=[settings], id="sop_poll")
+        sched.add_job(store_codes_job, "interval", seconds=settings.routing.refresh_interval_seconds,
+                      args=[settings], id="store_codes")
     return sched
 
 
