@@ -82,6 +82,11 @@ class WebSettings(BaseModel):
     public_url: str = ""
     max_body_bytes: int = 1024 * 1024
 
+    # Signs the chat toolbar page's session cookie; empty derives one from the corp secret.
+    session_secret: SecretStr = SecretStr("")
+    # WeCom's OAuth2 page (the sandbox serves /sandbox/oauth/authorize for local use).
+    oauth_authorize_url: str = "https://open.weixin.qq.com/connect/oauth2/authorize"
+
     def base_url(self) -> str:
         return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
 

@@ -41,6 +41,8 @@ class EmbeddedStack:
             self._say(f"embedded Redis: {self.redis_server.url}")
         if self.with_sandbox:
             os.environ["SCRM_WECOM__API_BASE_URL"] = f"http://{s.sandbox.host}:{s.sandbox.port}/cgi-bin/"
+            # The toolbar page signs owners in through the sandbox's stand-in for WeCom's OAuth2 page.
+            os.environ["SCRM_WEB__OAUTH_AUTHORIZE_URL"] = f"http://{s.sandbox.host}:{s.sandbox.port}/sandbox/oauth/authorize"
         reset_settings_cache()
         self.settings = s = get_settings()
         migrate(s.database_url())

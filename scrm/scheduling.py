@@ -37,9 +37,19 @@ def sop_plan_job(settings: Settings) -> None:
 
 
 def sop_fire_job(settings: Settings, enqueue_sop) -> None:
-    from scrm.sop.jobs import fire
+    from zoneinfo import ZoneInfo
 
-    fire(get_engine(settings.database_url()), enqueue_sop)
+    from scrm.runtime import build_client
+    from scrm.sop.jobs import fire
+    from scrm.sop.reminders import send_reminders
+
+    engine = get_engine(settings.database_url())
+    client = build_client(settings)
+    toolbar = f"{settings.web.base_url()}/toolbar"
+    tz = ZoneInfo(settings.sop.timezone)
+    fire(engine, enqueue_sop,
+         remind=lambda now: send_reminders(engine, client, toolbar_url=toolbar, tz=tz, now=now,
+                                       agent_id=settings.wecom.agent_id))
 
 
 def sop_poll_job(settings: Settings) -> None:

@@ -4,15 +4,17 @@
     seed_demo(sandbox)
     server = serve(sandbox, "127.0.0.1", 8899)   # server.api_base_url, server.stop()
     sandbox.scan_contact_way(config_id)          # a customer scans a 联系我 QR -> callback posted
+    sandbox.oauth_code("zhangsan")               # an OAuth2 code for auth/getuserinfo (or GET /sandbox/oauth/authorize)
+    sandbox.app_messages                         # what message/send delivered, one dict per member
 """
 
 from scrm.sandbox.callbacks import CallbackPoster, Delivery
 from scrm.sandbox.seed import seed_demo
 from scrm.sandbox.server import SandboxServer, create_sandbox_app, serve
-from scrm.sandbox.state import WELCOME_CODE_TTL, CorpState, SandboxError
+from scrm.sandbox.state import OAUTH_CODE_TTL, WELCOME_CODE_TTL, CorpState, SandboxError
 from scrm.sandbox.users import ACTIONS, ActionError, ActionResult, Sandbox
 
 __all__ = [
-    "ACTIONS", "ActionError", "ActionResult", "CallbackPoster", "CorpState", "Delivery", "Sandbox",
-    "SandboxError", "SandboxServer", "WELCOME_CODE_TTL", "create_sandbox_app", "seed_demo", "serve",
+    "ACTIONS", "ActionError", "ActionResult", "CallbackPoster", "CorpState", "Delivery", "OAUTH_CODE_TTL",
+    "Sandbox", "SandboxError", "SandboxServer", "WELCOME_CODE_TTL", "create_sandbox_app", "seed_demo", "serve",
 ]

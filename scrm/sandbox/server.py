@@ -3,19 +3,38 @@
 
 from __future__ import annotations
 
+import html
 import json
+import re
 import socket
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 
 from scrm.sandbox.state import SandboxError
-from scrm.sandbox.users import ACTIONS, Sandbox
+from scrm.sandbox.users import ACTION_VALUE_KEYS, ACTIONS, ActionResult, Sandbox
+
+OAUTH_STATE = re.compile(r"[A-Za-z0-9]{0,128}")  # WeCom: state is a-zA-Z0-9, at most 128 bytes
+LOCAL_HOSTS = ("127.0.0.1", "localhost")
+
+
+def local_redirect_uri(url: str) -> bool:
+    """Only ``http://127.0.0.1…`` / ``http://localhost…`` (any port, no user info) may receive the
+    sandbox's OAuth redirect: the sandbox must not become an open redirector."""
+    if not url or any(c.isspace() or ord(c) < 32 or c == "\\" for c in url):
+        return False
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        return False
+    return (parts.scheme == "http" and parts.hostname in LOCAL_HOSTS and "@" not in parts.netloc)
 
 
 def create_sandbox_app(sandbox: Sandbox) -> FastAPI:
@@ -62,7 +81,9 @@ def create_sandbox_app(sandbox: Sandbox) -> FastAPI:
             return _err(exc)
         except TypeError as exc:
             return JSONResponse({"errcode": 40058, "errmsg": str(exc)}, status_code=400)
-        return JSONResponse(result.as_dict())
+        if isinstance(result, ActionResult):
+            return JSONResponse(result.as_dict())
+        return JSONResponse({ACTION_VALUE_KEYS.get(name, "result"): result})
 
     @app.get("/sandbox/callbacks")
     def callbacks() -> dict:
@@ -94,6 +115,52 @@ def create_sandbox_app(sandbox: Sandbox) -> FastAPI:
     @app.get("/sandbox/welcome_messages")
     def welcome_messages() -> dict:
         return {"welcome_messages": list(sandbox.welcome_messages)}
+
+    @app.get("/sandbox/app_messages")
+    def app_messages(touser: str | None = None) -> dict:
+        return {"app_messages": [m for m in sandbox.app_messages if touser is None or m["touser"] == touser]}
+
+    @app.get("/sandbox/oauth/authorize")
+    def oauth_authorize(request: Request):
+        """Mimics open.weixin.qq.com/connect/oauth2/authorize for a browser: ``userid`` (a member),
+        or ``external_userid`` / ``visitor=1`` (a non-member), is "logged in" and sent to
+        ``redirect_uri?code=CODE&state=STATE`` with a one-time code for auth/getuserinfo. Without
+        any of them the page lists the members to choose from (the WeCom client knows who you are;
+        a browser has to say). WeCom's own parameters (appid, agentid, scope…) are accepted."""
+        q = request.query_params
+        redirect_uri = q.get("redirect_uri", "")
+        state = q.get("state", "")
+        if not local_redirect_uri(redirect_uri):
+            return JSONResponse({"errcode": 40058, "errmsg": "redirect_uri must be http://127.0.0.1… or "
+                                 "http://localhost…"}, status_code=400)
+        if not OAUTH_STATE.fullmatch(state):
+            return JSONResponse({"errcode": 40058, "errmsg": "state must be a-zA-Z0-9, at most 128 bytes"},
+                                status_code=400)
+        if q.get("appid") and q["appid"] != sandbox.corp_id:
+            return JSONResponse({"errcode": 40013, "errmsg": "invalid corpid (appid)"}, status_code=400)
+        if q.get("agentid") and sandbox.agent_id is not None and q["agentid"] != str(sandbox.agent_id):
+            return JSONResponse({"errcode": 40056, "errmsg": "invalid agentid"}, status_code=400)
+        if not (q.get("userid") or q.get("external_userid") or q.get("visitor")):
+            keep = [(k, v) for k, v in q.multi_items() if k not in ("userid", "external_userid", "visitor")]
+            links = "".join(
+                f"<li><a href='?{html.escape(urlencode(keep + [('userid', m.userid)]))}'>"
+                f"{html.escape(m.name)} ({html.escape(m.userid)})</a></li>"
+                for m in list(sandbox.members.values()))
+            visitor = html.escape(urlencode(keep + [("visitor", "1")]))
+            return HTMLResponse(f"<html><body><h1>Sandbox WeCom login</h1><p>Sign in to "
+                                f"{html.escape(redirect_uri)} as:</p><ul>{links}</ul>"
+                                f"<p><a href='?{visitor}'>a WeChat user who is not a member</a></p></body></html>")
+        try:
+            if q.get("userid"):
+                code = sandbox.oauth_code(q["userid"])
+            else:
+                code = sandbox.oauth_code(external_userid=q.get("external_userid") or None)
+        except SandboxError as exc:
+            return _err(exc)
+        parts = urlsplit(redirect_uri)
+        query = urlencode({"code": code, "state": state})
+        target = urlunsplit(parts._replace(query=f"{parts.query}&{query}" if parts.query else query))
+        return RedirectResponse(target, status_code=302)
 
     @app.post("/sandbox/tokens/expire")
     def expire_tokens() -> dict:

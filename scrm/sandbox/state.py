@@ -17,6 +17,14 @@ from typing import Any, Callable
 WELCOME_CODE_TTL = 20  # seconds (reference §3.8)
 MAX_STATE = 30
 MAX_JOIN_WAY_CHATS = 5
+OAUTH_CODE_TTL = 300  # seconds: WeCom's OAuth2 codes live 5 minutes and work once (reference §3.8a)
+APP_MESSAGE_PER_MEMBER_PER_MINUTE = 30  # message/send to one member (reference §3.10)
+AGENT_TICKETS_PER_HOUR = 100  # ticket/get?type=agent_config calls per app per hour ("limited calls", §3.8a)
+TEXTCARD_TITLE_MAX_BYTES = 128
+TEXTCARD_DESCRIPTION_MAX_BYTES = 512
+TEXTCARD_URL_MAX_BYTES = 2048
+TEXT_CONTENT_MAX_BYTES = 2048
+MESSAGE_MAX_TOUSER = 1000
 
 
 class SandboxError(Exception):
@@ -186,6 +194,16 @@ class WelcomeCode:
     used: bool = False
 
 
+@dataclass
+class OAuthCode:
+    code: str
+    issued_at: float
+    userid: str = ""  # a member; else a non-member visitor (openid, and external_userid for a customer)
+    openid: str = ""
+    external_userid: str = ""
+    used: bool = False
+
+
 # -- state + API ---------------------------------------------------------------------------------
 class CorpState:
     def __init__(
@@ -200,6 +218,9 @@ class CorpState:
         follow_page_size: int = 500,
         groupchat_list_owner_filter_over: int = 0,
         qr_base_url: str = "http://127.0.0.1:8899/sandbox/qr/",
+        app_message_per_member_per_minute: int = APP_MESSAGE_PER_MEMBER_PER_MINUTE,
+        agent_ticket_expires_in: int = 7200,
+        agent_tickets_per_hour: int = AGENT_TICKETS_PER_HOUR,
         clock: Callable[[], float] = time.time,
     ):
         self.lock = threading.RLock()
@@ -213,7 +234,12 @@ class CorpState:
         # 81017 when groupchat/list has no owner_filter and more members than this (0 = never).
         self.groupchat_list_owner_filter_over = int(groupchat_list_owner_filter_over)
         self.qr_base_url = qr_base_url
+        self.app_message_per_member_per_minute = int(app_message_per_member_per_minute)
+        self.agent_ticket_expires_in = int(agent_ticket_expires_in)
+        self.agent_tickets_per_hour = int(agent_tickets_per_hour)  # 0 = unlimited
         self.clock = clock
+        # The self-built app's agentid; message/send must name it (None: accept any). Sandbox sets it.
+        self.agent_id: int | None = None
 
         self.members: dict[str, Member] = {}
         self.customers: dict[str, Customer] = {}
@@ -226,6 +252,13 @@ class CorpState:
         self.templates: dict[str, MsgTemplate] = {}
         self.welcome_codes: dict[str, WelcomeCode] = {}
         self.welcome_messages: list[dict] = []
+        # message/send: one dict per member a message was delivered to (touser, msgtype, textcard|text, time)
+        self.app_messages: list[dict] = []
+        self.app_message_times: dict[str, list[float]] = {}  # userid -> delivery times in the last minute
+        self.oauth_codes: dict[str, OAuthCode] = {}
+        self.agent_tickets: dict[str, float] = {}  # ticket -> expires_at (clock time)
+        self.current_agent_ticket: str | None = None
+        self.agent_ticket_calls: dict[int, int] = {}  # hour -> ticket/get calls
         # (day, chat_id or external_userid) -> mass messages received that day
         self.mass_received: dict[tuple[str, str], int] = {}
 
@@ -383,6 +416,39 @@ class CorpState:
             code = _rand("WC", 32)
             self.welcome_codes[code] = WelcomeCode(code, userid, external_userid, self.clock())
             return code
+
+    def oauth_code(self, userid: str | None = None, *, external_userid: str | None = None) -> str:
+        """Mint the OAuth2 ``code`` WeCom would put on the redirect after its authorize page
+        (one-time, 5 minutes). With ``userid``: that member (60111 if unknown). Without: a
+        non-member visitor (an ``openid``), the customer ``external_userid`` if given."""
+        with self.lock:
+            if userid is not None:
+                self.member(userid)
+                oc = OAuthCode(_rand("", 32), self.clock(), userid=userid)
+            else:
+                if external_userid is not None:
+                    self.customer(external_userid)
+                    openid = "o" + hashlib.sha256(f"{self.corp_id}:{external_userid}".encode()).hexdigest()[:27]
+                else:
+                    openid = _rand("o", 27)
+                oc = OAuthCode(_rand("", 32), self.clock(), openid=openid, external_userid=external_userid or "")
+            self.oauth_codes[oc.code] = oc
+            return oc.code
+
+    def agent_config_signature_valid(self, signature: str, noncestr: str, timestamp: int | str, url: str) -> bool:
+        """Would ``wx.agentConfig`` accept this signature? True when it is the sha1 of
+        ``jsapi_ticket=T&noncestr=N&timestamp=TS&url=URL`` (url without '#…') for a ticket this
+        sandbox issued that has not expired (reference §3.8a)."""
+        with self.lock:
+            page = url.split("#", 1)[0]
+            now = self.clock()
+            for ticket, expires_at in self.agent_tickets.items():
+                if expires_at <= now:
+                    continue
+                raw = f"jsapi_ticket={ticket}&noncestr={noncestr}&timestamp={timestamp}&url={page}"
+                if secrets.compare_digest(hashlib.sha1(raw.encode()).hexdigest().encode(), str(signature).encode()):
+                    return True
+            return False
 
     # -- tokens, rate limit, faults ---------------------------------------------------------
     def gettoken(self, corpid: str, corpsecret: str) -> dict:
@@ -913,6 +979,115 @@ class CorpState:
                                       "sent_at": self.now()})
         return {}
 
+    # app messages (reference §3.8a, §3.10)
+    def _message_body(self, msgtype: str, b: dict) -> dict:
+        """Validate the message content. WeCom itself truncates an over-long title / description /
+        content (「超过会自动截断」); the sandbox refuses them (40058) so scrm never relies on a cut
+        that WeCom would make silently."""
+        if msgtype == "textcard":
+            card = b.get("textcard")
+            _param(isinstance(card, dict), "textcard is required")
+            title, desc, url = (str(card.get(k) or "") for k in ("title", "description", "url"))
+            _param(bool(title), "textcard.title is required")
+            _param(len(title.encode()) <= TEXTCARD_TITLE_MAX_BYTES,
+                   f"textcard.title exceeds {TEXTCARD_TITLE_MAX_BYTES} bytes")
+            _param(bool(desc), "textcard.description is required")
+            _param(len(desc.encode()) <= TEXTCARD_DESCRIPTION_MAX_BYTES,
+                   f"textcard.description exceeds {TEXTCARD_DESCRIPTION_MAX_BYTES} bytes")
+            _param(bool(url), "textcard.url is required")
+            _param(url.startswith(("http://", "https://")), "textcard.url needs http:// or https://")
+            _param(len(url.encode()) <= TEXTCARD_URL_MAX_BYTES, f"textcard.url exceeds {TEXTCARD_URL_MAX_BYTES} bytes")
+            # btntxt: default 「详情」, at most 4 characters (WeCom cuts longer ones; so does the sandbox).
+            btntxt = str(card.get("btntxt") or "详情")[:4]
+            return {"title": title, "description": desc, "url": url, "btntxt": btntxt}
+        text = b.get("text")
+        content = str((text or {}).get("content") or "") if isinstance(text, dict) else ""
+        if not content:
+            raise SandboxError(44004, "text content is empty")
+        _param(len(content.encode()) <= TEXT_CONTENT_MAX_BYTES, f"text.content exceeds {TEXT_CONTENT_MAX_BYTES} bytes")
+        return {"content": content}
+
+    def api_message_send(self, b: dict) -> dict:
+        agentid = b.get("agentid")
+        if agentid in (None, ""):
+            raise SandboxError(41011, "missing agentid")
+        try:
+            agentid = int(agentid)
+        except (TypeError, ValueError):
+            raise SandboxError(40056, f"invalid agentid: {agentid}") from None
+        if self.agent_id is not None and agentid != int(self.agent_id):
+            raise SandboxError(40056, f"invalid agentid: {agentid}")
+        msgtype = b.get("msgtype")
+        if msgtype not in ("text", "textcard"):
+            raise SandboxError(40008, f"invalid message type: {msgtype} (the sandbox sends text and textcard)")
+        _param(not b.get("toparty") and not b.get("totag"), "the sandbox sends to touser only (no toparty/totag)")
+        touser = b.get("touser")
+        _param(isinstance(touser, str) and bool(touser.strip()), "touser is required")
+        content = self._message_body(msgtype, b)
+        if touser.strip() == "@all":
+            wanted = list(self.members)
+        else:
+            wanted = list(dict.fromkeys(u.strip() for u in touser.split("|") if u.strip()))
+        _param(len(wanted) <= MESSAGE_MAX_TOUSER, f"touser holds at most {MESSAGE_MAX_TOUSER} members")
+        # WeCom compares userids case-insensitively and answers them in lower case.
+        by_lower = {uid.lower(): uid for uid in self.members}
+        valid = [by_lower[u.lower()] for u in wanted if u.lower() in by_lower]
+        invalid = [u.lower() for u in wanted if u.lower() not in by_lower]
+        if not valid:
+            raise SandboxError(81013, "user & party & tag all invalid")
+        # ≤30 messages a minute from the app to the same member (reference §3.10). WeCom's own wording
+        # (doc 90312, from memory) is roughly 「每应用对同一个成员不可超过30次/分，超过部分会被丢弃不下发」:
+        # the excess is dropped, not refused. The sandbox instead answers 45009 (接口调用超过限制) for
+        # the whole call and delivers nothing, so the limit is visible and a retry sends no duplicates.
+        now = self.clock()
+        limit = self.app_message_per_member_per_minute
+        if limit > 0:
+            for uid in valid:
+                recent = [t for t in self.app_message_times.get(uid, []) if t > now - 60]
+                self.app_message_times[uid] = recent
+                if len(recent) + 1 > limit:
+                    raise SandboxError(45009, f"api freq out of limit: {limit} messages per minute to {uid}")
+        msgid = _rand("", 48)
+        for uid in valid:
+            self.app_message_times.setdefault(uid, []).append(now)
+            self.app_messages.append({"msgid": msgid, "agentid": agentid, "touser": uid, "msgtype": msgtype,
+                                      msgtype: dict(content), "time": int(now)})
+        return {"invaliduser": "|".join(invalid), "invalidparty": "", "invalidtag": "", "unlicenseduser": "",
+                "msgid": msgid}
+
+    # JS-SDK agent ticket (reference §3.8a)
+    def api_ticket_get(self, q: dict) -> dict:
+        _param(q.get("type") == "agent_config", "type must be agent_config")
+        now = self.clock()
+        if self.agent_tickets_per_hour > 0:
+            # WeCom limits jsapi ticket fetches per app per hour (hence: cache the ticket).
+            hour = int(now // 3600)
+            self.agent_ticket_calls[hour] = self.agent_ticket_calls.get(hour, 0) + 1
+            if self.agent_ticket_calls[hour] > self.agent_tickets_per_hour:
+                raise SandboxError(45009, "api freq out of limit: ticket/get")
+        tic = self.current_agent_ticket
+        if tic is None or self.agent_tickets.get(tic, 0) <= now:  # same ticket while it is valid
+            tic = _rand("", 64)
+            self.agent_tickets[tic] = now + self.agent_ticket_expires_in
+            self.current_agent_ticket = tic
+        return {"ticket": tic, "expires_in": max(1, int(round(self.agent_tickets[tic] - now)))}
+
+    # OAuth2 (reference §3.8a)
+    def api_auth_getuserinfo(self, q: dict) -> dict:
+        code = str(q.get("code") or "")
+        if not code:
+            raise SandboxError(41008, "missing oauth code")
+        oc = self.oauth_codes.get(code)
+        if oc is None or oc.used or self.clock() - oc.issued_at > OAUTH_CODE_TTL:
+            raise SandboxError(40029, "invalid code")
+        oc.used = True
+        if oc.userid:
+            return {"userid": oc.userid}
+        out = {"openid": oc.openid}
+        if oc.external_userid:
+            out["external_userid"] = oc.external_userid
+        return out
+
     # -- inspection ------------------------------------------------------------------------------
     def snapshot(self) -> dict:
         """The whole corp as JSON-able data (for /sandbox/state and tests)."""
@@ -929,6 +1104,7 @@ class CorpState:
                 "templates": [{"msgid": t.msgid, "chat_type": t.chat_type, "creator": t.creator, "tasks": t.tasks,
                                "results": t.results} for t in self.templates.values()],
                 "welcome_messages": list(self.welcome_messages),
+                "app_messages": list(self.app_messages),
             }
 
 
@@ -958,4 +1134,7 @@ ROUTES: dict[str, tuple[str, str]] = {
     "externalcontact/get_groupmsg_task": ("POST", "api_get_groupmsg_task"),
     "externalcontact/get_groupmsg_send_result": ("POST", "api_get_groupmsg_send_result"),
     "externalcontact/send_welcome_msg": ("POST", "api_send_welcome_msg"),
+    "message/send": ("POST", "api_message_send"),
+    "ticket/get": ("GET", "api_ticket_get"),
+    "auth/getuserinfo": ("GET", "api_auth_getuserinfo"),
 }

@@ -388,7 +388,9 @@ ACTIONS = (
     "scan_contact_way", "add_employee", "customer_deletes_employee", "employee_deletes_customer",
     "employee_edits_customer", "admin_create_tag", "admin_edit_tag", "admin_delete_tag", "employee_creates_group",
     "join_group_via_way", "invite_to_group", "leave_group", "remove_from_group", "rename_group",
-    "change_group_notice", "change_group_owner", "dismiss_group", "confirm_mass_send",
+    "change_group_notice", "change_group_owner", "dismiss_group", "confirm_mass_send", "oauth_code",
 )
+# Actions that return a plain value rather than an ActionResult: the JSON key it is answered under.
+ACTION_VALUE_KEYS = {"oauth_code": "code"}
 
-__all__ = ["Sandbox", "ActionResult", "ActionError", "ACTIONS", "_rand"]
+__all__ = ["Sandbox", "ActionResult", "ActionError", "ACTIONS", "ACTION_VALUE_KEYS", "_rand"]

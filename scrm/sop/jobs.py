@@ -61,9 +61,10 @@ def plan_ahead(engine: Engine, sop, *, now: dt.datetime | None = None,
 
 
 def fire(engine: Engine, enqueue_mass: Callable[[list[int]], None], *, now: dt.datetime | None = None,
-         chunk: int = 200) -> dict[str, int]:
+         chunk: int = 200, remind: Callable[[dt.datetime], dict] | None = None) -> dict[str, int]:
     """Expire, claim and queue; returns counts. A chunk of mass posts is one worker job, which
-    groups them by sender and content into add_msg_template calls."""
+    groups them by sender and content into add_msg_template calls. ``remind(now)`` sends the
+    owners their reminders for posts that fell due (one app message per owner)."""
     now = now or utcnow()
     expired = expire_overdue(engine, now)
     claimed = claim_due(engine, now)
@@ -72,6 +73,8 @@ def fire(engine: Engine, enqueue_mass: Callable[[list[int]], None], *, now: dt.d
     for i in range(0, len(mass), chunk):
         enqueue_mass(mass[i:i + chunk])
     counts = {"expired": expired, "requeued": len(stuck), **{channel: len(ids) for channel, ids in claimed.items()}}
+    if remind is not None:
+        counts["reminders"] = remind(now).get("sent", 0)
     if any(counts.values()):
         log.info("sop_fired", **counts)
     return counts

@@ -57,6 +57,8 @@ class SopPost(SQLModel, table=True):
     error: str | None = None
     content: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))  # as rendered at send time
     sent_by: str | None = Field(default=None, max_length=64)
+    # owner_task: when the owner's reminder app message listed this post.
+    reminded_at: datetime | None = None
     sent_at: datetime | None = None
     confirmed_at: datetime | None = None
     created_at: datetime = Field(default_factory=utcnow)

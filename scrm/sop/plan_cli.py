@@ -142,3 +142,91 @@ def _print_day(console, plan, templates, names, ledger, chosen, show_all, n_grou
             continue
         console.print(f"  dropped: {d.chat_id} {d.template_id}/{d.step_key} {d.nominal.strftime('%H:%M')}: "
                       f"{REASONS.get(d.reason, d.reason)}", markup=False)
+
+
+@sop_app.command("budget")
+def budget_command(
+    date: Optional[str] = typer.Option(None, "--date", help="The day, YYYY-MM-DD (default: today)"),
+    group: List[str] = typer.Option([], "--group", help="Only these groups (repeatable)"),
+    limit: int = typer.Option(50, "--limit", min=0, help="Groups to list (0: all)"),
+) -> None:
+    """Per group and per sending account: what the day's ledger has planned, used and left, by channel."""
+    from rich.console import Console
+    from sqlalchemy import select
+
+    from scrm.db import get_engine, utcnow
+    from scrm.groups.models import CustomerGroup
+    from scrm.sop.models import SopPost
+
+    console = Console(soft_wrap=True, highlight=False)
+    s = get_settings()
+    tz = ZoneInfo(s.sop.timezone)
+    try:
+        day = dt.date.fromisoformat(date) if date else utcnow().astimezone(tz).date()
+    except ValueError:
+        _fail(console, f"--date {date!r} is not a date (YYYY-MM-DD)")
+    max_posts, max_mass = s.sop.max_posts_per_group_per_day, s.sop.max_mass_sends_per_group_per_day
+    engine = get_engine(s.database_url())
+    c = SopPost.__table__.c
+    with engine.connect() as conn:
+        q = select(c.chat_id, c.channel, c.status, c.sender).where(c.day == day)
+        if group:
+            q = q.where(c.chat_id.in_(group))
+        rows = conn.execute(q).all()
+        names = dict(conn.execute(select(CustomerGroup.chat_id, CustomerGroup.name)).all())
+    used_statuses = ("sent", "confirmed")
+    per_group: dict[str, Counter] = defaultdict(Counter)
+    owner: dict[str, str] = {}
+    for r in rows:
+        counts = per_group[r.chat_id]
+        counts["rows"] += 1
+        counts[f"{r.channel}:{'used' if r.status in used_statuses else r.status}"] += 1
+        counts[r.status] += 1
+        if r.channel == "mass_send":
+            counts["mass"] += 1
+        owner[r.chat_id] = r.sender
+    console.print(f"[bold]{day}[/bold]: {len(rows)} posts in the ledger for {len(per_group)} groups "
+                  f"(limits: {max_posts} a group, {max_mass} mass send a group)")
+    if not rows:
+        console.print("  nothing planned for this day (run `scrm sop plan` to see why, or let the scheduler plan it)")
+        return
+    table = Table()
+    for col in ("group", "owner", "posts used/planned/left", "mass_send", "owner_task", "group_robot", "problems"):
+        table.add_column(col)
+    def channel_cell(counts: Counter, channel: str) -> str:
+        parts = [f"{n} {k.split(':', 1)[1]}" for k, n in sorted(counts.items()) if k.startswith(channel + ":")]
+        return ", ".join(parts) or "-"
+    shown = sorted(per_group.items(), key=lambda kv: (names.get(kv[0], ""), kv[0]))
+    for chat_id, counts in (shown[:limit] if limit else shown):
+        used = sum(counts[st] for st in used_statuses)
+        open_ = sum(counts[st] for st in ("planned", "due", "sending"))
+        problems = []
+        if counts["over_quota"]:
+            problems.append("[red]over WeCom's quota[/red]")
+        if counts["failed"]:
+            problems.append(f"{counts['failed']} failed")
+        if counts["expired"]:
+            problems.append(f"{counts['expired']} expired")
+        table.add_row(escape(f"{names.get(chat_id, '')} {chat_id}"), escape(owner[chat_id]),
+                      f"{used}/{open_}/{max(0, max_posts - counts['rows'])}",
+                      f"{channel_cell(counts, 'mass_send')} (of {max_mass})", channel_cell(counts, "owner_task"),
+                      channel_cell(counts, "group_robot"), ", ".join(problems) or "-")
+    console.print(table)
+    if limit and len(shown) > limit:
+        console.print(f"  … and {len(shown) - limit} more groups (--limit 0 lists all, --group picks some)")
+    accounts = Table(title="sending accounts")
+    for col in ("account", "groups", "posts", "sent", "waiting", "failed/expired/over quota"):
+        accounts.add_column(col)
+    by_owner: dict[str, Counter] = defaultdict(Counter)
+    for chat_id, counts in per_group.items():
+        acc = by_owner[owner[chat_id]]
+        acc["groups"] += 1
+        acc["posts"] += counts["rows"]
+        acc["sent"] += sum(counts[st] for st in used_statuses)
+        acc["waiting"] += sum(counts[st] for st in ("planned", "due", "sending"))
+        acc["bad"] += counts["failed"] + counts["expired"] + counts["over_quota"]
+    for name, acc in sorted(by_owner.items()):
+        flag = f" [red](over {s.sop.max_groups_per_bot})[/red]" if acc["groups"] > s.sop.max_groups_per_bot else ""
+        accounts.add_row(escape(name), f"{acc['groups']}{flag}", str(acc["posts"]), str(acc["sent"]),
+                         str(acc["waiting"]), str(acc["bad"]))
+    console.print(accounts)

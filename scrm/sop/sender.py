@@ -38,6 +38,48 @@ MAX_CHATS_PER_CALL = 2000
 RETRY_AFTER = dt.timedelta(minutes=2)
 
 
+def render_post(post, templates: dict[str, SopTemplate], group, store) -> tuple[dict | None, str | None]:
+    """A ledger post's content for its group as WeCom payload (text + attachments), or why not."""
+    template = templates.get(post.template_id)
+    if template is None:
+        return None, f"template {post.template_id!r} no longer exists"
+    index = next((i for i in range(len(template.steps)) if template.step_key(i) == post.step_key), None)
+    if index is None:
+        return None, f"template {post.template_id!r} has no step {post.step_key!r} any more"
+    if group is None or group.status != "active":
+        return None, "the group is gone"
+    context = build_context(group=group_fields(group), store=store_fields(store), day=post.day,
+                            at=template.steps[index].at, template=template)
+    try:
+        return render_step(template, index, context), None
+    except TemplateRenderError as exc:
+        return None, f"render: {exc}"
+
+
+def track_links(engine: Engine, post, payload: dict, link_base: str, now: dt.datetime) -> dict:
+    """Point each link attachment at ``/t/{code}`` (one code per post and attachment, kept
+    across retries), so a click is counted for this group, post and day. The trade-off for mass
+    sends: posts with links differ per group, so they go out one add_msg_template call per group."""
+    link_base = link_base.rstrip("/")
+    if not link_base or not any(a.get("msgtype") == "link" for a in payload.get("attachments", [])):
+        return payload
+    table, c = TrackedLink.__table__, TrackedLink.__table__.c
+    insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
+    attachments = []
+    with engine.begin() as conn:
+        for position, a in enumerate(payload["attachments"]):
+            if a.get("msgtype") != "link":
+                attachments.append(a)
+                continue
+            conn.execute(insert(table).values(
+                code=secrets.token_urlsafe(9), post_id=post.id, position=position, chat_id=post.chat_id,
+                template_id=post.template_id, day=post.day, url=a["link"]["url"], clicks=0, created_at=now,
+            ).on_conflict_do_nothing(index_elements=["post_id", "position"]))
+            code = conn.execute(select(c.code).where(c.post_id == post.id, c.position == position)).scalar_one()
+            attachments.append({**a, "link": {**a["link"], "url": f"{link_base}/t/{code}"}})
+    return {**payload, "attachments": attachments}
+
+
 class SopSender:
     def __init__(
         self,
@@ -89,45 +131,12 @@ class SopSender:
         return dict(outcome)
 
     def _render(self, post, templates, groups, stores) -> tuple[dict | None, str | None]:
-        template = templates.get(post.template_id)
-        if template is None:
-            return None, f"template {post.template_id!r} no longer exists"
-        index = next((i for i in range(len(template.steps)) if template.step_key(i) == post.step_key), None)
-        if index is None:
-            return None, f"template {post.template_id!r} has no step {post.step_key!r} any more"
         group = groups.get(post.chat_id)
-        if group is None or group.status != "active":
-            return None, "the group is gone"
-        store = stores.get(group.store_code) if group.store_code else None
-        context = build_context(group=group_fields(group), store=store_fields(store), day=post.day,
-                                at=template.steps[index].at, template=template)
-        try:
-            return render_step(template, index, context), None
-        except TemplateRenderError as exc:
-            return None, f"render: {exc}"
+        store = stores.get(group.store_code) if group is not None and group.store_code else None
+        return render_post(post, templates, group, store)
 
     def _track_links(self, post, payload: dict) -> dict:
-        """Point each link attachment at ``/t/{code}`` (one code per post and attachment, kept
-        across retries), so a click is counted for this group, post and day. The trade-off: posts
-        with links differ per group, so they go out one add_msg_template call per group."""
-        if not self.link_base or not any(a.get("msgtype") == "link" for a in payload.get("attachments", [])):
-            return payload
-        table, c = TrackedLink.__table__, TrackedLink.__table__.c
-        insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
-        attachments = []
-        with self.engine.begin() as conn:
-            for position, a in enumerate(payload["attachments"]):
-                if a.get("msgtype") != "link":
-                    attachments.append(a)
-                    continue
-                conn.execute(insert(table).values(
-                    code=secrets.token_urlsafe(9), post_id=post.id, position=position, chat_id=post.chat_id,
-                    template_id=post.template_id, day=post.day, url=a["link"]["url"], clicks=0,
-                    created_at=self.clock(),
-                ).on_conflict_do_nothing(index_elements=["post_id", "position"]))
-                code = conn.execute(select(c.code).where(c.post_id == post.id, c.position == position)).scalar_one()
-                attachments.append({**a, "link": {**a["link"], "url": f"{self.link_base}/t/{code}"}})
-        return {**payload, "attachments": attachments}
+        return track_links(self.engine, post, payload, self.link_base, self.clock())
 
     def _mass_send(self, sender: str, payload: dict, batch: list) -> dict[str, int]:
         ids = [p.id for p in batch]

@@ -144,7 +144,7 @@ def app_from_settings(settings=None) -> CallbackEndpoint:
     from workers.actors import enqueue_callbacks
 
     r = get_redis(url)
-    return create_app(
+    app = create_app(
         crypto=build_crypto(settings),
         engine=get_engine(settings.database_url()),
         send=enqueue_callbacks,
@@ -153,3 +153,38 @@ def app_from_settings(settings=None) -> CallbackEndpoint:
         max_body_bytes=settings.web.max_body_bytes,
         routing_settings=settings.routing,
     )
+    if settings.wecom.secret.get_secret_value():
+        app.api.include_router(toolbar_from_settings(settings, r))
+    return app
+
+
+def toolbar_from_settings(settings, redis):
+    """The chat toolbar page, wired to the WeCom client and the SOP templates on disk."""
+    from pathlib import Path
+    from zoneinfo import ZoneInfo
+
+    from scrm.db import get_engine
+    from scrm.sop.jobs import TemplatesRefused, load_templates
+    from scrm.web.toolbar import ToolbarConfig, session_secret, toolbar_router
+    from scrm.wecom.client import WeComClient
+
+    sop = settings.sop
+
+    def templates():
+        try:
+            return load_templates(Path(sop.templates_dir), sop)
+        except TemplatesRefused as exc:
+            log.error("sop_templates_refused", problems=str(exc)[:500])
+            return {}
+
+    return toolbar_router(ToolbarConfig(
+        engine=get_engine(settings.database_url()),
+        client=WeComClient.from_settings(settings, redis=redis),
+        corp_id=settings.wecom.corp_id,
+        agent_id=settings.wecom.agent_id,
+        secret=session_secret(settings.web.session_secret.get_secret_value(), settings.wecom.secret.get_secret_value()),
+        base_url=settings.web.base_url(),
+        authorize_url=settings.web.oauth_authorize_url,
+        tz=ZoneInfo(sop.timezone),
+        templates=templates,
+    ))

@@ -9,7 +9,9 @@ the gettoken host. This client:
 - refreshes the token and retries exactly once on 40014/42001/41001, then raises ``TokenError``;
   40001 from gettoken (bad secret) raises ``TokenError`` at once;
 - backs off on 45009/45033 per ``backoff`` then raises ``RateLimited``; retries -1 up to 3 times,
-  then raises ``SystemBusy``; any other non-zero errcode raises ``error_for(...)`` (typed).
+  then raises ``SystemBusy``; any other non-zero errcode raises ``error_for(...)`` (typed);
+- caches the app's JS-SDK ticket (``ticket/get?type=agent_config``) in Redis like the token, signs
+  chat-toolbar pages (``jsapi_signature``) and resolves OAuth2 codes to member userids (reference §3.8a).
 """
 
 from __future__ import annotations
@@ -37,6 +39,24 @@ log = structlog.get_logger(__name__)
 BUSY_RETRIES = 3
 # Refresh this long before WeCom's expiry (capped to a fraction of short lifetimes, e.g. in tests).
 TOKEN_SAFETY_MARGIN = 300
+
+
+class NotAMember(WeComAPIError):
+    """``auth/getuserinfo`` answered for someone who is not a member of the corp (WeCom gives an
+    ``openid``, and ``external_userid`` for a customer, instead of a ``userid``). errcode is 0: WeCom
+    said ok; it is scrm that refuses a page visitor without a corp userid."""
+
+    def __init__(self, *, openid: str = "", external_userid: str = "", path: str = ""):
+        super().__init__(0, "the OAuth2 code belongs to a non-member (no userid)", path=path)
+        self.openid = openid
+        self.external_userid = external_userid
+
+
+class InvalidOAuthCode(WeComAPIError):
+    """40029: the OAuth2 code is unknown, was used already (codes are one-time) or expired (5 min)."""
+
+
+OAUTH_INVALID_CODE = 40029
 
 
 def _token_ttl(expires_in: int) -> int:
@@ -77,7 +97,12 @@ class WeComClient:
         self._http = http if http is not None else httpx.Client(timeout=timeout)
         self._token: str | None = None
         self._token_expires_at = 0.0  # time.monotonic()
-        self.token_key = f"scrm:wecom:token:{corp_id}:{hashlib.sha256(secret.encode()).hexdigest()[:12]}"
+        app = hashlib.sha256(secret.encode()).hexdigest()[:12]  # the app, named without its secret
+        self.token_key = f"scrm:wecom:token:{corp_id}:{app}"
+        # The agent_config ticket belongs to the app (its secret), like the token.
+        self.agent_ticket_key = f"scrm:wecom:agent_ticket:{corp_id}:{app}"
+        self._agent_ticket: str | None = None
+        self._agent_ticket_expires_at = 0.0  # time.monotonic()
 
     def __repr__(self) -> str:  # never show the secret or token
         return f"WeComClient(corp_id={self.corp_id!r}, base_url={self.base_url!r})"
@@ -154,25 +179,26 @@ class WeComClient:
             return data
 
     # -- token ---------------------------------------------------------------------------------
-    def _redis_get(self) -> tuple[str | None, int]:
+    def _redis_get(self, key: str | None = None) -> tuple[str | None, int]:
+        key = key or self.token_key
         if self.redis is None:
             return None, 0
         try:
-            value = self.redis.get(self.token_key)
+            value = self.redis.get(key)
             if value is None:
                 return None, 0
-            ttl = self.redis.ttl(self.token_key)
+            ttl = self.redis.ttl(key)
         except Exception as exc:  # Redis down: work without the shared cache
             log.warning("wecom.token_cache_unavailable", error=type(exc).__name__)
             return None, 0
         token = value.decode() if isinstance(value, bytes) else str(value)
         return token, int(ttl) if ttl and ttl > 0 else 1
 
-    def _redis_set(self, token: str, ttl: int) -> None:
+    def _redis_set(self, token: str, ttl: int, key: str | None = None) -> None:
         if self.redis is None:
             return
         try:
-            self.redis.set(self.token_key, token, ex=ttl)
+            self.redis.set(key or self.token_key, token, ex=ttl)
         except Exception as exc:
             log.warning("wecom.token_cache_unavailable", error=type(exc).__name__)
 
@@ -395,5 +421,83 @@ class WeComClient:
             payload["attachments"] = list(attachments)
         self._post("externalcontact/send_welcome_msg", payload)
 
+    # -- app messages (reference §3.8a) ----------------------------------------------------------
+    def send_app_message(self, payload: dict) -> dict:
+        """``POST message/send``: e.g. ``{"touser": "a|b", "msgtype": "textcard", "textcard": {"title",
+        "description", "url", "btntxt"}}``; ``agentid`` defaults to the client's ``agent_id``, and a
+        list ``touser`` is joined with "|". Returns ``{"invaliduser": [userids], "msgid": ...}``:
+        members WeCom did not deliver to (unknown or outside the app's visibility). 30 messages a
+        minute to one member; beyond that WeCom answers 45009 (``RateLimited`` after the backoff)."""
+        body = dict(payload)
+        if body.get("agentid") is None:
+            if self.agent_id is None:
+                raise ValueError("send_app_message needs payload['agentid'] or a client agent_id")
+            body["agentid"] = self.agent_id
+        if isinstance(body.get("touser"), (list, tuple)):
+            body["touser"] = "|".join(body["touser"])
+        data = self._post("message/send", body)
+        invalid = data.get("invaliduser") or ""
+        users = invalid if isinstance(invalid, list) else [u for u in str(invalid).split("|") if u]
+        return {"invaliduser": users, "msgid": data.get("msgid")}
 
-__all__ = ["WeComClient", "WeComAPIError"]
+    # -- chat toolbar page: JS-SDK agent ticket and signature (reference §3.8a) ------------------
+    def get_agent_ticket(self, *, force_refresh: bool = False) -> dict:
+        """The app's jsapi ticket for ``wx.agentConfig``: ``{"ticket": ..., "expires_in": seconds}``.
+
+        Cached in-process and in Redis under ``agent_ticket_key`` (no secret in the key) for a bit
+        less than WeCom's ``expires_in``, so every process shares one ticket and WeCom is asked
+        once when it is missing (ticket/get calls are few per hour). ``expires_in`` is what is left
+        of the cached validity. ``force_refresh`` fetches a new one (e.g. the page's signature was
+        refused). The ticket is a credential: it is never logged.
+        """
+        if not force_refresh:
+            now = time.monotonic()
+            if self._agent_ticket and now < self._agent_ticket_expires_at:
+                return {"ticket": self._agent_ticket, "expires_in": max(1, int(self._agent_ticket_expires_at - now))}
+            ticket, ttl = self._redis_get(self.agent_ticket_key)
+            if ticket:
+                self._agent_ticket, self._agent_ticket_expires_at = ticket, time.monotonic() + ttl
+                return {"ticket": ticket, "expires_in": ttl}
+        data = self._get("ticket/get", type="agent_config")
+        if not data.get("ticket"):
+            raise WeComAPIError(int(data.get("errcode") or 0), "ticket/get answered without a ticket",
+                                path="ticket/get")
+        ticket = str(data["ticket"])
+        expires_in = int(data.get("expires_in") or 7200)
+        ttl = _token_ttl(expires_in)
+        self._agent_ticket, self._agent_ticket_expires_at = ticket, time.monotonic() + ttl
+        self._redis_set(ticket, ttl, self.agent_ticket_key)
+        log.info("wecom.agent_ticket_fetched", corp_id=self.corp_id, ttl=ttl)
+        return {"ticket": ticket, "expires_in": expires_in}
+
+    @staticmethod
+    def jsapi_signature(ticket: str, noncestr: str, timestamp: int | str, url: str) -> str:
+        """sha1 hex of ``jsapi_ticket=T&noncestr=N&timestamp=TS&url=URL``, the url without its
+        ``#fragment`` (the signature ``wx.agentConfig``/``wx.config`` check)."""
+        page = url.split("#", 1)[0]  # exactly the page's location.href before '#', not re-encoded
+        raw = f"jsapi_ticket={ticket}&noncestr={noncestr}&timestamp={timestamp}&url={page}"
+        return hashlib.sha1(raw.encode("utf-8")).hexdigest()
+
+    # -- OAuth2: who opened the page (reference §3.8a) --------------------------------------------
+    def get_user_by_code(self, code: str) -> str:
+        """``GET auth/getuserinfo?code=CODE`` -> the member's ``userid``. A code is one-time and
+        lives 5 minutes: unknown, used or expired raises ``InvalidOAuthCode`` (40029); a visitor
+        who is not a corp member (``openid``/``external_userid``) raises ``NotAMember``."""
+        if not code:
+            raise ValueError("get_user_by_code needs the code WeCom put on the redirect")
+        path = "auth/getuserinfo"
+        try:
+            data = self._get(path, code=code)
+        except WeComAPIError as exc:
+            if exc.errcode == OAUTH_INVALID_CODE:
+                raise InvalidOAuthCode(exc.errcode, exc.errmsg, path=path) from exc
+            raise
+        # Current field names are lower case; older answers used UserId / OpenId.
+        userid = data.get("userid") or data.get("UserId")
+        if userid:
+            return str(userid)
+        raise NotAMember(openid=str(data.get("openid") or data.get("OpenId") or ""),
+                         external_userid=str(data.get("external_userid") or ""), path=path)
+
+
+__all__ = ["WeComClient", "WeComAPIError", "NotAMember", "InvalidOAuthCode"]

@@ -1,0 +1,107 @@
+"""Owner reminders: one app message (textcard) per owner listing their newly due posts, with a
+button that opens the chat toolbar page.
+
+WeCom allows 30 app messages a minute to one member; an owner gets at most one reminder per
+``min_interval`` (default 60 s) however many groups fall due, so a 200-group owner gets one
+message, not 200.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+from sqlalchemy.engine import Engine
+
+from scrm.db import utcnow
+from scrm.groups.models import CustomerGroup
+from scrm.logs import get_logger
+from scrm.sop.models import SopPost
+from scrm.sop.template import Channel
+from scrm.wecom.errors import RateLimited, WeComAPIError
+
+log = get_logger(__name__)
+MAX_DESCRIPTION_BYTES = 512
+MAX_TITLE_BYTES = 128
+
+
+@dataclass
+class Reminder:
+    owner: str
+    post_ids: list[int]
+    lines: list[str]  # "A店福利1群 · 15:00 限时秒杀"
+
+
+def _fit(lines: list[str]) -> str:
+    """As many lines as fit WeCom's 512-byte textcard description, then how many groups more."""
+    out: list[str] = []
+    for i, line in enumerate(lines):
+        more = len(lines) - i - 1
+        candidate = "\n".join(out + [line]) + (f"\n…还有 {more} 个群" if more else "")
+        if len(candidate.encode()) > MAX_DESCRIPTION_BYTES - 8:
+            return "\n".join(out) + f"\n…还有 {len(lines) - i} 个群"
+        out.append(line)
+    return "\n".join(out)
+
+
+def pending_reminders(engine: Engine, now: dt.datetime, *, tz, min_interval: dt.timedelta) -> list[Reminder]:
+    c, g = SopPost.__table__.c, CustomerGroup.__table__.c
+    with engine.connect() as conn:
+        recent = {r.sender for r in conn.execute(
+            select(c.sender).where(c.reminded_at > now - min_interval).group_by(c.sender))}
+        rows = conn.execute(
+            select(c.id, c.sender, c.chat_id, c.template_id, c.scheduled_for, g.name)
+            .select_from(SopPost.__table__.outerjoin(CustomerGroup.__table__, g.chat_id == c.chat_id))
+            .where(c.status == "due", c.reminded_at.is_(None), c.channel != Channel.mass_send.value)
+            .order_by(c.sender, c.scheduled_for, c.chat_id)
+        ).all()
+    by_owner: dict[str, Reminder] = {}
+    for r in rows:
+        if r.sender in recent:
+            continue
+        rem = by_owner.setdefault(r.sender, Reminder(r.sender, [], []))
+        rem.post_ids.append(r.id)
+        at = r.scheduled_for.astimezone(tz).strftime("%H:%M")
+        rem.lines.append(f"{r.name or r.chat_id} · {at} {r.template_id}")
+    return list(by_owner.values())
+
+
+def send_reminders(engine: Engine, client, *, toolbar_url: str, tz, now: dt.datetime | None = None,
+                   agent_id: int | None = None,
+                   min_interval: dt.timedelta = dt.timedelta(seconds=60)) -> dict[str, int]:
+    now = now or utcnow()
+    counts: dict[str, int] = defaultdict(int)
+    for rem in pending_reminders(engine, now, tz=tz, min_interval=min_interval):
+        groups = len(rem.lines)
+        card = {
+            "title": f"有 {groups} 个群的 SOP 内容待发送"[:40],
+            "description": _fit(rem.lines),
+            "url": toolbar_url,
+            "btntxt": "去发送",
+        }
+        try:
+            message = {"touser": rem.owner, "msgtype": "textcard", "textcard": card}
+            if agent_id is not None:
+                message["agentid"] = agent_id
+            result = client.send_app_message(message)
+        except RateLimited:
+            counts["rate_limited"] += 1  # the next fire cycle tries again
+            continue
+        except WeComAPIError as exc:
+            counts["failed"] += 1
+            log.warning("sop_reminder_failed", owner=rem.owner, errcode=exc.errcode)
+            continue
+        if rem.owner in (result.get("invaliduser") or []):
+            counts["invalid_owner"] += 1
+            log.warning("sop_reminder_owner_unknown", owner=rem.owner)
+        c = SopPost.__table__.c
+        with engine.begin() as conn:
+            conn.execute(update(SopPost.__table__).where(c.id.in_(rem.post_ids), c.reminded_at.is_(None))
+                         .values(reminded_at=now))
+        counts["sent"] += 1
+        counts["posts"] += len(rem.post_ids)
+    if counts:
+        log.info("sop_reminders", **counts)
+    return dict(counts)
