@@ -89,3 +89,38 @@ def test_plan_explains_one_group_and_refuses_broken_templates(cli):
     assert r.exit_code == 2 and "unknown chat id" in r.output
     r = run("plan", "--date", "24/11/2026")
     assert r.exit_code == 2 and "is not a date" in r.output
+
+
+def test_budget_shows_used_planned_left_by_channel_and_a_group_over_wecom_quota(cli, tmp_path):
+    import datetime as dt
+
+    from scrm.sop.models import SopPost
+
+    from scrm.cli import app
+
+    def run(*args):
+        return CliRunner().invoke(app, ["sop", *args])
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'scrm.db'}")
+    at = dt.datetime(2026, 11, 24, 0, 0, tzinfo=dt.timezone.utc)
+    base = dict(day=dt.date(2026, 11, 24), template_digest="d", sender="owner_a", scheduled_for=at,
+                window_ends_at=at + dt.timedelta(hours=3), step_key="1")
+    with Session(engine) as s:
+        s.add(SopPost(chat_id="wr0", slot=1, mass_seq=1, template_id="breakfast", channel="mass_send",
+                      status="over_quota", errcode=3, **base))
+        s.add(SopPost(chat_id="wr0", slot=2, template_id="lunch", channel="owner_task", status="sent", **base))
+        s.add(SopPost(chat_id="wr0", slot=3, template_id="flash", channel="owner_task", status="planned", **base))
+        s.add(SopPost(chat_id="wr1", slot=1, mass_seq=1, template_id="breakfast", channel="mass_send",
+                      status="confirmed", **base))
+        s.commit()
+    engine.dispose()
+    r = run("budget", "--date", "2026-11-24")
+    assert r.exit_code == 0, r.output
+    rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
+            for line in r.output.splitlines() if line.startswith("│ A店")}
+    # wr0: WeCom's quota hit on the mass send; the rest of its day runs as owner tasks.
+    assert rows["A店0群 wr0"] == ["owner_a", "1/1/0", "1 over_quota (of 1)", "1 planned, 1 used", "-",
+                                  "over WeCom's quota"]
+    assert rows["A店1群 wr1"] == ["owner_a", "1/0/2", "1 used (of 1)", "-", "-", "-"]
+    assert "4 posts in the ledger for 2 groups" in r.output
+    assert "nothing planned" in run("budget", "--date", "2026-11-25").output
