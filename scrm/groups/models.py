@@ -25,6 +25,9 @@ class CustomerGroup(SQLModel, table=True):
     tags: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False, default=list))
     # The main user layer of its members, kept by the layering workers; SOP templates can target it.
     layer: str | None = Field(default=None, max_length=32)
+    # The key of a group robot (群机器人) webhook, where one was added to the group: SOP steps on the
+    # group_robot channel post through it. A credential: never logged or shown in full.
+    robot_webhook_key: str | None = Field(default=None, max_length=128)
     created_at: datetime | None = None
     synced_at: datetime | None = None
     updated_at: datetime = Field(default_factory=utcnow)

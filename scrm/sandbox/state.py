@@ -254,6 +254,9 @@ class CorpState:
         self.welcome_messages: list[dict] = []
         # message/send: one dict per member a message was delivered to (touser, msgtype, textcard|text, time)
         self.app_messages: list[dict] = []
+        self.group_robots: dict[str, str] = {}  # webhook key -> chat_id
+        self.robot_messages: list[dict] = []
+        self.robot_message_times: dict[str, list[float]] = {}
         self.app_message_times: dict[str, list[float]] = {}  # userid -> delivery times in the last minute
         self.oauth_codes: dict[str, OAuthCode] = {}
         self.agent_tickets: dict[str, float] = {}  # ticket -> expires_at (clock time)
@@ -510,6 +513,8 @@ class CorpState:
                 self._check_rate(path)
                 if path == "gettoken":
                     out = self.gettoken(query.get("corpid", ""), query.get("corpsecret", ""))
+                elif path == "webhook/send":  # a group robot: its key, not an access token
+                    out = self.api_webhook_send(query.get("key", ""), body if isinstance(body, dict) else {})
                 else:
                     self.check_token(query.get("access_token"))
                     route = ROUTES.get(path)
@@ -961,6 +966,38 @@ class CorpState:
         items = [dict(r) for r in tpl.results.get(userid, [])]
         page, nxt = self._page(items, self._cursor(b.get("cursor")), limit)
         return {"send_list": page, "next_cursor": nxt}
+
+    # group robots (群机器人)
+    def add_group_robot(self, chat_id: str) -> str:
+        """Add a robot to a group; returns its webhook key."""
+        with self.lock:
+            self.group(chat_id)
+            key = secrets.token_hex(18)
+            self.group_robots[key] = chat_id
+            return key
+
+    def api_webhook_send(self, key: str, b: dict) -> dict:
+        chat_id = self.group_robots.get(key)
+        if chat_id is None:
+            raise SandboxError(93000, "invalid webhook url")
+        msgtype = b.get("msgtype")
+        _param(msgtype in ("text", "markdown", "image", "news"), "msgtype must be text, markdown, image or news")
+        if msgtype == "text":
+            content = str((b.get("text") or {}).get("content") or "")
+            _param(bool(content), "text.content is required")
+            _param(len(content.encode()) <= 2048, "text.content exceeds 2048 bytes")
+        if msgtype == "news":
+            articles = (b.get("news") or {}).get("articles") or []
+            _param(1 <= len(articles) <= 8, "news holds 1 to 8 articles")
+        # WeCom: each robot may send at most 20 messages a minute.
+        now = self.clock()
+        times = [t for t in self.robot_message_times.get(key, []) if now - t < 60]
+        if len(times) >= 20:
+            raise SandboxError(45009, "api freq out of limit: 20 messages per minute per robot")
+        times.append(now)
+        self.robot_message_times[key] = times
+        self.robot_messages.append({"chat_id": chat_id, "msgtype": msgtype, msgtype: b.get(msgtype), "time": int(now)})
+        return {}
 
     def api_send_welcome_msg(self, b: dict) -> dict:
         code = str(b.get("welcome_code") or "")

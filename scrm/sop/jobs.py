@@ -69,7 +69,7 @@ def fire(engine: Engine, enqueue_mass: Callable[[list[int]], None], *, now: dt.d
     expired = expire_overdue(engine, now)
     claimed = claim_due(engine, now)
     stuck = requeue_stuck(engine, now)
-    mass = claimed.get(Channel.mass_send.value, []) + stuck
+    mass = claimed.get(Channel.mass_send.value, []) + claimed.get(Channel.group_robot.value, []) + stuck
     for i in range(0, len(mass), chunk):
         enqueue_mass(mass[i:i + chunk])
     counts = {"expired": expired, "requeued": len(stuck), **{channel: len(ids) for channel, ids in claimed.items()}}

@@ -230,3 +230,39 @@ def budget_command(
         accounts.add_row(escape(name), f"{acc['groups']}{flag}", str(acc["posts"]), str(acc["sent"]),
                          str(acc["waiting"]), str(acc["bad"]))
     console.print(accounts)
+
+
+@sop_app.command("robot")
+def robot_command(
+    chat_id: str = typer.Argument(..., help="The customer group"),
+    webhook: Optional[str] = typer.Option(None, "--webhook", help="The robot's webhook URL (…/webhook/send?key=KEY) or its key"),
+    remove: bool = typer.Option(False, "--remove", help="Forget the group's robot"),
+) -> None:
+    """Give a group's group_robot steps a robot to post through (else the owner sends them)."""
+    from urllib.parse import parse_qs, urlparse
+
+    from rich.console import Console
+    from sqlmodel import Session
+
+    from scrm.db import get_engine
+    from scrm.groups.models import CustomerGroup
+
+    console = Console(soft_wrap=True, highlight=False)
+    if remove == bool(webhook):
+        _fail(console, "give --webhook URL_OR_KEY, or --remove")
+    key = None
+    if webhook:
+        key = parse_qs(urlparse(webhook).query).get("key", [None])[0] if "://" in webhook else webhook.strip()
+        if not key or not all(ch.isalnum() or ch in "-_" for ch in key) or len(key) > 128:
+            _fail(console, "that is not a robot webhook URL or key (…/cgi-bin/webhook/send?key=KEY)")
+    engine = get_engine(get_settings().database_url())
+    with Session(engine) as s:
+        group = s.get(CustomerGroup, chat_id)
+        if group is None:
+            _fail(console, f"unknown chat id {chat_id!r} (run `scrm sync` first?)")
+        name = group.name or chat_id
+        group.robot_webhook_key = key
+        s.add(group)
+        s.commit()
+    shown = f"{key[:4]}…{key[-4:]}" if key else ""
+    console.print(f"{escape(name)}: " + (f"robot set (key {shown})" if key else "robot removed"))

@@ -116,11 +116,15 @@ class SopSender:
                 self._finish([p.id], status="failed", error=error)
                 outcome["failed"] += 1
                 continue
-            if p.channel != Channel.mass_send.value:  # claim_due never sends these here
+            payload = self._track_links(p, payload)
+            if p.channel == Channel.group_robot.value:
+                status = self._robot_send(p, payload, groups.get(p.chat_id))
+                outcome[status] += 1
+                continue
+            if p.channel != Channel.mass_send.value:  # claim_due never hands owner tasks to a worker
                 self._finish([p.id], status="due")
                 outcome["due"] += 1
                 continue
-            payload = self._track_links(p, payload)
             key = json.dumps(payload, sort_keys=True, ensure_ascii=False)
             batches[(p.sender, key, p.channel)].append(p)
         for (sender, key, _), batch in batches.items():
@@ -137,6 +141,43 @@ class SopSender:
 
     def _track_links(self, post, payload: dict) -> dict:
         return track_links(self.engine, post, payload, self.link_base, self.clock())
+
+    def _robot_send(self, post, payload: dict, group) -> str:
+        """Post through the group's robot: the text, then the links as one news card. Robots can't
+        send mini-program cards; those are left out (lint can't know which groups have robots)."""
+        key = group.robot_webhook_key if group is not None else None
+        if not key:  # the robot was removed since the post was claimed: the owner sends it instead
+            self._finish([post.id], status="due")
+            return "due"
+        messages = []
+        if payload.get("text"):
+            messages.append({"msgtype": "text", "text": {"content": payload["text"]["content"]}})
+        articles = [{"title": a["link"]["title"], "description": a["link"].get("desc", ""), "url": a["link"]["url"],
+                     "picurl": a["link"].get("picurl", "")} for a in payload.get("attachments", [])
+                    if a.get("msgtype") == "link"]
+        if articles:
+            messages.append({"msgtype": "news", "news": {"articles": articles[:8]}})
+        delivered = 0
+        try:
+            for message in messages:
+                self.client.send_robot_message(key, message)
+                delivered += 1
+        except WeComAPIError as exc:
+            if delivered:  # part of the post is in the group: never send it again, say what is missing
+                self._finish([post.id], status="sent", content=payload, sent_by="group_robot", sent_at=self.clock(),
+                             errcode=exc.errcode, error=f"robot: the link card was not sent ({exc.errmsg})"[:500])
+                return "sent"
+            if isinstance(exc, TransportError):  # WeCom may have posted it: at most once, so no retry
+                self._finish([post.id], status="failed", errcode=exc.errcode,
+                             error="robot: no answer from WeCom; not retried, to never post twice")
+                return "failed"
+            if isinstance(exc, (RateLimited, SystemBusy)):  # refused: safe to try again in its window
+                return "retry" if self._retry_later([post], f"robot: {type(exc).__name__}").get("retry") else "failed"
+            self._finish([post.id], status="failed", errcode=exc.errcode, error=f"robot: {exc.errmsg}"[:500])
+            return "failed"
+        self._finish([post.id], status="sent", content=payload, sent_by="group_robot", sent_at=self.clock())
+        log.info("sop_robot_sent", chat_id=post.chat_id, post_id=post.id, messages=len(messages))
+        return "sent"
 
     def _mass_send(self, sender: str, payload: dict, batch: list) -> dict[str, int]:
         ids = [p.id for p in batch]

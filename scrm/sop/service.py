@@ -196,13 +196,16 @@ def expire_overdue(engine: Engine, now: dt.datetime | None = None) -> int:
 
 def claim_due(engine: Engine, now: dt.datetime | None = None, *, limit: int = 2000) -> dict[str, list[int]]:
     """Move posts whose time has come out of ``planned``, each exactly once even with two
-    schedulers: mass sends to ``sending`` (a worker sends them), the others to ``due`` (the owner
-    sends them from the toolbar page; group robots have no sender of their own yet, so their
-    posts are owner tasks too). Returns ids by channel."""
+    schedulers: mass sends, and robot posts for groups that have a robot, to ``sending`` (a worker
+    sends them); the others to ``due`` (the owner sends them from the toolbar page; a robot post
+    for a group without a robot becomes an owner task). Returns ids by channel."""
     now = now or utcnow()
     table = SopPost.__table__
     c = table.c
-    mass = Channel.mass_send.value
+    g = CustomerGroup.__table__.c
+    with_robot = select(g.chat_id).where(g.robot_webhook_key.is_not(None))
+    worker_sends = (c.channel == Channel.mass_send.value) | (
+        (c.channel == Channel.group_robot.value) & c.chat_id.in_(with_robot))
     claimed: dict[str, list[int]] = defaultdict(list)
     with engine.begin() as conn:
         ids = [r.id for r in conn.execute(
@@ -211,16 +214,18 @@ def claim_due(engine: Engine, now: dt.datetime | None = None, *, limit: int = 20
         )]
         for i in range(0, len(ids), 500):
             chunk = ids[i:i + 500]
-            for is_mass in (True, False):
+            for by_worker in (True, False):
                 rows = conn.execute(
                     update(table)
-                    .where(c.id.in_(chunk), c.status == "planned", (c.channel == mass) if is_mass else (c.channel != mass))
-                    .values(status="sending" if is_mass else "due",
-                            attempts=c.attempts + (1 if is_mass else 0), updated_at=now)
+                    .where(c.id.in_(chunk), c.status == "planned", worker_sends if by_worker else ~worker_sends)
+                    .values(status="sending" if by_worker else "due",
+                            attempts=c.attempts + (1 if by_worker else 0), updated_at=now)
                     .returning(c.id, c.channel)
                 ).all()
                 for r in rows:
-                    claimed[r.channel].append(r.id)
+                    # A robot post for a group without a robot is counted as the owner task it became.
+                    key = r.channel if by_worker else Channel.owner_task.value if r.channel == Channel.group_robot.value else r.channel
+                    claimed[key].append(r.id)
     return dict(claimed)
 
 

@@ -411,6 +411,16 @@ class WeComClient:
             {"msgid": msgid, "userid": userid, "cursor": cursor, "limit": limit},
         )
 
+    def send_robot_message(self, key: str, message: dict) -> None:
+        """POST webhook/send?key=KEY: a message from a group robot (群机器人). The key is the robot's
+        credential, so it is sent as WeCom asks and never logged; no access token is involved.
+        WeCom allows 20 messages a minute per robot (45009 beyond, with the usual backoff)."""
+        data = self._with_backoff("webhook/send", lambda: self._send("POST", "webhook/send", {"key": key}, message))
+        errcode = int(data.get("errcode") or 0)
+        if errcode:
+            log.warning("wecom.api_error", path="webhook/send", errcode=errcode, errmsg=str(data.get("errmsg", "")))
+            raise error_for(errcode, str(data.get("errmsg", "")), "webhook/send")
+
     def send_welcome_msg(self, welcome_code: str, *, text: str | None = None, attachments: list | None = None) -> None:
         if not text and not attachments:
             raise ValueError("send_welcome_msg needs text or attachments")

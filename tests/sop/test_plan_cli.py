@@ -124,3 +124,24 @@ def test_budget_shows_used_planned_left_by_channel_and_a_group_over_wecom_quota(
     assert rows["A店1群 wr1"] == ["owner_a", "1/0/2", "1 used (of 1)", "-", "-", "-"]
     assert "4 posts in the ledger for 2 groups" in r.output
     assert "nothing planned" in run("budget", "--date", "2026-11-25").output
+
+
+def test_robot_command_sets_and_removes_a_groups_robot_without_printing_the_key(cli, tmp_path):
+    from scrm.cli import app
+
+    def run(*args):
+        return CliRunner().invoke(app, ["sop", "robot", *args])
+
+    key = "0123456789abcdef0123456789abcdef0123"
+    r = run("wr0", "--webhook", f"https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key={key}")
+    assert r.exit_code == 0 and "robot set (key 0123…0123)" in r.output and key not in r.output
+    engine = make_engine(f"sqlite:///{tmp_path / 'scrm.db'}")
+    with Session(engine) as s:
+        assert s.get(CustomerGroup, "wr0").robot_webhook_key == key
+    assert run("wr0", "--remove").exit_code == 0
+    with Session(engine) as s:
+        assert s.get(CustomerGroup, "wr0").robot_webhook_key is None
+    engine.dispose()
+    assert run("wr0", "--webhook", "https://example.com/?x=1").exit_code == 2
+    assert run("nope", "--webhook", key).exit_code == 2
+    assert run("wr0").exit_code == 2

@@ -53,8 +53,8 @@ FLASH = """\
 """
 
 
-def local(hour, minute=0, day=DAY):
-    return dt.datetime.combine(day, dt.time(hour, minute), tzinfo=TZ).astimezone(dt.timezone.utc)
+def local(hour, minute=0, second=0, day=DAY):
+    return dt.datetime.combine(day, dt.time(hour, minute, second), tzinfo=TZ).astimezone(dt.timezone.utc)
 
 
 def write_templates(folder, **files):
@@ -265,3 +265,62 @@ def test_timeout_after_wecom_created_the_task_does_not_send_twice(setup):
     breakfast = posts(h.engine, SopPost.template_id == "breakfast", SopPost.day == DAY)
     assert {p.status for p in breakfast} == {"sent"}
     assert {p.msgid for p in breakfast} == set(h.sandbox.templates)  # found in get_groupmsg_list_v2
+
+
+ROBOT = """\
+    id: robot
+    name: 机器人推送
+    priority: 60
+    steps:
+      - at: "12:00"
+        channel: group_robot
+        text: "{{ store.name }} 午间福利"
+        attachments:
+          - link: {title: 午餐券, url: "https://m.example.com/lunch"}
+"""
+
+
+def test_robot_posts_go_through_the_groups_robot_or_fall_back_to_the_owner(setup):
+    h, sop, clock, sender, chats, folder = setup
+    write_templates(folder, robot=ROBOT)
+    key = h.sandbox.add_group_robot(chats[0])
+    with Session(h.engine) as s:
+        g = s.get(CustomerGroup, chats[0])
+        g.robot_webhook_key = key
+        s.add(g)
+        s.commit()
+    jobs.plan_ahead(h.engine, sop, now=clock["now"])
+    clock["now"] = local(12, 25)
+    counts = fire(h, clock)
+    assert counts["group_robot"] == 1 and counts["owner_task"] == 2  # no robot in the other two groups
+    [message, card] = h.sandbox.robot_messages
+    assert message["chat_id"] == chats[0] and message["text"]["content"] == "南京西路店 午间福利"
+    assert card["news"]["articles"][0]["url"].startswith("http://scrm/t/")
+    robot_posts = {p.chat_id: p for p in posts(h.engine, SopPost.template_id == "robot", SopPost.day == DAY)}
+    assert (robot_posts[chats[0]].status, robot_posts[chats[0]].sent_by) == ("sent", "group_robot")
+    assert robot_posts[chats[1]].status == robot_posts[chats[2]].status == "due"
+    clock["now"] = local(12, 40)
+    fire(h, clock)
+    assert len(h.sandbox.robot_messages) == 2  # never posted twice
+
+
+def test_robot_refused_by_rate_limit_is_retried_later_once(setup):
+    h, sop, clock, sender, chats, folder = setup
+    write_templates(folder, robot=ROBOT)
+    key = h.sandbox.add_group_robot(chats[0])
+    with Session(h.engine) as s:
+        g = s.get(CustomerGroup, chats[0])
+        g.robot_webhook_key = key
+        s.add(g)
+        s.commit()
+    jobs.plan_ahead(h.engine, sop, now=clock["now"])
+    h.sandbox.robot_message_times[key] = [local(12, 24, 50).timestamp()] * 20  # the robot's 20 this minute
+    clock["now"] = local(12, 25)
+    fire(h, clock)
+    [robot] = posts(h.engine, SopPost.template_id == "robot", SopPost.chat_id == chats[0], SopPost.day == DAY)
+    assert robot.status == "planned" and h.sandbox.robot_messages == []
+    clock["now"] = local(12, 30)
+    fire(h, clock)
+    assert len(h.sandbox.robot_messages) == 2
+    [robot] = posts(h.engine, SopPost.template_id == "robot", SopPost.chat_id == chats[0], SopPost.day == DAY)
+    assert robot.status == "sent"
