@@ -39,12 +39,12 @@ def sop_plan_job(settings: Settings) -> None:
 def sop_fire_job(settings: Settings, enqueue_sop) -> None:
     from zoneinfo import ZoneInfo
 
-    from scrm.runtime import build_client
     from scrm.sop.jobs import fire
     from scrm.sop.reminders import send_reminders
+    from workers.actors import get_processor
 
     engine = get_engine(settings.database_url())
-    client = build_client(settings)
+    client = get_processor().client  # the process's one WeCom client (shared token, pooled connections)
     toolbar = f"{settings.web.base_url()}/toolbar"
     tz = ZoneInfo(settings.sop.timezone)
     fire(engine, enqueue_sop,
@@ -63,11 +63,11 @@ def store_codes_job(settings: Settings) -> None:
     it too; this catches anything missed)."""
     from sqlmodel import Session
 
-    from scrm.runtime import build_client
     from scrm.stores.service import refresh_all_group_codes
+    from workers.actors import get_processor
 
     engine = get_engine(settings.database_url())
-    refresh_all_group_codes(lambda: Session(engine, expire_on_commit=False), build_client(settings),
+    refresh_all_group_codes(lambda: Session(engine, expire_on_commit=False), get_processor().client,
                             cap=settings.routing.group_qr_cap, room_base_id=settings.routing.room_base_id)
 
 

@@ -60,18 +60,18 @@ def plan_ahead(engine: Engine, sop, *, now: dt.datetime | None = None,
     ]
 
 
-def fire(engine: Engine, enqueue_mass: Callable[[list[int]], None], *, now: dt.datetime | None = None,
+def fire(engine: Engine, enqueue_sends: Callable[[list[int]], None], *, now: dt.datetime | None = None,
          chunk: int = 200, remind: Callable[[dt.datetime], dict] | None = None) -> dict[str, int]:
-    """Expire, claim and queue; returns counts. A chunk of mass posts is one worker job, which
-    groups them by sender and content into add_msg_template calls. ``remind(now)`` sends the
+    """Expire, claim and queue; returns counts. A chunk of claimed mass and robot posts is one
+    worker job, which groups mass sends by sender and content into add_msg_template calls. ``remind(now)`` sends the
     owners their reminders for posts that fell due (one app message per owner)."""
     now = now or utcnow()
     expired = expire_overdue(engine, now)
     claimed = claim_due(engine, now)
     stuck = requeue_stuck(engine, now)
-    mass = claimed.get(Channel.mass_send.value, []) + claimed.get(Channel.group_robot.value, []) + stuck
-    for i in range(0, len(mass), chunk):
-        enqueue_mass(mass[i:i + chunk])
+    for_workers = claimed.get(Channel.mass_send.value, []) + claimed.get(Channel.group_robot.value, []) + stuck
+    for i in range(0, len(for_workers), chunk):
+        enqueue_sends(for_workers[i:i + chunk])
     counts = {"expired": expired, "requeued": len(stuck), **{channel: len(ids) for channel, ids in claimed.items()}}
     if remind is not None:
         counts["reminders"] = remind(now).get("sent", 0)

@@ -25,6 +25,16 @@ def _fail(console, message: str):
     console.print(f"[red]error:[/red] {escape(message)}")
     raise typer.Exit(2)
 
+
+def _day(console, date: str | None, tz) -> dt.date:
+    """--date as a date, today in the corp's time zone when not given."""
+    from scrm.db import utcnow
+
+    try:
+        return dt.date.fromisoformat(date) if date else utcnow().astimezone(tz).date()
+    except ValueError:
+        _fail(console, f"--date {date!r} is not a date (YYYY-MM-DD)")
+
 REASONS = {
     "daily_limit": "group's day full",
     "mass_send_quota": "mass-send quota",
@@ -57,10 +67,7 @@ def plan_command(
 
     s = get_settings()
     tz = ZoneInfo(s.sop.timezone)
-    try:
-        first = dt.date.fromisoformat(date) if date else utcnow().astimezone(tz).date()
-    except ValueError:
-        _fail(console, f"--date {date!r} is not a date (YYYY-MM-DD)")
+    first = _day(console, date, tz)
     folder = path or s.sop.templates_dir
     if not Path(folder).exists():
         _fail(console, f"{folder} does not exist")
@@ -154,17 +161,14 @@ def budget_command(
     from rich.console import Console
     from sqlalchemy import select
 
-    from scrm.db import get_engine, utcnow
+    from scrm.db import get_engine
     from scrm.groups.models import CustomerGroup
     from scrm.sop.models import SopPost
 
     console = Console(soft_wrap=True, highlight=False)
     s = get_settings()
     tz = ZoneInfo(s.sop.timezone)
-    try:
-        day = dt.date.fromisoformat(date) if date else utcnow().astimezone(tz).date()
-    except ValueError:
-        _fail(console, f"--date {date!r} is not a date (YYYY-MM-DD)")
+    day = _day(console, date, tz)
     max_posts, max_mass = s.sop.max_posts_per_group_per_day, s.sop.max_mass_sends_per_group_per_day
     engine = get_engine(s.database_url())
     c = SopPost.__table__.c

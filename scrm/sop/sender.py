@@ -109,7 +109,7 @@ class SopSender:
                 select(Store.__table__).where(Store.__table__.c.code.in_(codes)))} if codes else {}
         outcome: dict[str, int] = defaultdict(int)
         templates = self.templates()
-        batches: dict[tuple[str, str, str], list] = defaultdict(list)
+        batches: dict[tuple[str, str], tuple[dict, list]] = {}
         for p in posts:
             payload, error = self._render(p, templates, groups, stores)
             if error:
@@ -125,10 +125,9 @@ class SopSender:
                 self._finish([p.id], status="due")
                 outcome["due"] += 1
                 continue
-            key = json.dumps(payload, sort_keys=True, ensure_ascii=False)
-            batches[(p.sender, key, p.channel)].append(p)
-        for (sender, key, _), batch in batches.items():
-            payload = json.loads(key)
+            key = (p.sender, json.dumps(payload, sort_keys=True, ensure_ascii=False))
+            batches.setdefault(key, (payload, []))[1].append(p)
+        for (sender, _), (payload, batch) in batches.items():
             for i in range(0, len(batch), MAX_CHATS_PER_CALL):
                 for status, n in self._mass_send(sender, payload, batch[i:i + MAX_CHATS_PER_CALL]).items():
                     outcome[status] += n

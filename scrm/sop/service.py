@@ -223,9 +223,8 @@ def claim_due(engine: Engine, now: dt.datetime | None = None, *, limit: int = 20
                     .returning(c.id, c.channel)
                 ).all()
                 for r in rows:
-                    # A robot post for a group without a robot is counted as the owner task it became.
-                    key = r.channel if by_worker else Channel.owner_task.value if r.channel == Channel.group_robot.value else r.channel
-                    claimed[key].append(r.id)
+                    # Every post left to a person is an owner task (a robot post without a robot too).
+                    claimed[r.channel if by_worker else Channel.owner_task.value].append(r.id)
     return dict(claimed)
 
 

@@ -98,11 +98,13 @@ def ensure_staff_codes(session_factory, client, *, store_codes: list[str] | None
 
 def store_groups(session: Session, store_code: str) -> list[tuple[CustomerGroup, int]]:
     """The store's active groups with their member counts, oldest first."""
-    counts = dict(session.exec(
-        select(GroupMember.chat_id, func.count()).where(GroupMember.state == "member").group_by(GroupMember.chat_id)
-    ).all())
     groups = session.exec(select(CustomerGroup).where(CustomerGroup.store_code == store_code,
                                                       CustomerGroup.status == "active")).all()
+    counts = dict(session.exec(
+        select(GroupMember.chat_id, func.count())
+        .where(GroupMember.state == "member", GroupMember.chat_id.in_([g.chat_id for g in groups]))
+        .group_by(GroupMember.chat_id)
+    ).all()) if groups else {}
     groups = sorted(groups, key=lambda g: (g.created_at is None, g.created_at or utcnow(), g.chat_id))
     return [(g, counts.get(g.chat_id, 0)) for g in groups]
 

@@ -21,6 +21,12 @@ def store_pages(engine, routing_settings) -> APIRouter:
     router = APIRouter()
     locator = StoreLocator(engine)
 
+    def store_or_404(s: Session, store_code: str) -> Store:
+        store = s.get(Store, store_code)
+        if store is None:
+            raise HTTPException(404, f"no store {store_code!r}")
+        return store
+
     def codes(s: Session, store_code: str) -> tuple[StoreCode | None, list[StoreCode]]:
         rows = s.exec(select(StoreCode).where(StoreCode.store_code == store_code, StoreCode.status != "removed")).all()
         group = next((c for c in rows if c.kind == "group"), None)
@@ -29,9 +35,7 @@ def store_pages(engine, routing_settings) -> APIRouter:
     @router.get("/s/{store_code}", response_class=HTMLResponse)
     def staff_page(request: Request, store_code: str):
         with Session(engine) as s:
-            store = s.get(Store, store_code)
-            if store is None:
-                raise HTTPException(404, f"no store {store_code!r}")
+            store = store_or_404(s, store_code)
             group, staff = codes(s, store_code)
             names = {e.userid: e.name for e in s.exec(select(Employee).where(
                 Employee.userid.in_([c.userid for c in staff])))} if staff else {}
@@ -41,9 +45,7 @@ def store_pages(engine, routing_settings) -> APIRouter:
     @router.get("/g/{store_code}", response_class=HTMLResponse)
     def group_page(request: Request, store_code: str):
         with Session(engine) as s:
-            store = s.get(Store, store_code)
-            if store is None:
-                raise HTTPException(404, f"no store {store_code!r}")
+            store = store_or_404(s, store_code)
             group, _ = codes(s, store_code)
             return templates.TemplateResponse(request, "group.html", {"store": store, "group_code": group})
 

@@ -280,15 +280,21 @@ ROBOT = """\
 """
 
 
-def test_robot_posts_go_through_the_groups_robot_or_fall_back_to_the_owner(setup):
-    h, sop, clock, sender, chats, folder = setup
-    write_templates(folder, robot=ROBOT)
-    key = h.sandbox.add_group_robot(chats[0])
+def give_robot(h, chat_id: str) -> str:
+    """A robot added to the group in WeCom, and its webhook key configured in scrm."""
+    key = h.sandbox.add_group_robot(chat_id)
     with Session(h.engine) as s:
-        g = s.get(CustomerGroup, chats[0])
+        g = s.get(CustomerGroup, chat_id)
         g.robot_webhook_key = key
         s.add(g)
         s.commit()
+    return key
+
+
+def test_robot_posts_go_through_the_groups_robot_or_fall_back_to_the_owner(setup):
+    h, sop, clock, sender, chats, folder = setup
+    write_templates(folder, robot=ROBOT)
+    give_robot(h, chats[0])
     jobs.plan_ahead(h.engine, sop, now=clock["now"])
     clock["now"] = local(12, 25)
     counts = fire(h, clock)
@@ -307,12 +313,7 @@ def test_robot_posts_go_through_the_groups_robot_or_fall_back_to_the_owner(setup
 def test_robot_refused_by_rate_limit_is_retried_later_once(setup):
     h, sop, clock, sender, chats, folder = setup
     write_templates(folder, robot=ROBOT)
-    key = h.sandbox.add_group_robot(chats[0])
-    with Session(h.engine) as s:
-        g = s.get(CustomerGroup, chats[0])
-        g.robot_webhook_key = key
-        s.add(g)
-        s.commit()
+    key = give_robot(h, chats[0])
     jobs.plan_ahead(h.engine, sop, now=clock["now"])
     h.sandbox.robot_message_times[key] = [local(12, 24, 50).timestamp()] * 20  # the robot's 20 this minute
     clock["now"] = local(12, 25)

@@ -6,7 +6,6 @@ post sent exactly once, no limit exceeded, and a second press of Send changes no
 from __future__ import annotations
 
 import datetime as dt
-import os
 import shutil
 import socket
 import textwrap
@@ -20,7 +19,6 @@ from sqlalchemy import func
 from sqlmodel import Session, select
 
 from scrm.config import SopSettings
-from scrm.groups.models import CustomerGroup
 from scrm.sandbox import serve
 from scrm.sop import jobs
 from scrm.sop.models import SopPost
