@@ -23,6 +23,8 @@ from pydantic_settings import (
 )
 
 EMBEDDED = "embedded"
+# The WeCom sandbox's corp: simulated sends and demo data are only ever allowed for this corp.
+SANDBOX_CORP_ID = "ww0000sandboxcorp"
 
 
 def _data_dir() -> Path:
@@ -30,7 +32,7 @@ def _data_dir() -> Path:
 
 
 class WeComSettings(BaseModel):
-    corp_id: str = "ww0000sandboxcorp"
+    corp_id: str = SANDBOX_CORP_ID
     agent_id: int = 1000002
     # Secrets: only from the environment / secrets file.
     secret: SecretStr = SecretStr("")
@@ -42,6 +44,11 @@ class WeComSettings(BaseModel):
     # How long to wait before retrying after 45009/45033 (frequency / concurrency limit).
     rate_limit_backoff_seconds: list[float] = Field(default_factory=lambda: [1.0, 2.0, 4.0])
     welcome_text: str = "欢迎加入！有任何问题随时找我。"
+
+    @property
+    def is_sandbox(self) -> bool:
+        """The configured corp is the local sandbox (never true for a real CorpID)."""
+        return self.corp_id == SANDBOX_CORP_ID
 
     @field_validator("api_base_url")
     @classmethod
@@ -86,6 +93,11 @@ class WebSettings(BaseModel):
     session_secret: SecretStr = SecretStr("")
     # WeCom's OAuth2 page (the sandbox serves /sandbox/oauth/authorize for local use).
     oauth_authorize_url: str = "https://open.weixin.qq.com/connect/oauth2/authorize"
+    # Operator-only pages (/docs, /openapi.json, /metrics): anonymous visitors get them only when
+    # this is true (always for the sandbox corp); otherwise they need the operator token, sent as
+    # `Authorization: Bearer <token>` or HTTP Basic with the token as password.
+    operator_pages_public: bool = False
+    operator_token: SecretStr = SecretStr("")
 
     def base_url(self) -> str:
         return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
