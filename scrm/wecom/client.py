@@ -301,11 +301,16 @@ class WeComClient:
             "externalcontact/batch/get_by_user", {"userid_list": list(userids), "cursor": cursor, "limit": limit}
         )
 
-    def iter_contacts_by_users(self, userids: list[str]) -> Iterator[dict]:
+    def iter_contacts_by_users(self, userids: list[str], *, unlicensed: set[str] | None = None) -> Iterator[dict]:
+        """Every follow relation of ``userids``. Members WeCom skipped for want of a licence
+        (``fail_info.unlicensed_userid_list``) are added to ``unlicensed``: their relations were
+        not listed, which is not the same as not existing."""
         for chunk in _chunks(list(userids), 100):
             cursor = ""
             while True:
                 data = self.batch_get_by_user(chunk, cursor=cursor)
+                if unlicensed is not None:
+                    unlicensed.update((data.get("fail_info") or {}).get("unlicensed_userid_list") or [])
                 yield from data.get("external_contact_list") or []
                 cursor = data.get("next_cursor") or ""
                 if not cursor:
