@@ -83,11 +83,34 @@ def dispose_engines() -> None:
         _engines.clear()
 
 
-def migrate(url: str) -> None:
-    """Bring the schema to the newest Alembic revision."""
+def migrate(url: str) -> int:
+    """Bring the schema to the newest Alembic revision; returns how many migrations ran (0: the
+    schema was already current), so callers can say so in one line."""
     from alembic import command
+    from alembic.script import ScriptDirectory
 
-    command.upgrade(alembic_config(url), "head")
+    cfg = alembic_config(url)
+    script = ScriptDirectory.from_config(cfg)
+    before = _current_revision(url)
+    command.upgrade(cfg, "head")
+    head = script.get_current_head()
+    if before == head:
+        return 0
+    return sum(1 for _ in script.iterate_revisions(head, before or "base"))
+
+
+def _current_revision(url: str) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+    from sqlalchemy import inspect
+
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            if not inspect(conn).has_table("alembic_version"):
+                return None
+            return MigrationContext.configure(conn).get_current_revision()
+    finally:
+        engine.dispose()
 
 
 def alembic_config(url: str):

@@ -1,18 +1,79 @@
-"""`scrm run`: every part of scrm in one process tree on embedded defaults."""
+"""`scrm run`: every part of scrm in one process tree on embedded defaults.
+
+A failed start cleans up everything it started (the private redis-server above all) before the
+error reaches the command, and a second `scrm run` on the same data dir is refused while the
+first one runs, since both would share its Redis and SQLite files.
+"""
 
 from __future__ import annotations
 
+import fcntl
 import os
+import socket
 import threading
 import time
+from pathlib import Path
 
 import dramatiq
+import redis
 import uvicorn
 
-from scrm.config import EMBEDDED, Settings, get_settings, reset_settings_cache
+from scrm.config import EMBEDDED, ConfigError, Settings, get_settings, reset_settings_cache
 from scrm.db import get_engine, migrate
-from scrm.redisserver import RedisServer
+from scrm.logs import get_logger
+from scrm.redisserver import RedisServer, embedded_socket
 
+log = get_logger(__name__)
+SANDBOX_CORP_FILE = "sandbox-corp.json"
+
+
+def hold_data_dir(data_dir: Path):
+    """An exclusive lock on the data dir for as long as the returned file stays open."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    lock = open(data_dir / "run.lock", "a+")  # noqa: SIM115 - held until the stack closes
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        pid = lock.read().strip() or "?"
+        lock.close()
+        raise ConfigError(f"another `scrm run` (pid {pid}) is using the data dir {data_dir}: stop it first, "
+                          "or give this one its own SCRM_DATA_DIR") from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(str(os.getpid()))
+    lock.flush()
+    return lock
+
+
+def require_free_port(host: str, port: int, what: str, setting: str) -> None:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(f"{what} port {host}:{port} is in use ({exc.strerror}): stop the program using it "
+                              f"or choose another port ({setting})") from None
+
+
+def _stop_leftover_redis(data_dir: Path) -> None:
+    """A redis-server left answering on our socket by a run that died before this version
+    stopped its children: shut it down (it saves its data first)."""
+    sock = embedded_socket(data_dir)
+    if not sock.exists():
+        return
+    client = redis.Redis(unix_socket_path=str(sock), socket_connect_timeout=0.5, socket_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError:
+        return
+    try:
+        client.shutdown()
+    except redis.RedisError:
+        pass  # the connection closes as it shuts down
+    finally:
+        client.close()
+    log.warning("embedded_redis_leftover_stopped", socket=str(sock))
 
 
 class EmbeddedStack:
@@ -24,6 +85,11 @@ class EmbeddedStack:
         self.sandbox = None
         self.sandbox_server = None
         self.sandbox_url = ""
+        self.sandbox_file: Path | None = None
+        self.sandbox_seeded = False  # True when this run created the demo corp (first run)
+        self.demo: dict | None = None
+        self.broker = None
+        self._lock = None
         self._web: uvicorn.Server | None = None
         self._web_thread: threading.Thread | None = None
         self.worker: dramatiq.Worker | None = None
@@ -31,23 +97,37 @@ class EmbeddedStack:
 
     def _say(self, text: str) -> None:
         if self.console:
-            self.console.print(text)
+            self.console.print(text, soft_wrap=True)
 
     def __enter__(self) -> "EmbeddedStack":
+        try:
+            self._start()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def _start(self) -> None:
         s = self.settings
+        self._lock = hold_data_dir(s.data_dir)
+        require_free_port(s.web.host, s.web.port, "the web", "--port or SCRM_WEB__PORT")
+        if self.with_sandbox:
+            require_free_port(s.sandbox.host, s.sandbox.port, "the WeCom sandbox", "--sandbox-port or SCRM_SANDBOX__PORT")
         if s.redis.url == EMBEDDED:
+            _stop_leftover_redis(s.data_dir)
             self.redis_server = RedisServer(s.data_dir / "redis", unix_socket=True).start()
             os.environ["SCRM_REDIS__URL"] = self.redis_server.url
-            self._say(f"embedded Redis: {self.redis_server.url}")
         if self.with_sandbox:
             os.environ["SCRM_WECOM__API_BASE_URL"] = f"http://{s.sandbox.host}:{s.sandbox.port}/cgi-bin/"
             # The toolbar page signs owners in through the sandbox's stand-in for WeCom's OAuth2 page.
             os.environ["SCRM_WEB__OAUTH_AUTHORIZE_URL"] = f"http://{s.sandbox.host}:{s.sandbox.port}/sandbox/oauth/authorize"
         reset_settings_cache()
         self.settings = s = get_settings()
-        migrate(s.database_url())
+        applied = migrate(s.database_url())
         self.engine = get_engine(s.database_url())
-        self._say(f"database: {s.database_url()}")
+        state = f"{applied} migrations applied" if applied else "schema current"
+        self._say(f"database: {s.database_url()} ({state})")
+        self._say(f"Redis: {'embedded, ' if self.redis_server else ''}{s.redis.url}")
 
         from scrm.runtime import build_processor
         from scrm.scheduling import make_scheduler
@@ -65,15 +145,19 @@ class EmbeddedStack:
         deadline = time.monotonic() + 10
         while not self._web.started:
             if time.monotonic() > deadline or not self._web_thread.is_alive():
-                raise RuntimeError(f"web server did not start on {s.web.host}:{s.web.port} (port in use?)")
+                raise ConfigError(f"the web server did not start on {s.web.host}:{s.web.port} "
+                                  "(port in use? see the log)")
             time.sleep(0.05)
         self.web_url = s.web.base_url()
 
         if self.with_sandbox:
-            from scrm.sandbox import Sandbox, seed_demo, serve
+            from scrm.sandbox import Sandbox, serve
+            from scrm.sandbox.persist import load_or_seed
 
             self.sandbox = Sandbox.from_settings(s)
-            self.demo = seed_demo(self.sandbox)
+            self.sandbox_file = s.data_dir / SANDBOX_CORP_FILE
+            self.sandbox_seeded = not self.sandbox_file.exists()
+            self.demo = load_or_seed(self.sandbox, self.sandbox_file)
             self.sandbox_server = serve(self.sandbox, s.sandbox.host, s.sandbox.port)
             self.sandbox_url = self.sandbox_server.base_url
 
@@ -85,25 +169,42 @@ class EmbeddedStack:
         self.scheduler = make_scheduler(s, lambda i: actors.process_callback.send(i),
                                         lambda ids: actors.send_sop_posts.send(ids))
         self.scheduler.start()
-        return self
 
-    def play_demo(self) -> None:
-        """A customer scans store A's staff QR, joins the store group; another leaves; a tag is added."""
-        from scrm.sandbox import Sandbox
+    def set_up_demo_chain(self):
+        """The scrm side of the sandbox's demo chain (stores, groups, QR codes), once."""
+        from scrm.demo import set_up_demo_chain
 
-        sb: Sandbox = self.sandbox
-        client = self.client
-        members = client.list_members()
-        userid = members[0]["userid"]
-        way = client.add_contact_way(type=1, scene=2, state="demo:storeA", user=[userid])
-        new = sb.scan_contact_way(way["config_id"], name="扫码的新顾客")
-        chats = list(client.list_group_chats(owner_userids=[m["userid"] for m in members]))
-        if chats:
-            join_way = client.add_join_way(scene=2, chat_id_list=[chats[0]["chat_id"]], state="demo:storeA",
-                                           room_base_name="门店福利群", room_base_id=2)
-            sb.join_group_via_way(join_way, external_userid=new["external_userid"])
+        if not (self.with_sandbox and self.demo):
+            return None
+        s = self.settings
+        return set_up_demo_chain(self.engine, self.client, self.demo, cap=s.routing.group_qr_cap,
+                                 room_base_id=s.routing.room_base_id, corp_is_sandbox=s.wecom.is_sandbox)
+
+    def play_demo(self) -> str | None:
+        """A new customer scans the first store's staff QR code (store tag, welcome with the store
+        group's card), then scans the store's group live code and joins its group; an operator
+        adds a layer tag. Returns what happened, in a line."""
+        from sqlmodel import Session, select
+
+        from scrm.stores.models import Store, StoreCode
+
+        with Session(self.engine) as s:
+            store = s.exec(select(Store).where(Store.status == "open").order_by(Store.code)).first()
+            if store is None:
+                return None
+            codes = s.exec(select(StoreCode).where(StoreCode.store_code == store.code,
+                                                   StoreCode.status == "active")).all()
+        staff = next((c for c in sorted(codes, key=lambda c: c.userid) if c.kind == "staff" and c.config_id), None)
+        group = next((c for c in codes if c.kind == "group" and c.config_id), None)
+        if staff is None:
+            return None
+        sb = self.sandbox
+        new = sb.scan_contact_way(staff.config_id, name="扫码的新顾客")
+        if group is not None:
+            sb.join_group_via_way(group.config_id, external_userid=new["external_userid"])
         sb.admin_create_tag("演示标签", group_name="用户分层")
-        self._say(f"demo: customer {new['external_userid']} scanned {userid}'s QR and joined a store group")
+        return (f"a new customer scanned {store.name}'s staff QR code (tagged 门店/{store.name}, welcomed with "
+                f"the group card){' and joined its group' if group else ''}; an operator added a tag")
 
     def wait_applied(self, timeout: float = 30.0) -> None:
         self.broker.join("callbacks", timeout=int(timeout * 1000))
@@ -120,9 +221,14 @@ class EmbeddedStack:
             self._web.should_exit = True
             if self._web_thread:
                 self._web_thread.join(5)
-        try:
-            self.broker.close()
-        except Exception:
-            pass
+        if self.broker is not None:
+            try:
+                self.broker.close()
+            except Exception:  # noqa: BLE001 - closing on the way out
+                pass
         if self.redis_server:
             self.redis_server.stop()
+            self.redis_server = None
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None

@@ -23,14 +23,31 @@ _clients: dict[str, redis.Redis] = {}
 _lock = threading.Lock()
 
 
+def embedded_socket(data_dir: Path) -> Path:
+    """Where `scrm run` puts its private Redis: commands run beside it find it here."""
+    return Path(data_dir).resolve() / "redis" / "redis.sock"
+
+
 def redis_url(settings: Settings) -> str:
+    """The configured Redis; for ``embedded``, the one a running `scrm run` started for this data dir."""
     url = settings.redis.url
-    if url == EMBEDDED:
-        raise ConfigError(
-            "redis.url is 'embedded', which only `scrm run` starts; set SCRM_REDIS__URL "
-            "(e.g. redis://127.0.0.1:6379/0) to run this command on its own"
-        )
-    return url
+    if url != EMBEDDED:
+        return url
+    sock = embedded_socket(settings.data_dir)
+    if sock.exists():
+        url = f"unix://{sock}"
+        client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=1.0)
+        try:
+            if client.ping():
+                return url
+        except redis.RedisError:
+            pass
+        finally:
+            client.close()
+    raise ConfigError(
+        f"redis.url is 'embedded' and no `scrm run` is running with data dir {settings.data_dir}: "
+        "start `scrm run` first, or set SCRM_REDIS__URL (e.g. redis://127.0.0.1:6379/0)"
+    )
 
 
 def get_redis(url: str) -> redis.Redis:
@@ -66,6 +83,17 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    """Linux: the child gets SIGTERM when the process that started it dies, however it dies (a
+    crash or kill -9 of `scrm run` must not leave an orphan redis-server holding the data dir)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 class RedisServer:
@@ -105,7 +133,10 @@ class RedisServer:
         ]
         if self.unix_socket:
             args += ["--unixsocket", str(self.socket_path), "--unixsocketperm", "700"]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # Its own session: Ctrl-C in the terminal reaches scrm, which stops its workers first and
+        # then this server; the server must not vanish under them on the same keypress.
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        preexec_fn=_die_with_parent, start_new_session=True)
         deadline = time.monotonic() + timeout
         client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5)
         while True:
