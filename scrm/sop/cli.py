@@ -41,12 +41,18 @@ def _quiet_hours() -> tuple[str, str]:
     return sop.quiet_hours_start, sop.quiet_hours_end
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'s' if n != 1 else ''}"
+
+
 @sop_app.command("lint")
 def lint_command(
     path: Optional[Path] = typer.Argument(None, help="A template file or directory (default: sop.templates_dir)"),
+    strict: bool = typer.Option(False, "--strict", help="Exit 1 on warnings too"),
 ) -> None:
-    """Check templates: YAML, keys, times, variables, WeCom limits. Exit 1 on any problem."""
-    from scrm.sop.lint import lint, template_files
+    """Check templates: YAML, keys, times, variables, WeCom limits. Every problem is listed in one
+    run. Exit 1 on any problem; warnings are listed but pass (unless --strict)."""
+    from scrm.sop.lint import errors_in, lint, template_files
 
     console = _console()
     target = path or get_settings().sop.templates_dir
@@ -55,11 +61,15 @@ def lint_command(
     _, problems = lint(target, quiet_hours=_quiet_hours())
     for problem in problems:
         console.print(str(problem), markup=False)
-    files = len(template_files(target))
-    colour = "red" if problems else "green"
-    console.print(f"[{colour}]{files} template{'s' if files != 1 else ''}, "
-                  f"{len(problems)} problem{'s' if len(problems) != 1 else ''}[/{colour}]")
-    raise typer.Exit(1 if problems else 0)
+    errors = len(errors_in(problems))
+    warnings = len(problems) - errors
+    failed = errors or (strict and warnings)
+    colour = "red" if failed else ("yellow" if warnings else "green")
+    summary = f"{_plural(len(template_files(target)), 'template')}, {_plural(errors, 'problem')}"
+    if warnings:
+        summary += f", {_plural(warnings, 'warning')}"
+    console.print(f"[{colour}]{summary}[/{colour}]")
+    raise typer.Exit(1 if failed else 0)
 
 
 @sop_app.command("preview")
@@ -76,7 +86,7 @@ def preview_command(
 
     from scrm.db import get_engine
     from scrm.groups.models import CustomerGroup
-    from scrm.sop.lint import lint
+    from scrm.sop.lint import errors_in, lint
     from scrm.sop.render import (
         WEEKDAY_NAMES,
         TemplateRenderError,
@@ -84,6 +94,7 @@ def preview_command(
         group_fields,
         render_step,
         store_fields,
+        uses_store_fields,
     )
     from scrm.stores.models import Store
 
@@ -94,10 +105,11 @@ def preview_command(
     except ValueError:
         _fail(console, f"--date {date!r} is not a date YYYY-MM-DD")
     templates, problems = lint(path or settings.sop.templates_dir, quiet_hours=_quiet_hours())
-    if problems:
-        for problem in problems:
+    errors = errors_in(problems)
+    if errors:
+        for problem in errors:
             console.print(str(problem), markup=False)
-        _fail(console, f"{len(problems)} problem(s) in the templates; fix them first (scrm sop lint)")
+        _fail(console, f"{len(errors)} problem(s) in the templates; fix them first (scrm sop lint)")
     by_id = {t.id: t for t in templates}
     template = by_id.get(template_id)
     if template is None:
@@ -121,7 +133,11 @@ def preview_command(
                       f"{escape(store_vars['city'])}")
     else:
         missing = f" (store {row.store_code!r} not found)" if row.store_code else ""
-        console.print(f"[yellow]this group has no store{escape(missing)}: store fields render empty[/yellow]")
+        if uses_store_fields(template):
+            console.print(f"[yellow]this group has no store{escape(missing)}: the plan skips this template for it "
+                          "(it uses store fields, which would print empty)[/yellow]")
+        else:
+            console.print(f"[yellow]this group has no store{escape(missing)}[/yellow]")
     if not template.enabled:
         console.print("[yellow]note: the template is disabled (enabled: false)[/yellow]")
     if not template.days.runs_on(day):

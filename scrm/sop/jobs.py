@@ -28,12 +28,15 @@ class TemplatesRefused(RuntimeError):
 
 
 def load_templates(path: Path, sop) -> dict[str, SopTemplate]:
-    from scrm.sop.lint import lint
+    """The lint-checked templates by id. Refused as a whole on any error; warnings (e.g. store
+    fields for groups without a store, which the planner skips) don't stop them."""
+    from scrm.sop.lint import errors_in, lint
 
     templates, problems = lint(path, quiet_hours=(sop.quiet_hours_start, sop.quiet_hours_end))
-    if problems:
-        raise TemplatesRefused("; ".join(str(p) for p in problems[:20])
-                               + (f" (and {len(problems) - 20} more)" if len(problems) > 20 else ""))
+    errors = errors_in(problems)
+    if errors:
+        raise TemplatesRefused("; ".join(str(p) for p in errors[:20])
+                               + (f" (and {len(errors) - 20} more)" if len(errors) > 20 else ""))
     return {t.id: t for t in templates}
 
 

@@ -3,13 +3,18 @@
 Operators edit YAML by hand and run ``scrm sop lint`` in CI, so every problem has to point at
 the line to fix. The YAML is composed into PyYAML's node tree (which keeps line marks) before it
 is turned into data; a pydantic error's ``loc`` is then walked down that tree to the key it
-names. Every problem in a file is reported, not just the first.
+names. Every problem is reported in one run, not just the first: every problem of every template
+field, and the per-step checks run on the raw steps of a file that failed validation wherever a
+step can still be read, so an operator fixes a file in one round.
 
 Beyond the model's own validation (``scrm/sop/template.py``) lint catches what the model cannot
 see: duplicate keys (PyYAML silently keeps the last one), the same template id in two files,
 template fields that do not compile or render (unknown variables, unsafe constructs, WeCom's
-byte limits with realistic values), posts inside quiet hours and two posts of a template at the
-same time. It is pure: settings come in as parameters.
+byte limits with realistic values), posts inside quiet hours, two posts of a template at the
+same time and mini program pages WeChat can't open. Those are errors. A template that reads
+``store`` fields while its targets can include groups without a store gets a warning: it still
+loads (such groups are skipped by the planner), and warnings don't fail lint unless asked to.
+It is pure: settings come in as parameters.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import datetime as dt
 import difflib
 import re
 import typing
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,8 +33,10 @@ from pydantic import BaseModel, ValidationError
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from scrm.sop.render import (
+    Loc,
     TemplateRenderError,
     check_step_sources,
+    first_store_use,
     format_loc,
     render_step,
     sample_context,
@@ -42,6 +49,9 @@ from scrm.sop.template import (
     SopTemplate,
     parse_clock,
 )
+
+ERROR = "error"
+WARNING = "warning"
 
 DEFAULT_QUIET_HOURS = ("22:00", "08:00")  # sop.quiet_hours_start / _end defaults
 TEMPLATE_SUFFIXES = (".yaml", ".yml")
@@ -57,14 +67,28 @@ _ATTACHMENT_KINDS = tuple(kind for _, kind in _UNION_TAGS.values())
 
 @dataclass(frozen=True)
 class Problem:
-    """One thing to fix, printed as ``path:line: message`` (the format editors and CI link)."""
+    """One thing to fix, printed as ``path:line: message`` (the format editors and CI link).
+
+    An error keeps the file's template from loading and fails ``scrm sop lint``; a warning
+    (printed as ``path:line: warning: message``) does neither."""
 
     path: str
     line: int | None
     message: str
+    severity: str = ERROR
+
+    @property
+    def is_error(self) -> bool:
+        return self.severity != WARNING
 
     def __str__(self) -> str:
-        return f"{self.path}:{self.line}: {self.message}" if self.line else f"{self.path}: {self.message}"
+        text = f"warning: {self.message}" if self.severity == WARNING else self.message
+        return f"{self.path}:{self.line}: {text}" if self.line else f"{self.path}: {text}"
+
+
+def errors_in(problems: Iterable[Problem]) -> list[Problem]:
+    """The problems that refuse templates (callers acting on templates check only these)."""
+    return [p for p in problems if p.is_error]
 
 
 @dataclass(frozen=True)
@@ -74,6 +98,17 @@ class LoadedTemplate:
     template: SopTemplate
     path: str
     root: MappingNode
+
+
+@dataclass(frozen=True)
+class _ParsedFile:
+    """A file that reads as a mapping, for lint's checks whether or not it loaded: ``template`` is
+    None when it failed validation (its raw ``data`` is checked instead)."""
+
+    path: str
+    root: MappingNode
+    data: dict
+    template: SopTemplate | None
 
 
 # --------------------------------------------------------------------------------------------
@@ -313,17 +348,6 @@ def _validation_problems(path: str, root: Node, data: Any, exc: ValidationError)
 # Loading
 
 
-def _step_source_problems(path: str, root: Node, data: dict) -> list[Problem]:
-    """Template-field problems of a file that failed validation, from the raw steps, so a typo
-    elsewhere in the file doesn't hide an unknown variable until the next lint run."""
-    steps = data.get("steps")
-    problems = []
-    for i, raw in enumerate(steps if isinstance(steps, list) else []):
-        if isinstance(raw, dict):
-            problems.extend(_render_problem(path, root, exc) for exc in check_step_sources(raw, i))
-    return problems
-
-
 def template_files(path: str | Path) -> list[Path]:
     """The template files under ``path`` (a directory, searched recursively but skipping hidden
     files and directories, sorted) or ``path`` itself when it is a file."""
@@ -339,12 +363,15 @@ def template_files(path: str | Path) -> list[Path]:
     )
 
 
-def _load(path: str | Path) -> tuple[list[LoadedTemplate], list[Problem]]:
+def _load(path: str | Path) -> tuple[list[LoadedTemplate], list[Problem], list[_ParsedFile]]:
+    """The templates that load, the problems found reading and validating the files, and every
+    file that reads as a mapping (loaded or not) for lint's further checks."""
     base = Path(path)
     if not base.exists():
-        return [], [Problem(str(base), None, "no such file or directory")]
+        return [], [Problem(str(base), None, "no such file or directory")], []
     loaded: list[LoadedTemplate] = []
     problems: list[Problem] = []
+    parsed: list[_ParsedFile] = []
     first_file_of: dict[str, str] = {}
     for file in template_files(base):
         name = str(file)
@@ -365,8 +392,9 @@ def _load(path: str | Path) -> tuple[list[LoadedTemplate], list[Problem]]:
             template = SopTemplate.model_validate(data)
         except ValidationError as exc:
             problems.extend(_validation_problems(name, root, data, exc))
-            problems.extend(_step_source_problems(name, root, data))
+            parsed.append(_ParsedFile(name, root, data, None))
             continue
+        parsed.append(_ParsedFile(name, root, data, template))
         if template.id in first_file_of:
             problems.append(Problem(name, line_of(root, ("id",)),
                                     f"template id {template.id!r} is already used by {first_file_of[template.id]}"))
@@ -375,16 +403,17 @@ def _load(path: str | Path) -> tuple[list[LoadedTemplate], list[Problem]]:
         if not file_problems:
             loaded.append(LoadedTemplate(template, name, root))
     problems.sort(key=lambda p: (p.path, p.line or 0))
-    return loaded, problems
+    return loaded, problems, parsed
 
 
 def load_templates(path: str | Path) -> tuple[list[SopTemplate], list[Problem]]:
-    """Parse and validate the templates in ``path`` (a directory or one file).
+    """Parse and validate the templates in ``path`` (a directory or one file), without lint's
+    further checks (see :func:`lint`).
 
     Returns the templates that validated and every problem found. A file with a problem does
     not contribute a template; a second file with an id already seen is a problem, not a
     template. Callers that act on templates should refuse to when problems is not empty."""
-    loaded, problems = _load(path)
+    loaded, problems, _ = _load(path)
     return [item.template for item in loaded], problems
 
 
@@ -400,50 +429,131 @@ def _in_quiet_hours(at: dt.time, start: dt.time, end: dt.time) -> bool:
     return at >= start or at < end  # the window wraps midnight, e.g. 22:00-08:00
 
 
-def _render_problem(path: str, root: Node, exc: TemplateRenderError) -> Problem:
-    line, node = _node_at(root, exc.loc)
-    if exc.lineno and isinstance(node, ScalarNode):
+def _field_line(root: Node, loc: Loc, lineno: int | None) -> int:
+    """The file line of line ``lineno`` inside the template field at ``loc``."""
+    line, node = _node_at(root, loc)
+    if lineno and isinstance(node, ScalarNode):
         # Block scalars (text: |) start on the line after the key; others on the key's line.
-        line = _line(node) + exc.lineno - (0 if node.style in ("|", ">") else 1)
-    return Problem(path, line, f"{format_loc(exc.loc)}: {exc.reason}")
+        line = _line(node) + lineno - (0 if node.style in ("|", ">") else 1)
+    return line
 
 
-def check_template(item: LoadedTemplate, *, quiet_hours: tuple[str, str] | None = DEFAULT_QUIET_HOURS
-                   ) -> list[Problem]:
-    """Lint checks for one validated template (render, timing, WeCom page paths)."""
-    template, problems = item.template, []
+def _render_problem(path: str, root: Node, exc: TemplateRenderError) -> Problem:
+    return Problem(path, _field_line(root, exc.loc, exc.lineno), f"{format_loc(exc.loc)}: {exc.reason}")
+
+
+def _raw_steps(data: Any) -> list[Any]:
+    steps = data.get("steps") if isinstance(data, Mapping) else None
+    return steps if isinstance(steps, list) else []
+
+
+def _readable_clock(step: Any) -> dt.time | None:
+    """A step's time when it can be read (the raw step of a file that failed validation may
+    have a bad one or none: its own error says so)."""
+    value = step.get("at") if isinstance(step, Mapping) else None
+    if not isinstance(value, (str, int)) or isinstance(value, bool):
+        return None
+    try:
+        return parse_clock(str(value))
+    except ValueError:
+        return None
+
+
+def _source_problems(path: str, root: Node, steps: list[Any]) -> list[Problem]:
+    """Every problem of every template field, from raw or validated steps."""
+    return [_render_problem(path, root, exc)
+            for i, step in enumerate(steps) if isinstance(step, Mapping)
+            for exc in check_step_sources(step, i)]
+
+
+def _step_problems(path: str, root: Node, steps: list[Any], quiet_hours: tuple[str, str] | None) -> list[Problem]:
+    """Timing and page checks of each step that can be read: inside quiet hours, two steps at
+    the same time, a mini program page WeChat won't open. Raw steps of a file that failed
+    validation are checked too, so these don't wait for the next lint run."""
+    problems: list[Problem] = []
 
     def at(loc: tuple, message: str) -> None:
-        problems.append(Problem(item.path, line_of(item.root, loc), f"{format_loc(loc)}: {message}"))
+        problems.append(Problem(path, line_of(root, loc), f"{format_loc(loc)}: {message}"))
 
     quiet = (parse_clock(quiet_hours[0]), parse_clock(quiet_hours[1])) if quiet_hours else None
-    first_at: dict[str, int] = {}
-    for i, step in enumerate(template.steps):
-        source_errors = check_step_sources(step, i)
-        problems.extend(_render_problem(item.path, item.root, exc) for exc in source_errors)
-        if not source_errors:
-            for day in sample_days(template):
-                try:
-                    render_step(template, i, sample_context(template, step_index=i, day=day))
-                except TemplateRenderError as exc:
-                    problems.append(_render_problem(item.path, item.root, exc))
-                    break
-        if quiet and _in_quiet_hours(step.clock, *quiet):
-            at(("steps", i, "at"), f"{step.at} is inside quiet hours ({quiet_hours[0]}-{quiet_hours[1]}), "
-                                   "when no posts are sent; move it")
-        if step.at in first_at:
-            at(("steps", i, "at"), f"{step.at} is the same time as steps[{first_at[step.at]}]; a group gets one "
-                                   "post at a time, so give each step its own time")
-        else:
-            first_at[step.at] = i
-        for j, att in enumerate(step.attachments):
-            if isinstance(att, MiniProgramAttachment):
-                page = att.miniprogram.page.split("?", 1)[0]
+    first_at: dict[dt.time, int] = {}
+    for i, step in enumerate(steps):
+        if not isinstance(step, Mapping):
+            continue
+        clock = _readable_clock(step)
+        if clock is not None:
+            shown = clock.strftime("%H:%M")
+            if quiet and _in_quiet_hours(clock, *quiet):
+                at(("steps", i, "at"), f"{shown} is inside quiet hours ({quiet_hours[0]}-{quiet_hours[1]}), "
+                                       "when no posts are sent; move it")
+            if clock in first_at:
+                at(("steps", i, "at"), f"{shown} is the same time as steps[{first_at[clock]}]; a group gets one "
+                                       "post at a time, so give each step its own time")
+            else:
+                first_at[clock] = i
+        attachments = step.get("attachments")
+        for j, att in enumerate(attachments if isinstance(attachments, list) else []):
+            card = att.get("miniprogram") if isinstance(att, Mapping) else None
+            page = card.get("page") if isinstance(card, Mapping) else None
+            if isinstance(page, str):
+                page = page.split("?", 1)[0]
                 if "{" not in page and not page.endswith(".html"):
                     at(("steps", i, "attachments", j, "miniprogram", "page"),
                        f"{page!r} should end in .html (e.g. pages/index/index.html): WeChat opens a mini "
                        "program page sent from WeCom only by its .html path, otherwise it shows 'page not found'")
     return problems
+
+
+def _store_warning(path: str, root: Node, targets: Any, steps: list[Any]) -> list[Problem]:
+    """A warning at the first ``store`` field of a template whose targets can include groups
+    without a store (neither ``stores`` nor ``cities``, which both imply one): the planner skips
+    those groups rather than send a post with blanks where the store's name goes."""
+    if targets is None:
+        targets = {}
+    if not isinstance(targets, Mapping) or targets.get("stores") or targets.get("cities"):
+        return []
+    use = first_store_use(steps)
+    if use is None:
+        return []
+    loc, lineno, field = use
+    return [Problem(path, _field_line(root, loc, lineno),
+                    f"{format_loc(loc)}: uses {{{{ {field} }}}} but the targets can include groups without a "
+                    "store; those groups will not get this template ('group has no store' in scrm sop plan). "
+                    "Target stores or cities to send it only to groups with a store",
+                    WARNING)]
+
+
+def check_template(item: LoadedTemplate, *, quiet_hours: tuple[str, str] | None = DEFAULT_QUIET_HOURS
+                   ) -> list[Problem]:
+    """Lint checks for one validated template (template fields, rendering with sample values,
+    timing, WeCom page paths, store fields for groups without a store)."""
+    template, path, root = item.template, item.path, item.root
+    steps = [step.model_dump() for step in template.steps]
+    problems = []
+    for i, step in enumerate(template.steps):
+        source_errors = check_step_sources(step, i)
+        problems.extend(_render_problem(path, root, exc) for exc in source_errors)
+        if not source_errors:
+            for day in sample_days(template):
+                try:
+                    render_step(template, i, sample_context(template, step_index=i, day=day))
+                except TemplateRenderError as exc:
+                    problems.append(_render_problem(path, root, exc))
+                    break
+    problems.extend(_step_problems(path, root, steps, quiet_hours))
+    problems.extend(_store_warning(path, root, template.targets.model_dump(), steps))
+    return problems
+
+
+def check_raw(path: str, root: Node, data: Any, *, quiet_hours: tuple[str, str] | None = DEFAULT_QUIET_HOURS
+              ) -> list[Problem]:
+    """Lint checks for a file that failed validation, on whatever of its steps can be read, so a
+    schema error doesn't hide the other problems until the next run (rendering needs a valid
+    template and waits)."""
+    steps = _raw_steps(data)
+    targets = data.get("targets") if isinstance(data, Mapping) else None
+    return (_source_problems(path, root, steps) + _step_problems(path, root, steps, quiet_hours)
+            + _store_warning(path, root, targets, steps))
 
 
 def lint(path: str | Path, *, quiet_hours: tuple[str, str] | None = DEFAULT_QUIET_HOURS
@@ -452,15 +562,20 @@ def lint(path: str | Path, *, quiet_hours: tuple[str, str] | None = DEFAULT_QUIE
 
     ``quiet_hours`` is (start, end) as HH:MM (from sop.quiet_hours_start/_end), None to skip
     that check. Returns the templates that validated (see load_templates) and all problems,
-    sorted by file and line."""
-    loaded, problems = _load(path)
-    for item in loaded:
-        problems.extend(check_template(item, quiet_hours=quiet_hours))
+    errors and warnings, sorted by file and line. Callers that act on templates refuse only on
+    errors (:func:`errors_in`): a warning never stops a template."""
+    loaded, problems, parsed = _load(path)
+    for file in parsed:
+        if file.template is not None:
+            problems.extend(check_template(LoadedTemplate(file.template, file.path, file.root),
+                                           quiet_hours=quiet_hours))
+        else:
+            problems.extend(check_raw(file.path, file.root, file.data, quiet_hours=quiet_hours))
     problems.sort(key=lambda p: (p.path, p.line or 0))
     return [item.template for item in loaded], problems
 
 
 __all__ = [
-    "DEFAULT_QUIET_HOURS", "LoadedTemplate", "Problem", "check_template", "line_of", "lint", "load_templates",
-    "template_files",
+    "DEFAULT_QUIET_HOURS", "ERROR", "WARNING", "LoadedTemplate", "Problem", "check_raw", "check_template", "errors_in",
+    "line_of", "lint", "load_templates", "template_files",
 ]

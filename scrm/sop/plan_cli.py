@@ -61,7 +61,7 @@ def plan_command(
 
     from scrm.db import get_engine, utcnow
     from scrm.groups.models import CustomerGroup
-    from scrm.sop.lint import lint
+    from scrm.sop.lint import errors_in, lint
     from scrm.sop.planner import GroupIndex, Limits, plan_day
     from scrm.sop.service import load_groups, read_day
 
@@ -72,10 +72,11 @@ def plan_command(
     if not Path(folder).exists():
         _fail(console, f"{folder} does not exist")
     templates, problems = lint(folder, quiet_hours=(s.sop.quiet_hours_start, s.sop.quiet_hours_end))
-    if problems:
-        for problem in problems:
+    errors = errors_in(problems)
+    if errors:  # warnings don't stop the scheduler, so they don't stop its dry run
+        for problem in errors:
             console.print(str(problem), markup=False)
-        _fail(console, f"{len(problems)} problem(s) in the templates; fix them first (scrm sop lint)")
+        _fail(console, f"{len(errors)} problem(s) in the templates; fix them first (scrm sop lint)")
     engine = get_engine(s.database_url())
     limits = Limits.from_settings(s.sop)
     now = utcnow()

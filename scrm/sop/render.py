@@ -25,7 +25,7 @@ import difflib
 import functools
 import math
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import jinja2
@@ -261,6 +261,12 @@ _ALLOWED_NODES = (
 )
 
 
+# Statements and expressions refused outright. A refused expression is reported once, not once
+# per part (``''.__class__.__mro__`` is one problem, not three); a refused statement's body is
+# still checked, because the operator keeps the body when removing the statement.
+_HARD_REFUSALS = (nodes.Call, nodes.Dict)
+
+
 def _unknown_variable(name: str) -> str:
     if name in _SPECIAL_NAMES:
         return f"{name!r} is not available in SOP templates; variables: {', '.join(VARIABLES)}"
@@ -275,75 +281,160 @@ def _field_name(var: str, name: str) -> str | None:
     return None
 
 
-def _check_node(node: nodes.Node) -> None:
-    """Refuse everything outside the SOP language, with the template line of the offence."""
-    line = getattr(node, "lineno", None)
-    for kind, hint in _STATEMENT_HINTS.items():
-        if isinstance(node, kind):
-            raise TemplateRenderError(hint, lineno=line)
-    if not isinstance(node, _ALLOWED_NODES):
-        raise TemplateRenderError(f"{type(node).__name__} is not available in SOP templates", lineno=line)
-    if isinstance(node, nodes.Name) and (node.ctx != "load" or node.name not in VARIABLES):
-        raise TemplateRenderError(_unknown_variable(node.name), lineno=line)
-    if isinstance(node, (nodes.Getattr, nodes.Getitem)):
-        key = node.attr if isinstance(node, nodes.Getattr) else (
-            node.arg.value if isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str) else None)
-        if key is not None:
-            if key.startswith("_"):
-                raise TemplateRenderError(f"attribute {key!r} is not allowed: templates may only read fields "
-                                          "like store.name", lineno=line)
-            if not (isinstance(node.node, nodes.Name) and node.node.name in DICT_FIELDS):
-                raise TemplateRenderError(f"{key!r} cannot be read here: only store, group and template have "
-                                          "fields (e.g. store.name)", lineno=line)
-            problem = _field_name(node.node.name, key)
-            if problem:
-                raise TemplateRenderError(problem, lineno=line)
-        elif isinstance(node, nodes.Getitem) and not isinstance(node.arg, (nodes.Const, nodes.Slice, nodes.Neg)):
-            raise TemplateRenderError("only fixed positions can be read, e.g. {{ store.name[:4] }}", lineno=line)
-    if isinstance(node, nodes.Filter) and node.name not in ENV.filters:
-        raise TemplateRenderError(f"unknown filter {node.name!r}{_suggest(node.name, ENV.filters)}; "
-                                  f"filters: {', '.join(FILTERS)}", lineno=line)
-    if isinstance(node, nodes.Test) and node.name not in ENV.tests:
-        raise TemplateRenderError(f"unknown test {node.name!r}", lineno=line)
-    if isinstance(node, nodes.Output):
-        for child in node.nodes:
-            if isinstance(child, nodes.Name) and child.name in DICT_FIELDS:
-                raise TemplateRenderError(
-                    f"{{{{ {child.name} }}}} is a group of fields; print one of them, e.g. "
-                    f"{{{{ {child.name}.name }}}}",
-                    lineno=child.lineno)
-    for child in node.iter_child_nodes():
-        _check_node(child)
+def _read_key(node: nodes.Getattr | nodes.Getitem) -> str | None:
+    if isinstance(node, nodes.Getattr):
+        return node.attr
+    return node.arg.value if isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str) else None
+
+
+class _FieldChecker:
+    """Collects every problem of one field's syntax tree, each with its line.
+
+    Three kinds, reported in this order when they share a line: statements the language does not
+    offer; unknown names (the most common mistake, ``{{ stroe.name }}``, and Jinja's own names that
+    exist without being passed in: self, loop, range, lipsum...); everything else. Names bound by a
+    refused statement (``{% for x in ... %}``, ``{% set x %}``, macros) are not reported again.
+    """
+
+    STATEMENT, NAME, OTHER = 0, 1, 2
+
+    def __init__(self, ast: nodes.Template):
+        self.bound = {n.name for n in ast.find_all(nodes.Name) if n.ctx != "load"}
+        self.bound |= {m.name for m in ast.find_all(nodes.Macro)}
+        self.found: list[tuple[int, int, TemplateRenderError]] = []
+        self.seen: set[tuple[int | None, str]] = set()
+
+    def add(self, rank: int, reason: str, line: int | None) -> None:
+        if (line, reason) not in self.seen:  # {{ stroe.name }}{{ stroe.code }} on one line: once
+            self.seen.add((line, reason))
+            self.found.append((rank, len(self.found), TemplateRenderError(reason, lineno=line)))
+
+    def errors(self) -> list[TemplateRenderError]:
+        """By line, then kind: lint prints them all; the renderer refuses on the first."""
+        return [e for _, _, e in sorted(self.found, key=lambda f: (f[2].lineno or 0, f[0], f[1]))]
+
+    def unknown_names(self, node: nodes.Node) -> list[nodes.Name]:
+        names = [node] if isinstance(node, nodes.Name) else list(node.find_all(nodes.Name))
+        return [n for n in names if n.ctx == "load" and n.name not in VARIABLES and n.name not in self.bound]
+
+    def visit(self, node: nodes.Node) -> None:
+        line = getattr(node, "lineno", None)
+        statement = next((hint for kind, hint in _STATEMENT_HINTS.items()
+                          if isinstance(node, kind) and not isinstance(node, _HARD_REFUSALS)), None)
+        if statement:
+            self.add(self.STATEMENT, statement, line)
+            for child in [*getattr(node, "body", ()), *getattr(node, "else_", ())]:
+                self.visit(child)
+            return
+        hard = self._hard_refusal(node)
+        if hard:
+            # Report what is inside it first ({{ range(10**9)|list }} is about 'range', not the call).
+            names = self.unknown_names(node)
+            for name in names:
+                self.add(self.NAME, _unknown_variable(name.name), name.lineno)
+            if not names:
+                self.add(self.OTHER, hard, line)
+            return
+        if isinstance(node, nodes.Name):
+            if node.ctx != "load" or node.name not in VARIABLES:
+                if node.name not in self.bound:
+                    self.add(self.NAME, _unknown_variable(node.name), line)
+            return
+        for reason, at in self._mistakes(node):
+            self.add(self.OTHER, reason, at)
+        for child in node.iter_child_nodes():
+            self.visit(child)
+
+    @staticmethod
+    def _hard_refusal(node: nodes.Node) -> str | None:
+        """Why this expression is refused as a whole (calls, internals, constructs not offered)."""
+        if isinstance(node, _HARD_REFUSALS):
+            return _STATEMENT_HINTS[nodes.Dict if isinstance(node, nodes.Dict) else nodes.Call]
+        if not isinstance(node, _ALLOWED_NODES):
+            return f"{type(node).__name__} is not available in SOP templates"
+        if isinstance(node, (nodes.Getattr, nodes.Getitem)):
+            key = _read_key(node)
+            if key is not None and key.startswith("_"):
+                return f"attribute {key!r} is not allowed: templates may only read fields like store.name"
+        return None
+
+    @staticmethod
+    def _mistakes(node: nodes.Node) -> Iterator[tuple[str, int | None]]:
+        """Problems of this node alone; its parts are checked on their own."""
+        line = getattr(node, "lineno", None)
+        if isinstance(node, (nodes.Getattr, nodes.Getitem)):
+            key = _read_key(node)
+            target = node.node
+            if key is not None:
+                if isinstance(target, nodes.Name) and target.name in DICT_FIELDS:
+                    problem = _field_name(target.name, key)
+                    if problem:
+                        yield problem, line
+                elif not (isinstance(target, nodes.Name) and target.name not in VARIABLES):
+                    # (an unknown variable's field is reported as the unknown variable)
+                    yield (f"{key!r} cannot be read here: only store, group and template have fields "
+                           "(e.g. store.name)"), line
+            elif isinstance(node, nodes.Getitem) and not isinstance(node.arg, (nodes.Const, nodes.Slice, nodes.Neg)):
+                yield "only fixed positions can be read, e.g. {{ store.name[:4] }}", line
+        if isinstance(node, nodes.Filter) and node.name not in ENV.filters:
+            yield (f"unknown filter {node.name!r}{_suggest(node.name, ENV.filters)}; "
+                   f"filters: {', '.join(FILTERS)}"), line
+        if isinstance(node, nodes.Test) and node.name not in ENV.tests:
+            yield f"unknown test {node.name!r}", line
+        if isinstance(node, nodes.Output):
+            for child in node.nodes:
+                if isinstance(child, nodes.Name) and child.name in DICT_FIELDS:
+                    yield (f"{{{{ {child.name} }}}} is a group of fields; print one of them, e.g. "
+                           f"{{{{ {child.name}.name }}}}"), child.lineno
+
+
+def _parse(source: str) -> tuple[nodes.Template | None, list[TemplateRenderError]]:
+    """The field's syntax tree and every problem found in it (no tree when it cannot be parsed)."""
+    if len(source) > MAX_SOURCE_CHARS:
+        return None, [TemplateRenderError(f"{len(source):,} characters; a template field may have at most "
+                                          f"{MAX_SOURCE_CHARS:,}")]
+    try:
+        ast = ENV.parse(source)
+    except TemplateSyntaxError as exc:
+        return None, [TemplateRenderError(f"template syntax error: {exc.message}", lineno=exc.lineno)]
+    except RecursionError:
+        return None, [TemplateRenderError("the template is nested too deeply")]
+    try:
+        checker = _FieldChecker(ast)
+        checker.visit(ast)
+        errors = checker.errors()
+        if not errors:
+            # Jinja's own view of what the template reads from its context: a second line of defence.
+            unknown = meta.find_undeclared_variables(ast) - set(VARIABLES)
+            if unknown:
+                errors = [TemplateRenderError(_unknown_variable(sorted(unknown)[0]))]
+    except RecursionError:
+        return None, [TemplateRenderError("the template is nested too deeply")]
+    return ast, errors
+
+
+def field_errors(source: str) -> list[TemplateRenderError]:
+    """Every problem of one field's source, each with its line inside the field (lint reports
+    them all in one run). Empty when the field compiles."""
+    _, errors = _parse(source)
+    if errors:
+        return errors
+    try:
+        compile_field(source)
+    except TemplateRenderError as exc:
+        return [exc]
+    return []
 
 
 @functools.lru_cache(maxsize=1024)
 def compile_field(source: str) -> jinja2.Template:
     """Parse and check one field's source; the compiled template is cached, as the sender renders
-    the same step for hundreds of groups. Raises TemplateRenderError (without a field location)."""
-    if len(source) > MAX_SOURCE_CHARS:
-        raise TemplateRenderError(f"{len(source):,} characters; a template field may have at most "
-                                  f"{MAX_SOURCE_CHARS:,}")
+    the same step for hundreds of groups. Raises TemplateRenderError (without a field location)
+    for the field's first problem (:func:`field_errors` lists them all)."""
+    ast, errors = _parse(source)
+    if errors:
+        raise errors[0]
     try:
-        ast = ENV.parse(source)
-    except TemplateSyntaxError as exc:
-        raise TemplateRenderError(f"template syntax error: {exc.message}", lineno=exc.lineno) from None
-    except RecursionError:
-        raise TemplateRenderError("the template is nested too deeply") from None
-    try:
-        # Statements the language does not offer come first, then unknown names: the most common
-        # mistake ({{ stroe.name }}) and Jinja's own names that exist without being passed in
-        # (self, loop, range, lipsum, ...). Then every node, then Jinja's own view of what the
-        # template reads from its context, as a second line of defence.
-        statements = tuple(kind for kind in _STATEMENT_HINTS if kind is not nodes.Call)
-        for statement in ast.find_all(statements):
-            _check_node(statement)
-        for name_node in ast.find_all(nodes.Name):
-            if name_node.name not in VARIABLES:
-                raise TemplateRenderError(_unknown_variable(name_node.name), lineno=name_node.lineno)
-        _check_node(ast)
-        unknown = meta.find_undeclared_variables(ast) - set(VARIABLES)
-        if unknown:
-            raise TemplateRenderError(_unknown_variable(sorted(unknown)[0]))
         return ENV.from_string(ast)
     except TemplateSyntaxError as exc:  # TemplateAssertionError from the compiler
         raise TemplateRenderError(f"template error: {exc.message}", lineno=exc.lineno) from None
@@ -500,15 +591,52 @@ def step_fields(step: Step | Mapping[str, Any]) -> Iterator[tuple[Loc, str]]:
 
 
 def check_step_sources(step: Step | Mapping[str, Any], step_index: int) -> list[TemplateRenderError]:
-    """Compile every template field of a step; one error per bad field (lint reports them all).
-    Takes the step alone so lint can check it even when another part of its file is invalid."""
+    """Every problem of every template field of a step, each located at its field and line (lint
+    reports them all in one run). Takes the step alone so lint can check it even when another
+    part of its file is invalid."""
     errors = []
     for sub, source in step_fields(step):
-        try:
-            compile_field(source)
-        except TemplateRenderError as exc:
-            errors.append(exc.at(("steps", step_index, *sub)))
+        errors.extend(exc.at(("steps", step_index, *sub)) for exc in field_errors(source))
     return errors
+
+
+@functools.lru_cache(maxsize=1024)
+def store_use_in(source: str) -> tuple[int, str] | None:
+    """(line inside the field, what it reads, e.g. ``store.name``) of the first ``store`` the
+    source reads, or None when it reads none. A source that does not parse is searched as text,
+    so a syntax error elsewhere in the field doesn't hide the use."""
+    try:
+        ast = ENV.parse(source)
+    except (TemplateSyntaxError, RecursionError):
+        m = re.search(r"\{[{%][^}]*?(?P<store>\bstore\b)(?:\s*\.\s*(?P<key>\w+))?", source)
+        if not m:
+            return None
+        return source.count("\n", 0, m.start("store")) + 1, f"store.{m['key']}" if m["key"] else "store"
+    uses = [n for n in ast.find_all(nodes.Name) if n.name == "store" and n.ctx == "load"]
+    if not uses:
+        return None
+    first = min(uses, key=lambda n: n.lineno)
+    key = next((_read_key(n) for n in ast.find_all((nodes.Getattr, nodes.Getitem)) if n.node is first), None)
+    return first.lineno, f"store.{key}" if key else "store"
+
+
+def first_store_use(steps: Iterable[Step | Mapping[str, Any]]) -> tuple[Loc, int, str] | None:
+    """Where a template's steps first read a store field: (field location, line inside the field,
+    e.g. ``store.name``), or None. Takes validated or raw steps (lint warns on both)."""
+    for i, step in enumerate(steps):
+        if not isinstance(step, (Step, Mapping)):
+            continue
+        for sub, source in step_fields(step):
+            use = store_use_in(source)
+            if use:
+                return ("steps", i, *sub), use[0], use[1]
+    return None
+
+
+def uses_store_fields(template: SopTemplate) -> bool:
+    """Whether any step of the template reads a ``store`` field. Such a template is never planned
+    for a group without a store (it would print blanks where the store's name goes)."""
+    return first_store_use(template.steps) is not None
 
 
 _HTTP = re.compile(r"^https?://\S+$")
@@ -585,6 +713,6 @@ def render_step(template: SopTemplate, step_index: int, context: Mapping[str, An
 __all__ = [
     "BYTE_LIMITS", "DICT_FIELDS", "FILTERS", "MAX_OUTPUT_CHARS", "MAX_SOURCE_CHARS", "SAMPLE_DAY", "TEMPLATE_FIELDS",
     "TemplateRenderError", "VARIABLES", "WEEKDAY_NAMES", "build_context", "check_step_sources",
-    "compile_field", "format_loc", "group_fields", "render_field", "render_step", "sample_context", "sample_days",
-    "step_fields", "store_fields",
+    "compile_field", "field_errors", "first_store_use", "format_loc", "group_fields", "render_field", "render_step",
+    "sample_context", "sample_days", "step_fields", "store_fields", "store_use_in", "uses_store_fields",
 ]

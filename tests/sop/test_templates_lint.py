@@ -14,7 +14,7 @@ from sqlmodel import Session
 from typer.testing import CliRunner
 
 from scrm.sop.cli import sop_app
-from scrm.sop.lint import Problem, lint, load_templates
+from scrm.sop.lint import WARNING, Problem, errors_in, lint, load_templates
 from scrm.sop.schema import render_json_schema
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,20 +34,26 @@ def line(text: str, marker: str, nth: int = 1) -> int:
     return hits[nth - 1]
 
 
-def only_problem(path: Path) -> Problem:
-    _, problems = lint(path)
-    assert len(problems) == 1, "\n".join(map(str, problems))
-    return problems[0]
+def only_error(path: Path) -> Problem:
+    """The one error lint finds (warnings, checked by their own tests, are left out)."""
+    errors = errors_in(lint(path)[1])
+    assert len(errors) == 1, "\n".join(map(str, errors))
+    return errors[0]
 
 
 # --------------------------------------------------------------------------------------------
 # The shipped examples and schema
 
 
-def test_every_example_template_lints_clean():
+def test_every_example_template_lints_without_errors():
     templates, problems = lint(EXAMPLES)
-    assert problems == [], "\n".join(map(str, problems))
+    assert errors_in(problems) == [], "\n".join(map(str, problems))
     assert len(templates) >= 4
+    # The examples that print store fields for every group say that groups without a store are
+    # skipped; the city template only reaches groups with a store.
+    warned = {Path(p.path).name for p in problems if p.severity == WARNING}
+    assert warned == {"afternoon-flash-sale.yaml", "friday-member-day.yaml", "new-product-launch.yaml",
+                      "weekday-breakfast.yaml", "weekend-recipe.yaml"}
     for path in EXAMPLES.glob("*.yaml"):
         assert path.read_text(encoding="utf-8").startswith("# yaml-language-server: $schema=./schema.json\n"), path
 
@@ -274,7 +280,7 @@ def test_each_problem_is_reported_at_its_line(tmp_path, case):
     source, marker, message = CASES[case]
     path, text = write(tmp_path, "breakfast.yaml", source)
     nth = 2 if case in ("two steps at the same time", "two steps with the same id") else 1
-    problem = only_problem(path)
+    problem = only_error(path)
     assert message in problem.message
     assert problem.line == line(text, marker, nth), str(problem)
     assert str(problem) == f"{path}:{problem.line}: {problem.message}"
@@ -299,9 +305,12 @@ def test_hostile_templates_are_refused_at_lint_at_their_line(tmp_path, source, r
               早安
               SOURCE
         """.replace("SOURCE", source))
-    problem = only_problem(path)
-    assert problem.line == line(text, source[:8]) and reason in problem.message, str(problem)
-    assert "<class" not in problem.message and "0x" not in problem.message
+    errors = errors_in(lint(path)[1])
+    assert reason in errors[0].message and errors[0].line == line(text, source[:8]), "\n".join(map(str, errors))
+    # One problem for one hostile expression, not one per part of it; a second only where the
+    # expression has a second mistake of its own (|list is not an SOP filter).
+    assert len(errors) == (2 if "|list" in source else 1), "\n".join(map(str, errors))
+    assert all("<class" not in p.message and "0x" not in p.message for p in errors)
 
 
 def test_several_problems_in_one_file_are_all_reported(tmp_path):
@@ -327,7 +336,125 @@ def test_several_problems_in_one_file_are_all_reported(tmp_path):
         (line(text, "txet"), "steps[1]"),
         (line(text, "wx1"), "steps[1].attachments[0].miniprogram.appid"),
         (line(text, "!"), "duplicate key 'text' (first at line 11); YAML would keep only the last one"),
+        (line(text, "{{ store.name }}"), "steps[2].text"),  # the warning on store fields, below
     }, "\n".join(map(str, problems))
+
+
+def test_one_run_finds_every_problem_of_a_field_and_the_step_checks_despite_schema_errors(tmp_path):
+    # An operator's file with schema errors (an unknown key at the top and in a step, a bad appid)
+    # and, elsewhere, a text field with four problems of its own, a step in quiet hours, two steps
+    # at the same time and a mini program page without .html: all of them in one lint run.
+    path, text = write(tmp_path, "breakfast.yaml", """
+        id: breakfast
+        name: 早餐
+        tiems: 3
+        steps:
+          - at: "08:00"
+            txet: typo
+            text: |
+              早安{{ stroe.name }}
+              {% for x in [1, 2] %}{{ x }}{% endfor %}
+              {{ weekday|uper }}{{ group.nmae }}
+          - at: "23:30"
+            text: 晚安
+          - at: "8:00"
+            text: "{{ store.name }}又一条"
+            attachments:
+              - miniprogram: {title: 早餐, appid: wx1, page: pages/menu/index}
+        """)
+    _, problems = lint(path)
+    found = {(p.line, p.severity, p.message.split(";")[0]) for p in problems}
+    assert found == {
+        (line(text, "tiems"), "error", "unknown key 'tiems'"),
+        (line(text, "txet"), "error", "steps[0]: unknown key 'txet' (did you mean 'text'?)"),
+        (line(text, "stroe"), "error", "steps[0].text: unknown variable 'stroe' (did you mean 'store'?)"),
+        (line(text, "{% for"), "error", "steps[0].text: {% for %} loops are not available in SOP templates"),
+        (line(text, "uper"), "error", "steps[0].text: unknown filter 'uper' (did you mean 'upper'?)"),
+        (line(text, "nmae"), "error", "steps[0].text: group has no field 'nmae' (did you mean 'name'?)"),
+        (line(text, "23:30"), "error",
+         "steps[1].at: 23:30 is inside quiet hours (22:00-08:00), when no posts are sent"),
+        (line(text, '"8:00"'), "error", "steps[2].at: 08:00 is the same time as steps[0]"),
+        (line(text, "{{ store.name }}又一条"), "warning",
+         "steps[2].text: uses {{ store.name }} but the targets can include groups without a store"),
+        (line(text, "wx1"), "error",
+         "steps[2].attachments[0].miniprogram.appid: 'wx1' is not a mini program appid: 'wx' and 16 letters or digits"),
+        (line(text, "wx1"), "error",
+         "steps[2].attachments[0].miniprogram.page: 'pages/menu/index' should end in .html (e.g. "
+         "pages/index/index.html): WeChat opens a mini program page sent from WeCom only by its .html path, "
+         "otherwise it shows 'page not found'"),
+    }, "\n".join(map(str, problems))
+    assert len(problems) == len(found)
+
+
+def test_a_valid_file_refused_for_a_duplicate_key_is_still_checked(tmp_path):
+    path, text = write(tmp_path, "late.yaml", """
+        id: late
+        name: 夜宵
+        name: 夜宵2
+        steps:
+          - at: "23:00"
+            text: "{{ stroe.name }}"
+        """)
+    templates, problems = lint(path)
+    assert templates == []
+    assert [(p.line, p.message.split(":")[0]) for p in problems] == [
+        (line(text, "夜宵2"), "duplicate key 'name' (first at line 2); YAML would keep only the last one"),
+        (line(text, "23:00"), "steps[0].at"),
+        (line(text, "stroe"), "steps[0].text"),
+    ], "\n".join(map(str, problems))
+
+
+STORE_TEMPLATE = """
+    id: flash
+    name: 下午茶秒杀
+    TARGETS
+    steps:
+      - at: "15:00"
+        text: 下午三点，来杯咖啡提提神☕
+      - at: "17:00"
+        text: |
+          傍晚好
+          今天{{ weekday }}，{{ store.name }}第二杯半价
+        attachments:
+          - link: {title: 秒杀, url: "https://m.example.com/?s={{ store.code }}"}
+    """
+
+
+@pytest.mark.parametrize("targets", ["", "targets: {group_tags: [office]}", "targets: {chat_ids: [wr1]}",
+                                     "targets: {exclude_stores: [SH01]}"])
+def test_store_fields_for_targets_that_can_include_groups_without_a_store_warn_at_the_first_use(tmp_path, targets):
+    path, text = write(tmp_path, "flash.yaml", STORE_TEMPLATE.replace("TARGETS", targets))
+    templates, problems = lint(path)
+    assert [t.id for t in templates] == ["flash"]  # a warning does not stop the template
+    assert [(p.line, p.severity) for p in problems] == [(line(text, "{{ store.name }}"), WARNING)]
+    assert str(problems[0]) == (
+        f"{path}:{line(text, '{{ store.name }}')}: warning: steps[1].text: uses {{{{ store.name }}}} but the "
+        "targets can include groups without a store; those groups will not get this template ('group has no "
+        "store' in scrm sop plan). Target stores or cities to send it only to groups with a store")
+
+
+@pytest.mark.parametrize("targets", ["targets: {stores: [SH01]}", "targets: {cities: [上海], group_tags: [office]}"])
+def test_no_store_warning_when_the_targets_imply_a_store(tmp_path, targets):
+    path, _ = write(tmp_path, "flash.yaml", STORE_TEMPLATE.replace("TARGETS", targets))
+    assert lint(path)[1] == []
+
+
+def test_no_store_warning_for_a_template_without_store_fields(tmp_path):
+    path, _ = write(tmp_path, "flash.yaml", STORE_TEMPLATE.replace("TARGETS", "").replace("store.name", "group.name")
+                    .replace("store.code", "group.chat_id"))
+    assert lint(path)[1] == []
+
+
+def test_templates_with_only_warnings_are_not_refused_by_the_scheduler(tmp_path):
+    from scrm.config import SopSettings
+    from scrm.sop import jobs
+
+    write(tmp_path, "flash.yaml", STORE_TEMPLATE.replace("TARGETS", ""))
+    assert list(jobs.load_templates(tmp_path, SopSettings(templates_dir=tmp_path))) == ["flash"]
+    write(tmp_path, "bad.yaml", "id: bad\nname: x\nsteps:\n  - {at: '25:00', text: hi}\n")
+    with pytest.raises(jobs.TemplatesRefused) as refused:
+        jobs.load_templates(tmp_path, SopSettings(templates_dir=tmp_path))
+    assert "bad.yaml:4" in str(refused.value) and "warning" not in str(refused.value)
 
 
 def test_duplicate_template_id_across_files_is_reported_on_the_second(tmp_path):
@@ -372,7 +499,7 @@ def test_load_templates_reads_subfolders_but_not_hidden_ones(tmp_path):
 def test_missing_path_and_empty_file_are_problems(tmp_path):
     assert [str(p) for p in lint(tmp_path / "nope")[1]] == [f"{tmp_path / 'nope'}: no such file or directory"]
     path, _ = write(tmp_path, "empty.yaml", "# nothing yet\n")
-    assert "the file is empty" in only_problem(path).message
+    assert "the file is empty" in only_error(path).message
 
 
 # --------------------------------------------------------------------------------------------
@@ -399,6 +526,17 @@ def test_cli_lint_prints_file_line_problems_and_exits_1(tmp_path):
     assert lines[-1] == "2 templates, 2 problems"
 
 
+def test_cli_lint_prints_warnings_and_passes_unless_strict(tmp_path):
+    path, text = write(tmp_path, "flash.yaml", STORE_TEMPLATE.replace("TARGETS", ""))
+    result = runner.invoke(sop_app, ["lint", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith(f"{path}:{line(text, '{{ store.name }}')}: warning: steps[1].text: uses ")
+    assert lines[-1] == "1 template, 0 problems, 1 warning"
+    strict = runner.invoke(sop_app, ["lint", "--strict", str(tmp_path)])
+    assert strict.exit_code == 1 and strict.output == result.output
+
+
 def test_cli_lint_of_a_missing_path_exits_2(tmp_path):
     result = runner.invoke(sop_app, ["lint", str(tmp_path / "nope")])
     assert result.exit_code == 2 and "does not exist" in result.output
@@ -407,7 +545,7 @@ def test_cli_lint_of_a_missing_path_exits_2(tmp_path):
 def test_cli_lint_exits_0_on_the_examples():
     result = runner.invoke(sop_app, ["lint", str(EXAMPLES)])
     assert result.exit_code == 0, result.output
-    assert result.output.strip().endswith("templates, 0 problems")
+    assert result.output.strip().endswith("templates, 0 problems, 5 warnings")
 
 
 @pytest.fixture
