@@ -11,12 +11,14 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi_offline import FastAPIOffline
 
+from scrm.sandbox.qr import qr_png
 from scrm.sandbox.state import SandboxError
 from scrm.sandbox.users import ACTION_VALUE_KEYS, ACTIONS, ActionResult, Sandbox
 
@@ -37,12 +39,47 @@ def local_redirect_uri(url: str) -> bool:
     return (parts.scheme == "http" and parts.hostname in LOCAL_HOSTS and "@" not in parts.netloc)
 
 
+PAGE_STYLE = (
+    "body{font-family:-apple-system,'PingFang SC','Noto Sans CJK SC','Microsoft YaHei',sans-serif;margin:0 auto;"
+    "max-width:32rem;padding:1rem;line-height:1.5;color:#222}"
+    "h1{font-size:1.3rem}ul{list-style:none;padding:0}li{margin:.4rem 0}"
+    "a.pick,button{display:block;width:100%;box-sizing:border-box;padding:.8rem;border:1px solid #07c160;"
+    "border-radius:.5rem;text-align:center;text-decoration:none;font-size:1rem;color:#07c160;background:#fff}"
+    "button{background:#07c160;color:#fff}img{display:block;max-width:100%;height:auto;margin:0 auto}"
+    "input{width:100%;box-sizing:border-box;padding:.6rem;margin:.4rem 0;font-size:1rem}"
+    ".note{color:#888;font-size:.85rem;word-break:break-all}"
+)
+
+
+def page(title: str, body: str, status_code: int = 200) -> HTMLResponse:
+    """A page a demo user sees (on a phone, too): Chinese, mobile viewport. ``title`` is escaped
+    here; ``body`` must already be escaped HTML."""
+    return HTMLResponse(
+        "<!doctype html><html lang='zh-CN'><head><meta charset='utf-8'>"
+        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+        f"<title>{html.escape(title)}</title><style>{PAGE_STYLE}</style></head>"
+        f"<body><h1>{html.escape(title)}</h1>{body}</body></html>", status_code=status_code)
+
+
+def wants_html(request: Request) -> bool:
+    """A browser (form post, link) rather than an API client."""
+    return "text/html" in request.headers.get("accept", "")
+
+
 def create_sandbox_app(sandbox: Sandbox) -> FastAPI:
-    app = FastAPI(title="scrm WeCom sandbox", docs_url="/sandbox/docs", openapi_url="/sandbox/openapi.json")
+    # FastAPIOffline serves Swagger UI's JS/CSS itself: no page of the sandbox needs the internet.
+    app = FastAPIOffline(title="scrm WeCom sandbox", docs_url="/sandbox/docs", redoc_url="/sandbox/redoc",
+                         openapi_url="/sandbox/openapi.json", static_url="/sandbox/static-offline-docs",
+                         swagger_ui_oauth2_redirect_url="/sandbox/docs/oauth2-redirect",
+                         swagger_ui_parameters={"validatorUrl": None})  # no badge from validator.swagger.io
     app.state.sandbox = sandbox
 
+    def who(userid: str) -> str:
+        """名字 (userid), escaped."""
+        m = sandbox.members.get(userid)
+        return html.escape(f"{m.name} ({userid})" if m else userid)
+
     # -- WeCom API ----------------------------------------------------------------------------
-    @app.api_route("/cgi-bin/{path:path}", methods=["GET", "POST"])
     async def cgi_bin(path: str, request: Request) -> JSONResponse:
         body: Any = None
         if request.method == "POST":
@@ -57,6 +94,10 @@ def create_sandbox_app(sandbox: Sandbox) -> FastAPI:
         out = sandbox.handle(request.method, path, dict(request.query_params), body)
         # WeCom answers API errors with HTTP 200 and an errcode.
         return JSONResponse(out)
+
+    for method in ("GET", "POST"):  # one operation each, so the OpenAPI document has unique ids
+        app.add_api_route("/cgi-bin/{path:path}", cgi_bin, methods=[method], operation_id=f"cgi_bin_{method.lower()}",
+                          summary=f"WeCom API ({method})")
 
     # -- admin / test endpoints ---------------------------------------------------------------
     def _err(exc: SandboxError) -> JSONResponse:
@@ -143,13 +184,15 @@ def create_sandbox_app(sandbox: Sandbox) -> FastAPI:
         if not (q.get("userid") or q.get("external_userid") or q.get("visitor")):
             keep = [(k, v) for k, v in q.multi_items() if k not in ("userid", "external_userid", "visitor")]
             links = "".join(
-                f"<li><a href='?{html.escape(urlencode(keep + [('userid', m.userid)]))}'>"
+                f"<li><a class='pick' href='?{html.escape(urlencode(keep + [('userid', m.userid)]))}'>"
                 f"{html.escape(m.name)} ({html.escape(m.userid)})</a></li>"
                 for m in list(sandbox.members.values()))
             visitor = html.escape(urlencode(keep + [("visitor", "1")]))
-            return HTMLResponse(f"<html><body><h1>Sandbox WeCom login</h1><p>Sign in to "
-                                f"{html.escape(redirect_uri)} as:</p><ul>{links}</ul>"
-                                f"<p><a href='?{visitor}'>a WeChat user who is not a member</a></p></body></html>")
+            return page("企业微信登录（沙箱）",
+                        f"<p>以下面的身份登录 <span class='note'>{html.escape(redirect_uri)}</span>：</p>"
+                        f"<ul>{links}</ul>"
+                        f"<p><a class='pick' href='?{visitor}'>不是企业成员的微信用户</a></p>"
+                        "<p class='note'>这是本地沙箱：在企业微信里打开时，企业微信已经知道你是谁，不会出现这一页。</p>")
         try:
             if q.get("userid"):
                 code = sandbox.oauth_code(q["userid"])
@@ -178,26 +221,81 @@ def create_sandbox_app(sandbox: Sandbox) -> FastAPI:
 
         return seed_demo(sandbox)
 
+    def qr_kind(config_id: str) -> str | None:
+        if config_id in sandbox.contact_ways:
+            return "contact_way"
+        if config_id in sandbox.join_ways:
+            return "join_way"
+        return None
+
+    def unknown_qr(request: Request) -> Response:
+        if wants_html(request):
+            return page("二维码不存在", "<p>这个二维码已删除或从未创建。</p>", status_code=404)
+        return JSONResponse({"errcode": 41044, "errmsg": "invalid config_id"}, status_code=404)
+
+    # The qr_code URL of contact ways and join ways: an image, as WeCom's are. It encodes the scan
+    # page's URL (declared first: "{config_id}.png" would also match the page's route).
+    @app.get("/sandbox/qr/{config_id}.png", response_class=Response,
+             responses={200: {"content": {"image/png": {}}}, 404: {}})
+    def qr_image(config_id: str, request: Request) -> Response:
+        if qr_kind(config_id) is None:
+            return unknown_qr(request)
+        return Response(qr_png(sandbox.scan_page_url(config_id)), media_type="image/png",
+                        headers={"Cache-Control": "public, max-age=3600"})
+
+    # What scanning the QR code opens: a person presses the button to act as a new customer.
     @app.get("/sandbox/qr/{config_id}", response_class=HTMLResponse)
-    def qr(config_id: str) -> str:
-        kind = "contact_way" if config_id in sandbox.contact_ways else "join_way" if config_id in sandbox.join_ways else None
+    def scan_page(config_id: str, request: Request) -> Response:
+        kind = qr_kind(config_id)
         if kind is None:
-            return HTMLResponse("<h1>unknown QR code</h1>", status_code=404)
-        action = "scan_contact_way" if kind == "contact_way" else "join_group_via_way"
-        return (f"<html><body><h1>Sandbox QR ({kind})</h1><p>config_id {config_id}</p>"
-                f"<form method='post' action='/sandbox/qr/{config_id}/scan'><button>Scan as a new customer</button>"
-                f"</form><p>or POST /sandbox/actions/{action} {{\"config_id\": \"{config_id}\"}}</p></body></html>")
+            return unknown_qr(request)
+        cid = html.escape(config_id)
+        if kind == "contact_way":
+            way = sandbox.contact_ways[config_id]
+            title, action = "「联系我」二维码（沙箱）", "scan_contact_way"
+            who_line = "扫码后添加为好友的成员：" + "、".join(who(u) for u in way.user)
+        else:
+            way = sandbox.join_ways[config_id]
+            title, action = "「加入群聊」二维码（沙箱）", "join_group_via_way"
+            names = [sandbox.groups[c].name for c in way.chat_id_list if c in sandbox.groups]
+            who_line = "扫码后加入的群：" + "、".join(html.escape(n) for n in names)
+        remark = f"<p>{html.escape(way.remark)}</p>" if way.remark else ""
+        api_hint = html.escape(f'POST /sandbox/actions/{action} {{"config_id": "{config_id}"}}')
+        return page(title,
+                    f"<img src='{cid}.png' alt='二维码' width='240' height='240'>{remark}<p>{who_line}</p>"
+                    f"<form method='post' action='/sandbox/qr/{cid}/scan'>"
+                    "<input name='name' placeholder='顾客的微信名（可不填）' maxlength='30'>"
+                    "<button>扫码（以新顾客身份）</button></form>"
+                    f"<p class='note'>config_id {cid}；接口方式：{api_hint}</p>")
 
     @app.post("/sandbox/qr/{config_id}/scan")
-    def scan(config_id: str) -> JSONResponse:
+    async def scan(config_id: str, request: Request) -> Response:
+        """The scan itself: a new customer scans the QR code (JSON for API clients, a page for the
+        scan page's form)."""
+        kind = qr_kind(config_id)
+        if kind is None:
+            return unknown_qr(request)
+        form = parse_qs((await request.body()).decode("utf-8", "replace"))
+        name = (form.get("name") or [""])[0].strip()[:30] or "微信用户"
         try:
-            if config_id in sandbox.join_ways:
-                result = sandbox.join_group_via_way(config_id)
+            if kind == "join_way":
+                result = sandbox.join_group_via_way(config_id, name=name)
             else:
-                result = sandbox.scan_contact_way(config_id)
+                result = sandbox.scan_contact_way(config_id, name=name)
         except SandboxError as exc:
+            if wants_html(request):
+                return page("扫码失败", f"<p>{html.escape(exc.errmsg)}（{exc.errcode}）</p>", status_code=400)
             return _err(exc)
-        return JSONResponse(result.as_dict())
+        if not wants_html(request):
+            return JSONResponse(result.as_dict())
+        if kind == "join_way":
+            group = sandbox.groups[result["chat_id"]]
+            done = f"新顾客 {html.escape(name)} 加入了群「{html.escape(group.name)}」。"
+        else:
+            done = f"新顾客 {html.escape(name)} 添加了 {who(result['userid'])} 为好友。"
+        sent = "回调已送达 scrm。" if result.delivered else "回调未送达（scrm 没有运行或回调地址不对）。"
+        return page("扫码成功", f"<p>{done}</p><p class='note'>{sent}</p>"
+                                f"<p><a class='pick' href='/sandbox/qr/{html.escape(config_id)}'>再扫一次</a></p>")
 
     return app
 

@@ -278,6 +278,14 @@ class CorpState:
     def day(self) -> str:
         return time.strftime("%Y-%m-%d", time.localtime(self.clock()))
 
+    def qr_image_url(self, config_id: str) -> str:
+        """The ``qr_code`` WeCom answers: an image (PNG) of the QR code."""
+        return f"{self.qr_base_url}{config_id}.png"
+
+    def scan_page_url(self, config_id: str) -> str:
+        """What the QR code encodes: the page where a person "scans" it (server.py)."""
+        return f"{self.qr_base_url}{config_id}"
+
     def member(self, userid: str) -> Member:
         m = self.members.get(userid)
         if m is None:
@@ -761,7 +769,7 @@ class CorpState:
         else:
             _param(bool(users or b.get("party")), "user or party is required")
         cid = secrets.token_hex(16)
-        way = ContactWay(cid, typ, scene, self.qr_base_url + cid if scene == 2 else "",
+        way = ContactWay(cid, typ, scene, self.qr_image_url(cid) if scene == 2 else "",
                          style=int(b.get("style") or 1), remark=str(b.get("remark") or ""),
                          skip_verify=bool(b.get("skip_verify", True)), state=str(b.get("state") or ""),
                          user=list(users), party=list(b.get("party") or []), is_temp=bool(b.get("is_temp", False)),
@@ -783,7 +791,7 @@ class CorpState:
     def contact_way_json(self, w: ContactWay) -> dict:
         return {"config_id": w.config_id, "type": w.type, "scene": w.scene, "style": w.style, "remark": w.remark,
                 "skip_verify": w.skip_verify, "state": w.state,
-                "qr_code": self.qr_base_url + w.config_id if w.qr_code else "", "user": list(w.user),
+                "qr_code": self.qr_image_url(w.config_id) if w.qr_code else "", "user": list(w.user),
                 "party": list(w.party), "is_temp": w.is_temp, "expires_in": w.expires_in,
                 "chat_expires_in": w.chat_expires_in, "unionid": w.unionid, "is_exclusive": w.is_exclusive,
                 "mark_source": w.mark_source}
@@ -830,7 +838,7 @@ class CorpState:
         self._validate_join_way(b)
         cid = secrets.token_hex(16)
         self.join_ways[cid] = JoinWay(
-            cid, int(b["scene"]), list(b["chat_id_list"]), self.qr_base_url + cid,
+            cid, int(b["scene"]), list(b["chat_id_list"]), self.qr_image_url(cid),
             remark=str(b.get("remark") or "")[:30], auto_create_room=int(b.get("auto_create_room", 1)),
             room_base_name=str(b.get("room_base_name") or ""), room_base_id=int(b.get("room_base_id") or 1),
             state=str(b.get("state") or ""), mark_source=bool(b.get("mark_source", False)))
@@ -845,7 +853,7 @@ class CorpState:
     def join_way_json(self, w: JoinWay) -> dict:
         return {"config_id": w.config_id, "scene": w.scene, "remark": w.remark, "auto_create_room": w.auto_create_room,
                 "room_base_name": w.room_base_name, "room_base_id": w.room_base_id,
-                "chat_id_list": list(w.chat_id_list), "qr_code": self.qr_base_url + w.config_id, "state": w.state,
+                "chat_id_list": list(w.chat_id_list), "qr_code": self.qr_image_url(w.config_id), "state": w.state,
                 "mark_source": w.mark_source}
 
     def api_get_join_way(self, b: dict) -> dict:
