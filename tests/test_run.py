@@ -1,0 +1,170 @@
+"""The newcomer's first hour, as separate processes: `scrm run` on embedded defaults in an empty
+folder, restarted, failing to start, and the commands people run beside it.
+
+Each `scrm run` here is a real child process (`python -m scrm.cli run`), with its own data dir
+and free ports, and every SCRM_ variable of the test environment removed, as on a fresh machine.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from scrm.redisserver import free_port
+
+ROOT = Path(__file__).parent.parent
+pytestmark = pytest.mark.slow
+
+
+def fresh_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SCRM_")}
+    env.update(COLUMNS="200", SCRM_WEB__PORT=str(free_port()), SCRM_SANDBOX__PORT=str(free_port()), **extra)
+    return env
+
+
+@pytest.fixture
+def folder(tmp_path):
+    shutil.copytree(ROOT / "sop_templates", tmp_path / "sop_templates")
+    return tmp_path
+
+
+def scrm(folder, *args, env, timeout=120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "scrm.cli", *args], cwd=folder, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def summary(stdout: str) -> dict[str, int]:
+    return {line.split("│")[1].strip(): int(line.split("│")[2].strip())
+            for line in stdout.splitlines() if line.count("│") == 3 and line.split("│")[2].strip().isdigit()}
+
+
+def redis_servers_of(folder: Path) -> list[str]:
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if "redis-server" in line and str(folder) in line]
+
+
+def test_run_twice_on_one_data_dir_keeps_the_same_corp_and_counts(folder):
+    env = fresh_env()
+    first = scrm(folder, "run", "--exit-after-demo", env=env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "demo corp created" in first.stdout
+    assert re.search(r"demo chain: 6 stores in .*北京.*, \d+ groups attached", first.stdout), first.stdout
+    assert "demo: a new customer scanned" in first.stdout
+    assert "stopping (--exit-after-demo)" in first.stdout and "scrm is running" not in first.stdout
+    # Start-up output is what a person needs: no library chatter, no log lines, no tokens.
+    for noise in ("setup plugin", "Context impl", "non-transactional DDL", "event=", "access_token="):
+        assert noise not in first.stdout + first.stderr, [l for l in (first.stdout + first.stderr).splitlines()
+                                                          if noise in l]
+    assert (folder / ".scrm" / "scrm.log").read_text().count("callback_applied") >= 3  # it is in the log
+    counts = summary(first.stdout)
+    assert counts["customers"] > 0 and counts["customer groups"] >= 6 and counts["stores"] == 6
+
+    for _ in range(2):
+        again = scrm(folder, "run", "--exit-after-demo", env=fresh_env())  # other ports, same data dir
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert "demo corp loaded from" in again.stdout and "demo chain:" not in again.stdout
+        assert summary(again.stdout) == counts
+    assert redis_servers_of(folder) == []
+
+
+def test_a_port_in_use_is_one_line_and_leaves_nothing_running(folder):
+    import socket
+
+    env = fresh_env()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", int(env["SCRM_WEB__PORT"])))
+        busy.listen()
+        out = scrm(folder, "run", "--exit-after-demo", env=env, timeout=60)
+    assert out.returncode == 2
+    errors = [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "is in use" in errors[0] and "--port" in errors[0], out.stdout + out.stderr
+    assert "Traceback" not in out.stdout + out.stderr
+    assert redis_servers_of(folder) == []
+    # --port picks another one and the run works.
+    ok = scrm(folder, "run", "--exit-after-demo", "--port", str(free_port()), env=env)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+
+
+def test_a_missing_package_is_one_line_and_the_embedded_redis_is_stopped(folder):
+    """What a fresh machine did when a dependency was not declared: the start failed half-way,
+    after the private redis-server was up."""
+    code = ("import sys; sys.modules['itsdangerous'] = None\n"
+            "from scrm.cli import main; sys.argv = ['scrm', 'run', '--exit-after-demo']; main()")
+    out = subprocess.run([sys.executable, "-c", code], cwd=folder, env=fresh_env(), capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 2
+    assert "error: scrm run stopped: the Python package 'itsdangerous' is missing" in out.stdout.replace("\n", " ")
+    assert "Traceback" not in out.stdout + out.stderr
+    assert "Traceback" in (folder / ".scrm" / "scrm.log").read_text()  # the details are kept in the log
+    assert redis_servers_of(folder) == []
+
+
+def test_the_worker_refuses_to_start_without_the_corp_secret(folder):
+    env = fresh_env(SCRM_REDIS__URL="redis://127.0.0.1:1/0")
+    out = scrm(folder, "worker", env=env, timeout=60)
+    assert out.returncode == 2
+    assert out.stdout.replace("\n", " ").startswith("error: SCRM_WECOM__SECRET is not set")
+    assert "Traceback" not in out.stdout + out.stderr
+
+
+def test_init_says_where_the_secrets_come_from(folder):
+    env = fresh_env()
+    out = scrm(folder, "init", env=env)
+    assert out.returncode == 0 and "secrets: .scrm/secrets.env" in out.stdout, out.stdout
+    from_env = scrm(folder, "init", env=fresh_env(SCRM_DATA_DIR=str(folder / "prod"), SCRM_WECOM__CALLBACK_TOKEN="t",
+                                                  SCRM_WECOM__ENCODING_AES_KEY="k" * 43))
+    assert "secrets: from the environment" in from_env.stdout and not (folder / "prod" / "secrets.env").exists()
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory):
+    """One `scrm run` left running, for the commands and pages people use beside it."""
+    folder = tmp_path_factory.mktemp("running")
+    shutil.copytree(ROOT / "sop_templates", folder / "sop_templates")
+    env = fresh_env()
+    proc = subprocess.Popen([sys.executable, "-m", "scrm.cli", "run"], cwd=folder, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    out = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        out.append(line)
+        if "scrm is running" in line:
+            break
+    assert proc.poll() is None, "".join(out)
+    base = f"http://127.0.0.1:{env['SCRM_WEB__PORT']}"
+    yield folder, env, base, "".join(out)
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    assert redis_servers_of(folder) == []
+
+
+def test_commands_work_beside_a_running_scrm_run(running):
+    folder, env, base, _ = running
+    listed = scrm(folder, "stores", "list", env=fresh_env())
+    assert listed.returncode == 0 and "6 stores" in listed.stdout, listed.stdout + listed.stderr
+    codes = scrm(folder, "stores", "codes", env=fresh_env())  # needs the embedded Redis and the sandbox
+    assert codes.returncode == 0, codes.stdout + codes.stderr
+    assert "12 unchanged" in codes.stdout.split("staff codes:")[1].splitlines()[0]
+    second = scrm(folder, "run", "--exit-after-demo", env=fresh_env(), timeout=60)
+    assert second.returncode == 2 and "another `scrm run`" in second.stdout and "Traceback" not in second.stdout
+
+
+def test_a_command_without_scrm_run_says_what_to_start(folder):
+    out = scrm(folder, "stores", "codes", env=fresh_env())
+    assert out.returncode == 2 and "Traceback" not in out.stdout + out.stderr
+    assert "no `scrm run` is running" in out.stdout.replace("\n", " "), out.stdout
