@@ -21,7 +21,7 @@ from rich.table import Table
 from scrm.config import get_settings
 
 stores_app = typer.Typer(
-    help="Stores: import and export the store list as CSV (Excel), and list stores.",
+    help="Stores: import and export the store list as CSV (Excel), list stores, put customer groups on them.",
     no_args_is_help=True,
 )
 
@@ -172,3 +172,7 @@ def list_command(
     console.print(table)
     if total > len(rows):
         console.print(f"… and {total - len(rows)} more (--limit 0 shows all)")
+
+
+# Last, because it imports this module's helpers: registers `scrm stores groups` on stores_app.
+from scrm.stores import groups_cli as _groups_cli  # noqa: E402,F401
