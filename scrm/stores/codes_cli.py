@@ -49,6 +49,7 @@ def codes_command(
     console.print("group live codes: " + ", ".join(f"{len(v)} {k}" for k, v in sorted(outcomes.items())))
     if outcomes.get("no_groups"):
         console.print(f"[yellow]no groups yet:[/yellow] {escape(', '.join(outcomes['no_groups'][:20]))} "
-                      "(set the stores of their customer groups first)")
+                      "(put customer groups on a store with `scrm stores groups assign STORE CHAT_ID…`; "
+                      "`scrm stores groups list --unassigned` shows the chat ids)")
     console.print(f"staff QR pages: {s.web.base_url()}/s/<store code>")
     raise typer.Exit(1 if staff.failed or outcomes.get("failed") else 0)

@@ -51,6 +51,8 @@ def test_codes_are_created_once_and_problems_are_named(env):
     assert "staff codes: 1 created, 0 unchanged, 0 removed" in first.output
     assert "failed: A/ghost: errcode" in first.output
     assert "1 created" in first.output and "1 no_groups" in first.output and "B" in first.output
+    assert ("no groups yet: B (put customer groups on a store with `scrm stores groups assign STORE CHAT_ID…`; "
+            "`scrm stores groups list --unassigned` shows the chat ids)") in first.output
     with Session(engine) as s:
         rows = {(c.kind, c.userid): c for c in s.exec(select(StoreCode))}
     assert rows[("staff", "a_staff")].config_id in sb.contact_ways
