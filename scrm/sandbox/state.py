@@ -8,11 +8,17 @@ shell and tests can also call it directly. All state is guarded by one re-entran
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
+
+import structlog
+
+log = structlog.get_logger(__name__)
 
 WELCOME_CODE_TTL = 20  # seconds (reference §3.8)
 MAX_STATE = 30
@@ -264,6 +270,16 @@ class CorpState:
         self.agent_ticket_calls: dict[int, int] = {}  # hour -> ticket/get calls
         # (day, chat_id or external_userid) -> mass messages received that day
         self.mass_received: dict[tuple[str, str], int] = {}
+        # What seed_demo built (per store code: staff, groups, QR configs); persisted with the corp.
+        self.demo: dict | None = None
+
+        # Durable corp (persist.py): when set, every change made through the API or an action is
+        # written to this JSON file before the call returns.
+        self.persist_path: Path | None = None
+        self._dirty = False
+        self._save_lock = threading.Lock()
+        self._save_seq = 0  # snapshots taken (under self.lock)
+        self._saved_seq = 0  # the newest snapshot on disk
 
         self.tokens: dict[str, float] = {}  # token -> expires_at (clock time)
         self.current_token: str | None = None
@@ -330,6 +346,7 @@ class CorpState:
         with self.lock:
             m = Member(userid, name, customer_contact)
             self.members[userid] = m
+            self._changed()
             return m
 
     def add_customer(self, name: str, *, external_userid: str | None = None, **kw: Any) -> Customer:
@@ -337,6 +354,7 @@ class CorpState:
             eid = external_userid or _rand("wm", 26)
             c = Customer(eid, name, unionid=kw.pop("unionid", _rand("oz", 26)), **kw)
             self.customers[eid] = c
+            self._changed()
             return c
 
     def add_follow(self, userid: str, external_userid: str, **kw: Any) -> Follow:
@@ -346,6 +364,7 @@ class CorpState:
             f = Follow(userid, external_userid, createtime=kw.pop("createtime", self.now()), **kw)
             f.oper_userid = f.oper_userid or external_userid
             self.follows[(userid, external_userid)] = f
+            self._changed()
             return f
 
     def create_group(self, owner: str, name: str, members: list[str] = (), *, chat_id: str | None = None) -> Group:
@@ -363,6 +382,7 @@ class CorpState:
                 g.members.append(GroupMember(uid, kind, now, 1, invitor=owner))
             g.bump_version()
             self.groups[g.chat_id] = g
+            self._changed()
             return g
 
     def create_tag(self, name: str, *, group_name: str | None = None, group_id: str | None = None,
@@ -387,6 +407,7 @@ class CorpState:
             tag = Tag(_rand("et", 22), name, grp.group_id, self.now(), order)
             self.tags[tag.id] = tag
             grp.tag_ids.append(tag.id)
+            self._changed()
             return tag, grp, created
 
     def delete_tags(self, tag_ids=(), group_ids=()) -> list[str]:
@@ -420,6 +441,7 @@ class CorpState:
             gone = set(removed)
             for f in self.follows.values():
                 f.tag_ids = [t for t in f.tag_ids if t not in gone]
+            self._changed()
             return removed
 
     def issue_welcome_code(self, userid: str, external_userid: str) -> str:
@@ -510,9 +532,63 @@ class CorpState:
                 f["times"] -= 1
                 raise SandboxError(f["errcode"], "injected fault")
 
+    # -- durability (persist.py holds the file format) ---------------------------------------
+    def _changed(self) -> None:
+        """Note that the corp changed; ``flush()`` writes it out (call with the lock held)."""
+        self._dirty = True
+
+    def save(self, path: Path | str | None = None) -> Path:
+        """Write the corp to ``path`` (default: ``persist_path``) atomically; returns the path.
+        The snapshot is taken under the lock; the file is written outside it, and a snapshot older
+        than the one already on disk is never written over it."""
+        from scrm.sandbox.persist import corp_to_dict, write_json_atomic
+
+        to_persist_path = path is None
+        target = Path(path) if path is not None else self.persist_path
+        if target is None:
+            raise ValueError("no path given and the sandbox has no persist_path")
+        with self.lock:
+            data = corp_to_dict(self)
+            if to_persist_path:
+                self._dirty = False
+            self._save_seq += 1
+            seq = self._save_seq
+        text = json.dumps(data, ensure_ascii=False, indent=1)
+        with self._save_lock:
+            if not to_persist_path:
+                write_json_atomic(target, text)
+            elif seq > self._saved_seq:
+                write_json_atomic(target, text)
+                self._saved_seq = seq
+        return target
+
+    def flush(self) -> None:
+        """After a change: save the corp if it is not saved yet (no-op without ``persist_path``).
+        If another thread's save already took this change, wait for its write to finish. A failed
+        write is logged and retried with the next change; the call that changed the corp has
+        already happened in WeCom's eyes and still answers."""
+        if self.persist_path is None:
+            return
+        if not self._dirty:
+            with self._save_lock:  # a save holding our change may still be writing
+                return
+        try:
+            self.save()
+        except OSError as exc:
+            self._dirty = True
+            log.error("sandbox.save_failed", path=str(self.persist_path), error=str(exc))
+
     # -- dispatch ----------------------------------------------------------------------------
     def handle(self, method: str, path: str, query: dict[str, str], body: Any) -> dict:
-        """Answer one /cgi-bin/ call the way WeCom would (always a JSON object with errcode)."""
+        """Answer one /cgi-bin/ call the way WeCom would (always a JSON object with errcode). A call
+        that may change the corp is saved before it answers; reads never write."""
+        try:
+            return self._dispatch(method, path, query, body)
+        finally:
+            if path.strip("/") in MUTATING_ROUTES or path.strip("/") == "webhook/send":
+                self.flush()
+
+    def _dispatch(self, method: str, path: str, query: dict[str, str], body: Any) -> dict:
         path = path.strip("/")
         with self.lock:
             self.api_calls.append((method.upper(), path))
@@ -522,6 +598,7 @@ class CorpState:
                 if path == "gettoken":
                     out = self.gettoken(query.get("corpid", ""), query.get("corpsecret", ""))
                 elif path == "webhook/send":  # a group robot: its key, not an access token
+                    self._changed()  # the robot message log
                     out = self.api_webhook_send(query.get("key", ""), body if isinstance(body, dict) else {})
                 else:
                     self.check_token(query.get("access_token"))
@@ -530,6 +607,8 @@ class CorpState:
                         raise SandboxError(404, f"api not found: {method} {path}")
                     if body is not None and not isinstance(body, dict):
                         raise SandboxError(47001, "data format error")
+                    if path in MUTATING_ROUTES:
+                        self._changed()
                     out = getattr(self, route[1])(query if route[0] == "GET" else (body or {}))
             except SandboxError as exc:
                 return {"errcode": exc.errcode, "errmsg": exc.errmsg}
@@ -982,7 +1061,9 @@ class CorpState:
             self.group(chat_id)
             key = secrets.token_hex(18)
             self.group_robots[key] = chat_id
-            return key
+            self._changed()
+        self.flush()
+        return key
 
     def api_webhook_send(self, key: str, b: dict) -> dict:
         chat_id = self.group_robots.get(key)
@@ -1150,8 +1231,18 @@ class CorpState:
                                "results": t.results} for t in self.templates.values()],
                 "welcome_messages": list(self.welcome_messages),
                 "app_messages": list(self.app_messages),
+                "demo": self.demo,
             }
 
+
+# Routes that change the corp (and so are saved when the sandbox persists it).
+MUTATING_ROUTES = frozenset({
+    "externalcontact/add_corp_tag", "externalcontact/edit_corp_tag", "externalcontact/del_corp_tag",
+    "externalcontact/mark_tag", "externalcontact/add_contact_way", "externalcontact/update_contact_way",
+    "externalcontact/del_contact_way", "externalcontact/groupchat/add_join_way",
+    "externalcontact/groupchat/update_join_way", "externalcontact/groupchat/del_join_way",
+    "externalcontact/add_msg_template", "externalcontact/send_welcome_msg", "message/send",
+})
 
 # path -> (HTTP method, handler name)
 ROUTES: dict[str, tuple[str, str]] = {
@@ -1183,3 +1274,4 @@ ROUTES: dict[str, tuple[str, str]] = {
     "ticket/get": ("GET", "api_ticket_get"),
     "auth/getuserinfo": ("GET", "api_auth_getuserinfo"),
 }
+assert MUTATING_ROUTES <= set(ROUTES), MUTATING_ROUTES - set(ROUTES)

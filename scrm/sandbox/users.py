@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import httpx
@@ -67,7 +68,12 @@ class Sandbox(CorpState):
         self.deliver_twice = False
 
     @classmethod
-    def from_settings(cls, settings, **overrides: Any) -> "Sandbox":
+    def from_settings(cls, settings, *, state_file: Path | str | None = None, seed: bool = True,
+                      **overrides: Any) -> "Sandbox":
+        """The sandbox ``scrm run`` / ``scrm sandbox`` serve. With ``state_file`` the corp is
+        durable: loaded from that file when it exists (``SandboxStateError`` naming the file if it
+        cannot be used; it is never reseeded over), else seeded with the demo chain (``seed``)
+        and saved there; every later change is saved too. ``sandbox.demo`` is what the seed built."""
         w, s = settings.wecom, settings.sandbox
         opts: dict[str, Any] = dict(
             callback_token=w.callback_token.get_secret_value(),
@@ -81,7 +87,12 @@ class Sandbox(CorpState):
             qr_base_url=f"http://{s.host}:{s.port}/sandbox/qr/",
         )
         opts.update(overrides)
-        return cls(w.corp_id, w.secret.get_secret_value() or "sandbox-secret", **opts)
+        sandbox = cls(w.corp_id, w.secret.get_secret_value() or "sandbox-secret", **opts)
+        if state_file is not None:
+            from scrm.sandbox.persist import load_or_seed
+
+            load_or_seed(sandbox, state_file, seed=seed)
+        return sandbox
 
     # -- callbacks -------------------------------------------------------------------------------
     @property
@@ -116,6 +127,10 @@ class Sandbox(CorpState):
         return out
 
     def _result(self, data: dict, events: list[tuple[str, str, dict]]) -> ActionResult:
+        """Every action changed the corp: save it (when persisting), then post its callbacks."""
+        with self.lock:
+            self._changed()
+        self.flush()
         return ActionResult(data, self._fire(events))
 
     # -- customers and employees -----------------------------------------------------------------
@@ -380,7 +395,7 @@ class Sandbox(CorpState):
                         r["status"] = 1
                         r["send_time"] = now
                     summary[target] = r["status"]
-        return ActionResult({"msgid": msgid, "results": summary})
+        return self._result({"msgid": msgid, "results": summary}, [])
 
 
 # Actions callable through POST /sandbox/actions/{name} (JSON body = keyword arguments).

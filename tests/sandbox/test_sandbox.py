@@ -9,7 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse
 from fastapi.testclient import TestClient
 
-from scrm.sandbox import ActionError, Sandbox, create_sandbox_app, seed_demo, serve
+from scrm.sandbox import DEMO_STORES, ActionError, Sandbox, create_sandbox_app, seed_demo, serve
 from scrm.wecom.client import WeComClient
 from scrm.wecom.crypto import CallbackCrypto, parse_envelope
 from scrm.wecom.errors import WelcomeCodeUsed
@@ -322,7 +322,7 @@ def test_admin_endpoints_drive_actions_and_show_state(sandbox, receiver):
                                                              "name": "新客户"})
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["deliveries"][0]["attempts"] == [200] and last(receiver).state == "store_sanlitun"
+    assert body["deliveries"][0]["attempts"] == [200] and last(receiver).state == "store_bj001"
     r = api.post("/sandbox/actions/join_group_via_way", json={"config_id": store["join_way_config_id"]})
     assert r.status_code == 200 and last(receiver).join_scene == 3
     assert api.post("/sandbox/actions/nope", json={}).status_code == 404
@@ -330,7 +330,9 @@ def test_admin_endpoints_drive_actions_and_show_state(sandbox, receiver):
     assert err.status_code == 400 and err.json()["errcode"] == 40050
     state = api.get("/sandbox/state").json()
     assert {g["group_name"] for g in state["tag_groups"]} == {"门店", "用户分层"}
-    assert len(state["members"]) == 6  # seed reuses zhangsan/lisi and len(state["groups"]) == 3
+    # the admin plus every store's staff (the seed reuses zhangsan/lisi), one or two groups a store
+    assert len(state["members"]) == 1 + sum(len(s.staff) for s in DEMO_STORES) == 13
+    assert len(state["groups"]) == sum(len(s.group_names) for s in DEMO_STORES) == 8
     assert api.get("/sandbox/callbacks").json()["callbacks"][-1]["delivered"]
     assert api.post("/sandbox/callbacks/hold", json={"hold": True}).json() == {"hold": True}
     api.post("/sandbox/actions/rename_group", json={"chat_id": store["chat_id"], "name": "改名"})
@@ -348,7 +350,7 @@ def test_serve_runs_a_real_server_the_client_can_use(receiver):
         assert server.api_base_url.startswith("http://127.0.0.1:")
         with WeComClient(CORP, SECRET, server.api_base_url, timeout=5) as c:
             chats = list(c.list_group_chats())
-            assert len(chats) == 3
+            assert len(chats) == sum(len(s.group_names) for s in DEMO_STORES)
             assert c.get_group_chat(chats[0]["chat_id"])["member_list"]
             assert c.get_contact_way(sb.snapshot()["contact_ways"][0]["config_id"])["qr_code"].startswith(
                 server.base_url)
