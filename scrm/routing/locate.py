@@ -1,8 +1,14 @@
 """Routing a located customer to a store: the nearest open store within the radius, else the
 store serving their city, else the default store, else nobody (the page says so).
 
-``decide`` is pure; ``StoreLocator`` keeps the in-memory spatial index of open stores and
-rebuilds it when the stores change (checked at most every ``check_every`` seconds).
+The store serving a city is ``routing.city_stores[city]`` when the operator set one (and it is
+open), else the city's best open store *with a group*: one whose group live code is active, the
+one with the most room left in its groups, ties by code. A customer who picks a city never lands
+on a store without a group to join.
+
+``decide`` is pure (the city's candidates come in as data); ``StoreLocator`` keeps the in-memory
+spatial index of open stores, rebuilt when the stores change (checked at most every
+``check_every`` seconds), and reads the candidates of the one city asked about.
 """
 
 from __future__ import annotations
@@ -10,13 +16,14 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from sqlalchemy import case, func, select
 from sqlalchemy.engine import Engine
 
-from scrm.routing.nearest import NearestStoreIndex, StorePoint
-from scrm.stores.models import Store
+from scrm.groups.models import GroupMember
+from scrm.routing.nearest import NearestStoreIndex, StorePoint, haversine_km
+from scrm.stores.models import Store, StoreCode
 
 NEAREST, CITY, DEFAULT, NONE = "nearest", "city", "default", "none"
 
@@ -28,9 +35,27 @@ class RouteDecision:
     distance_km: float | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class GroupStore:
+    """An open store a customer can join a group of: its group live code is active."""
+
+    code: str
+    city: str
+    latitude: float | None
+    longitude: float | None
+    room: int  # places left in the groups its live code points at
+
+
+def rank_city_candidates(stores: Sequence[GroupStore]) -> list[str]:
+    """The city's stores with a group, best first: most room left, then by code."""
+    return [g.code for g in sorted(stores, key=lambda g: (-g.room, g.code))]
+
+
 def decide(index: NearestStoreIndex, lat: float | None, lng: float | None, *, city: str | None,
            radius_km: float, city_stores: Mapping[str, str], default_store: str,
-           open_codes: set[str]) -> RouteDecision:
+           open_codes: set[str], city_candidates: Sequence[str] = ()) -> RouteDecision:
+    """``city_candidates``: the city's open stores with a group, best first (used when the
+    operator set no store for the city in ``city_stores``)."""
     if lat is not None and lng is not None:
         found = index.nearest(lat, lng, radius_km=radius_km)
         if found:
@@ -38,6 +63,10 @@ def decide(index: NearestStoreIndex, lat: float | None, lng: float | None, *, ci
             return RouteDecision(point.code, NEAREST, km)
     if city and city_stores.get(city) in open_codes:
         return RouteDecision(city_stores[city], CITY)
+    if city:
+        best = next((c for c in city_candidates if c in open_codes), None)
+        if best:
+            return RouteDecision(best, CITY)
     if default_store and default_store in open_codes:
         return RouteDecision(default_store, DEFAULT)
     return RouteDecision(None, NONE)
@@ -79,5 +108,54 @@ class StoreLocator:
 
     def route(self, lat: float | None, lng: float | None, *, city: str | None, settings) -> RouteDecision:
         index = self.refresh()
+        candidates: list[str] = []
+        if city and settings.city_stores.get(city) not in self.open_codes:
+            candidates = rank_city_candidates(self.group_stores(city=city, cap=settings.group_qr_cap))
         return decide(index, lat, lng, city=city, radius_km=settings.radius_km, city_stores=settings.city_stores,
-                      default_store=settings.default_store, open_codes=self.open_codes)
+                      default_store=settings.default_store, open_codes=self.open_codes,
+                      city_candidates=candidates)
+
+    def group_stores(self, *, city: str, cap: int = 200) -> list[GroupStore]:
+        """The city's open stores whose group live code is active, with the room left."""
+        st, sc = Store.__table__.c, StoreCode.__table__.c
+        q = (select(st.code, st.city, st.latitude, st.longitude, sc.chat_ids)
+             .join(StoreCode.__table__, sc.store_code == st.code)
+             .where(st.city == city, st.status == "open", sc.kind == "group", sc.status == "active",
+                    sc.qr_code.is_not(None)))
+        with self.engine.connect() as conn:
+            rows = conn.execute(q).all()
+            chats = {c for r in rows for c in (r.chat_ids or [])}
+            gm = GroupMember.__table__.c
+            counts = dict(conn.execute(select(gm.chat_id, func.count()).where(
+                gm.state == "member", gm.chat_id.in_(chats)).group_by(gm.chat_id)).all()) if chats else {}
+        return [GroupStore(r.code, r.city or "", r.latitude, r.longitude,
+                           sum(max(0, cap - counts.get(c, 0)) for c in (r.chat_ids or [])))
+                for r in rows]
+
+    def cities(self, settings) -> list[str]:
+        """The cities a customer can pick: those with an open store that has a group, and those
+        the operator routed to an open store."""
+        self.refresh()
+        st, sc = Store.__table__.c, StoreCode.__table__.c
+        with self.engine.connect() as conn:
+            found = set(conn.execute(
+                select(st.city).distinct().join(StoreCode.__table__, sc.store_code == st.code)
+                .where(st.status == "open", st.city != "", sc.kind == "group", sc.status == "active",
+                       sc.qr_code.is_not(None))).scalars())
+        found |= {c for c, code in settings.city_stores.items() if code in self.open_codes}
+        return sorted(found)
+
+    def replacement_for(self, store: Store, *, cap: int = 200) -> str | None:
+        """For a closed (or groupless) store: the nearest open store of its city that has a group
+        (by room then code when the store has no coordinates), else None."""
+        if not store.city:
+            return None
+        others = [g for g in self.group_stores(city=store.city, cap=cap) if g.code != store.code]
+        if not others:
+            return None
+        if store.latitude is not None and store.longitude is not None:
+            placed = [g for g in others if g.latitude is not None and g.longitude is not None]
+            if placed:
+                return min(placed, key=lambda g: (haversine_km(store.latitude, store.longitude,
+                                                               g.latitude, g.longitude), g.code)).code
+        return rank_city_candidates(others)[0]

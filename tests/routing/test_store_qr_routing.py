@@ -161,8 +161,12 @@ def test_a_located_customer_is_routed_to_the_nearest_open_store(h):
         s.add(a)
         s.commit()
     assert locator.route(31.2397, 121.4998, city=None, settings=RoutingSettings()).reason == "none"
+    # The city picker offers the cities with an open store that has a group to join.
+    assert "北京" not in h.web.get("/l").text  # B has no group live code yet
+    stores.refresh_group_code(h.factory, h.client, "B", cap=CAP)
     page = h.web.get("/l")
-    assert page.status_code == 200 and "北京" in page.text
+    assert page.status_code == 200 and "北京" in page.text and "上海" not in page.text  # A closed
+    assert h.web.get("/api/route", params={"city": "北京"}).json()["store"]["code"] == "B"
 
 
 def test_route_falls_back_to_the_city_store_then_the_default_store():
