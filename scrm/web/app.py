@@ -1,25 +1,46 @@
-"""The HTTP edge: WeCom callback receiver, health, readiness and Prometheus metrics."""
+"""The HTTP edge: WeCom callback receiver, health, readiness, Prometheus metrics and the pages.
+
+Operator pages (/docs, /redoc, /openapi.json, /metrics) are served offline (Swagger UI and ReDoc
+from the fastapi-offline package, no CDN) and only to whoever ``OperatorAccess`` allows. A 404
+under the customer pages (/g, /s, /t, /l), or for a browser asking for HTML, is a Chinese page with
+a way on; the APIs (/api, /toolbar/api, /wecom) keep their JSON or plain-text errors."""
 
 from __future__ import annotations
 
 from typing import Callable
+from zoneinfo import ZoneInfo
 
-
-from fastapi import FastAPI, Query, Response
+from fastapi import Query, Request, Response
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from scrm.callbacks.ingest import Enqueuer, InboxWriter
 from scrm.callbacks.relay import inbox_backlog
 from scrm.logs import get_logger
 from scrm.web.callback_endpoint import CallbackEndpoint
+from scrm.web.operator import OPERATOR_PATHS, OperatorAccess, OperatorGate
 from scrm.wecom.crypto import CallbackCrypto, SignatureError
 from scrm.wecom.errors import CallbackError
 
 log = get_logger(__name__)
+CUSTOMER_PREFIXES = ("/g", "/s", "/t", "/l")
+API_PREFIXES = ("/api/", "/toolbar/api/", "/wecom/")
+
+
+def wants_page(request: Request) -> bool:
+    """Answer a 404 with the Chinese page? Yes under the customer pages and for browsers
+    (Accept: text/html); never for the APIs."""
+    path = request.url.path
+    if path.startswith(API_PREFIXES) or path in OPERATOR_PATHS:
+        return False
+    if any(path == p or path.startswith(p + "/") for p in CUSTOMER_PREFIXES):
+        return True
+    return "text/html" in request.headers.get("accept", "")
 
 
 class _QueueCollector:
@@ -52,9 +73,30 @@ def create_app(
     queue_depth: Callable[[], int | None] = lambda: None,
     max_body_bytes: int = 1024 * 1024,
     routing_settings=None,
+    operator_pages_public: bool = True,
+    operator_token: str = "",
+    timezone: str = "Asia/Shanghai",
 ) -> CallbackEndpoint:
-    """The ASGI app: the callback fast path in front of the FastAPI app (``.api``)."""
-    app = FastAPI(title="scrm", docs_url="/docs")
+    """The ASGI app: the callback fast path in front of the FastAPI app (``.api``).
+
+    ``operator_pages_public``/``operator_token``: who sees /docs, /redoc, /openapi.json and
+    /metrics (see :mod:`scrm.web.operator`); the default (public) suits tests and the sandbox.
+    ``timezone``: the corp's, for the times the pages show."""
+    from fastapi_offline import FastAPIOffline
+
+    from scrm.web.pages import not_found_page
+
+    app = FastAPIOffline(title="scrm", docs_url="/docs", redoc_url="/redoc")
+    access = OperatorAccess(public=operator_pages_public, token=operator_token)
+    app.state.operator_access = access
+    app.add_middleware(OperatorGate, access=access)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def page_errors(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 404 and wants_page(request):
+            return not_found_page(request, exc)
+        return await http_exception_handler(request, exc)
+
     registry = CollectorRegistry()
     received = Counter("scrm_callbacks_received_total", "Callbacks accepted and stored", registry=registry)
     rejected = Counter("scrm_callbacks_rejected_total", "Callbacks refused", ["reason"], registry=registry)
@@ -90,16 +132,18 @@ def create_app(
     from scrm.config import RoutingSettings
     from scrm.web.pages import store_pages
 
-    app.include_router(store_pages(engine, routing_settings or RoutingSettings()))
+    app.include_router(store_pages(engine, routing_settings or RoutingSettings(), tz=ZoneInfo(timezone),
+                                   access=access))
 
     @app.get("/t/{code}")
     def tracked_link(code: str):
         """A tracked SOP link: count the click, send the reader on to the real page."""
         from scrm.sop.links import record_click
+        from scrm.web.pages import PageNotFound
 
         url = record_click(engine, code)
         if url is None:
-            return PlainTextResponse("This link does not exist or has expired.", status_code=404)
+            raise PageNotFound(heading="这个活动链接已经失效")
         return RedirectResponse(url, status_code=302)
 
     @app.get("/healthz")
@@ -152,6 +196,9 @@ def app_from_settings(settings=None) -> CallbackEndpoint:
         queue_depth=lambda: r.llen("dramatiq:callbacks"),
         max_body_bytes=settings.web.max_body_bytes,
         routing_settings=settings.routing,
+        operator_pages_public=settings.web.operator_pages_public or settings.wecom.is_sandbox,
+        operator_token=settings.web.operator_token.get_secret_value(),
+        timezone=settings.sop.timezone,
     )
     if settings.wecom.secret.get_secret_value():
         app.api.include_router(toolbar_from_settings(settings, r))

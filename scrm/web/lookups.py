@@ -1,0 +1,65 @@
+"""The small queries behind the store pages, kept out of the routers."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import func
+from sqlmodel import Session, select
+
+from scrm.contacts.models import Employee
+from scrm.groups.models import CustomerGroup
+from scrm.stores.models import Store, StoreCode
+
+
+def find_store(s: Session, code: str) -> Store | None:
+    """The store with this code, ignoring case (``/s/slt`` finds ``SLT``); an exact match wins."""
+    if not code or len(code) > 32:
+        return None
+    store = s.get(Store, code)
+    if store is not None:
+        return store
+    return s.exec(select(Store).where(func.upper(Store.code) == code.upper()).order_by(Store.code)).first()
+
+
+def store_codes(s: Session, store_code: str) -> tuple[StoreCode | None, list[StoreCode]]:
+    """The store's group live code and its staff codes (by userid), removed ones left out."""
+    rows = s.exec(select(StoreCode).where(StoreCode.store_code == store_code, StoreCode.status != "removed")).all()
+    group = next((c for c in rows if c.kind == "group"), None)
+    return group, sorted((c for c in rows if c.kind == "staff"), key=lambda c: c.userid)
+
+
+def employee_names(s: Session, userids) -> dict[str, str]:
+    """userid -> the employee's name, for those that have one."""
+    userids = [u for u in set(userids) if u]
+    if not userids:
+        return {}
+    return {e.userid: e.name for e in s.exec(select(Employee).where(Employee.userid.in_(userids))) if e.name}
+
+
+def group_owner_names(s: Session, chat_ids) -> list[str]:
+    """The names of the owners of these groups (no userids), each once, in order."""
+    chat_ids = list(chat_ids or [])
+    if not chat_ids:
+        return []
+    owners = [g.owner_userid for g in s.exec(select(CustomerGroup).where(CustomerGroup.chat_id.in_(chat_ids))
+                                             .order_by(CustomerGroup.chat_id))]
+    names = employee_names(s, owners)
+    return list(dict.fromkeys(names[o] for o in owners if o in names))
+
+
+def open_stores(s: Session, *, offset: int, limit: int) -> tuple[list[Store], int]:
+    """One page of the open stores (by city, then code) and how many there are."""
+    total = s.exec(select(func.count()).select_from(Store).where(Store.status == "open")).one()
+    rows = s.exec(select(Store).where(Store.status == "open").order_by(Store.city, Store.code)
+                  .offset(offset).limit(limit)).all()
+    return list(rows), int(total)
+
+
+def local_time(value: dt.datetime | None, tz: dt.tzinfo) -> str:
+    """A stored (UTC) time as the corp's wall clock, e.g. ``2026-11-24 11:53``."""
+    if value is None:
+        return ""
+    if value.tzinfo is None:  # SQLite hands back naive UTC
+        value = value.replace(tzinfo=dt.timezone.utc)
+    return value.astimezone(tz).strftime("%Y-%m-%d %H:%M")
