@@ -6,6 +6,10 @@ cookie; a userid sent by the page itself is never trusted. Only the owner a post
 can mark it sent, and only once: the ledger update is conditional on ``status = 'due'``, so a
 second press, or two presses at once, change nothing.
 
+A failed sign-in is a Chinese page that tells an expired or used code ("open it again from the
+group's toolbar") from a visitor who is not a corp member ("members only"); every error the page
+can show the owner (the JSON ``detail``) is Chinese too.
+
 Inside WeCom the page uses the JS-SDK (wx.agentConfig, getCurExternalChat, sendChatMessage).
 Outside WeCom (a desktop browser, the sandbox, tests) the group is picked from a list and the send
 is simulated, so the same page can be driven by a headless browser.
@@ -19,17 +23,16 @@ import hmac
 import secrets
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
-from fastapi.templating import Jinja2Templates
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
 
+from scrm.contacts.models import Employee
 from scrm.db import utcnow
 from scrm.groups.models import CustomerGroup
 from scrm.logs import get_logger
@@ -37,10 +40,11 @@ from scrm.sop.models import SopPost
 from scrm.sop.sender import render_post, track_links
 from scrm.sop.template import Channel, SopTemplate
 from scrm.stores.models import Store
+from scrm.web.templating import templates
+from scrm.wecom.client import NotAMember
 from scrm.wecom.errors import WeComAPIError
 
 log = get_logger(__name__)
-templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 COOKIE = "scrm_owner"
 SESSION_SECONDS = 12 * 3600
 STATUS_TEXT = {
@@ -88,7 +92,7 @@ def toolbar_router(cfg: ToolbarConfig) -> APIRouter:
     def require_owner(request: Request) -> str:
         owner = owner_of(request)
         if owner is None:
-            raise HTTPException(401, "not signed in: open the toolbar page from WeCom")
+            raise HTTPException(401, "未登录或登录已过期：请从企业微信的客户群工具栏重新打开")
         return owner
 
     @router.get("/toolbar", response_class=HTMLResponse)
@@ -96,9 +100,14 @@ def toolbar_router(cfg: ToolbarConfig) -> APIRouter:
         if code:
             try:
                 userid = cfg.client.get_user_by_code(code)
+            except NotAMember:
+                log.warning("toolbar_login_not_a_member")
+                return login_refused(request, "这个页面只对企业成员（群主）开放",
+                                     "你登录的微信不是本企业的成员，所以看不到群主的待发内容。")
             except WeComAPIError as exc:
                 log.warning("toolbar_login_failed", errcode=exc.errcode)
-                return HTMLResponse("登录失败：请从企业微信里重新打开这个页面。", status_code=403)
+                return login_refused(request, "登录已过期或失败",
+                                     "请从企业微信的客户群工具栏重新打开这个页面。")
             response = RedirectResponse("/toolbar", status_code=302)
             response.set_cookie(COOKIE, signer.dumps(userid), max_age=SESSION_SECONDS, httponly=True,
                                 samesite="lax", secure=cfg.base_url.startswith("https://"))
@@ -111,8 +120,16 @@ def toolbar_router(cfg: ToolbarConfig) -> APIRouter:
                                "agentid": cfg.agent_id})
             return RedirectResponse(f"{cfg.authorize_url}?{query}#wechat_redirect", status_code=302)
         in_wecom = "wxwork" in request.headers.get("user-agent", "").lower()
-        return templates.TemplateResponse(request, "toolbar.html", {"owner": owner, "in_wecom": in_wecom,
-                                                                    "corp_id": cfg.corp_id, "agent_id": cfg.agent_id})
+        with cfg.engine.connect() as conn:
+            name = conn.execute(select(Employee.__table__.c.name).where(Employee.__table__.c.userid == owner)).scalar()
+        return templates.TemplateResponse(request, "toolbar.html", {
+            "owner": owner, "owner_name": name or owner, "in_wecom": in_wecom,
+            "corp_id": cfg.corp_id, "agent_id": cfg.agent_id})
+
+    def login_refused(request: Request, heading: str, line: str) -> HTMLResponse:
+        return templates.TemplateResponse(request, "notice.html", {
+            "title": "无法打开群 SOP 页面", "heading": heading, "lines": [line], "show_locate": False,
+        }, status_code=403)
 
     @router.get("/toolbar/api/posts")
     def posts(request: Request):
@@ -158,26 +175,26 @@ def toolbar_router(cfg: ToolbarConfig) -> APIRouter:
     async def mark_sent(request: Request, post_id: int):
         owner = require_owner(request)
         if request.headers.get("x-requested-with") != "scrm-toolbar":
-            raise HTTPException(400, "missing X-Requested-With header")
+            raise HTTPException(400, "请求不完整，请刷新页面后重试")
         try:
             body = await request.json()
         except ValueError:
-            raise HTTPException(400, "expected a JSON body with chat_id")
+            raise HTTPException(400, "请求不完整（没有群），请刷新页面后重试")
         chat_id = str((body or {}).get("chat_id") or "")
         c = SopPost.__table__.c
         with cfg.engine.begin() as conn:
             post = conn.execute(select(SopPost.__table__).where(c.id == post_id)).first()
             if post is None:
-                raise HTTPException(404, "no such post")
+                raise HTTPException(404, "这条内容不存在了，请刷新页面")
             owner_now = conn.execute(select(CustomerGroup.owner_userid).where(
                 CustomerGroup.chat_id == post.chat_id)).scalar()
             if post.sender != owner or owner_now != owner:
                 log.warning("toolbar_forbidden", userid=owner, post_id=post_id, chat_id=post.chat_id)
-                raise HTTPException(403, "this post belongs to another owner's group")
+                raise HTTPException(403, "这条内容属于别的群主的群，不能由你发送")
             if chat_id != post.chat_id:
-                raise HTTPException(409, "this post is for another group: open the toolbar in that group")
+                raise HTTPException(409, "这条内容是另一个群的：请在那个群里打开工具栏发送")
             if post.channel == Channel.mass_send.value:
-                raise HTTPException(409, "mass sends are confirmed in WeCom, not here")
+                raise HTTPException(409, "企业群发请在企业微信「群发助手」里确认，不在这里发送")
             now = cfg.clock()
             changed = conn.execute(
                 update(SopPost.__table__).where(c.id == post_id, c.status == "due", c.sender == owner)
@@ -188,14 +205,14 @@ def toolbar_router(cfg: ToolbarConfig) -> APIRouter:
             return {"status": "sent", "changed": True}
         if post.status in ("sent", "confirmed"):
             return {"status": post.status, "changed": False, "sent_by": post.sent_by}
-        raise HTTPException(409, f"the post is {STATUS_TEXT.get(post.status, post.status)}, not due")
+        raise HTTPException(409, f"这条内容现在是「{STATUS_TEXT.get(post.status, post.status)}」，不能发送")
 
     @router.get("/toolbar/api/agent-config")
     def agent_config(request: Request, url: str = Query(..., max_length=2000)):
         """The signature the page needs for wx.agentConfig (app jsapi ticket, reference 3.8a)."""
         require_owner(request)
         if not url.startswith(cfg.base_url + "/"):
-            raise HTTPException(400, "url must be a page of this site")
+            raise HTTPException(400, "页面地址不对，请从企业微信的客户群工具栏重新打开")
         ticket = cfg.client.get_agent_ticket()["ticket"]
         nonce, ts = secrets.token_hex(8), int(time.time())
         return JSONResponse({"corpid": cfg.corp_id, "agentid": cfg.agent_id, "timestamp": ts, "nonceStr": nonce,

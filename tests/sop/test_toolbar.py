@@ -76,11 +76,18 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def day(engine, redis_url, tmp_path):
+def day(sandbox_day):
+    """The sandbox day, for a test that drives the page in headless Chromium."""
     if CHROMIUM is None:
         if REQUIRE:
             pytest.fail("chromium is not installed but SCRM_REQUIRE_SERVICES=1")
         pytest.skip("chromium is not installed")
+    return sandbox_day
+
+
+@pytest.fixture
+def sandbox_day(engine, redis_url, tmp_path):
+    """scrm (with the toolbar) and the sandbox served over HTTP, three groups, templates on disk."""
     clock = {"now": local(6)}
     with harness(engine, redis_url) as h:
         sb = h.sandbox
@@ -238,10 +245,10 @@ def test_a_day_of_three_posts_per_group_ends_with_each_sent_exactly_once(day):
     assert lunch_post.content["attachments"][0]["link"]["url"].startswith(base + "/t/")  # tracked link
 
 
-def test_the_toolbar_refuses_requests_without_an_owner_identity(day):
+def test_the_toolbar_refuses_requests_without_an_owner_identity(sandbox_day):
     import httpx
 
-    h, sop, clock, chats, base, sandbox_url = day
+    h, sop, clock, chats, base, sandbox_url = sandbox_day
     jobs.plan_ahead(h.engine, sop, now=clock["now"])
     with httpx.Client(base_url=base) as anon:
         r = anon.get("/toolbar")
@@ -254,4 +261,5 @@ def test_the_toolbar_refuses_requests_without_an_owner_identity(day):
         # A forged cookie and a made-up code are refused too.
         anon.cookies.set("scrm_owner", "owner_a")
         assert anon.get("/toolbar/api/posts").status_code == 401
-        assert anon.get("/toolbar", params={"code": "made-up"}).status_code == 403
+        refused = anon.get("/toolbar", params={"code": "made-up"})
+        assert refused.status_code == 403 and "登录已过期或失败" in refused.text
