@@ -53,12 +53,10 @@ def plan_ahead(engine: Engine, sop, *, now: dt.datetime | None = None,
         except TemplatesRefused as exc:
             log.error("sop_templates_refused", problems=str(exc)[:2000])
             return []
-    limits = Limits.from_settings(sop)
+    limits = Limits.from_settings(sop)  # its window is sop.owner_task_window_minutes
     today = now.astimezone(tz).date()
-    window = dt.timedelta(minutes=sop.owner_task_window_minutes)
     return [
-        replan_day(engine, list(templates.values()), today + dt.timedelta(days=n), limits, tz=tz, now=now,
-                   window=window)
+        replan_day(engine, list(templates.values()), today + dt.timedelta(days=n), limits, tz=tz, now=now)
         for n in range(sop.plan_days_ahead + 1)
     ]
 

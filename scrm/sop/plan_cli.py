@@ -42,6 +42,8 @@ REASONS = {
     "quiet_hours": "quiet hours",
     "bot_over_capacity": "bot over capacity",
     "no_sender": "group has no owner",
+    "no_store": "group has no store",
+    "too_late": "time already passed",
 }
 
 
@@ -63,7 +65,7 @@ def plan_command(
     from scrm.groups.models import CustomerGroup
     from scrm.sop.lint import errors_in, lint
     from scrm.sop.planner import GroupIndex, Limits, plan_day
-    from scrm.sop.service import load_groups, read_day
+    from scrm.sop.service import load_groups, local_now, read_day
 
     s = get_settings()
     tz = ZoneInfo(s.sop.timezone)
@@ -92,7 +94,8 @@ def plan_command(
         for n in range(days):
             day = first + dt.timedelta(days=n)
             ledger = read_day(conn, day, now=now, tz=tz)
-            plan = plan_day(day, templates, index, limits, fixed=ledger.fixed, explain=group)
+            plan = plan_day(day, templates, index, limits, fixed=ledger.fixed, explain=group,
+                            now=local_now(now, tz))
             _print_day(console, plan, templates, names, ledger, group, show_all, len(groups))
 
 

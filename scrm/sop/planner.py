@@ -8,7 +8,12 @@ Pure: data in, data out, no I/O, so it is fast and tested exhaustively. The limi
 - a sending account (the group owner) serves at most ``max_groups_per_bot`` groups; the groups
   over that are reported, never planned;
 - one slot's sends are spread over ``spread``: each group has a fixed offset, and a bot's groups
-  are spaced evenly over the window, so a bot never bursts (200 groups over 20 min: one per 6 s).
+  are spaced evenly over the window, so a bot never bursts (200 groups over 20 min: one per 6 s);
+- a template that prints store fields is not planned for a group without a store (it would
+  print blanks where the store's name goes);
+- a post whose window (see :func:`window_end_seconds`) has already ended at ``now`` is not planned:
+  it would only expire. One whose time has passed but whose window is open is planned (and
+  claimed at once).
 
 For 100,000 groups the work is shared: groups that match the same templates share one sorted
 candidate list, and each group walks it only until its day is full.
@@ -23,6 +28,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Collection, Iterable, Mapping, Sequence
 
+from scrm.sop.render import uses_store_fields
 from scrm.sop.template import Channel, SopTemplate, parse_clock
 
 # Why a candidate post was not planned.
@@ -32,6 +38,8 @@ MASS_SEND_QUOTA = "mass_send_quota"
 SPACING = "spacing"
 BOT_OVER_CAPACITY = "bot_over_capacity"
 NO_SENDER = "no_sender"
+NO_STORE = "no_store"  # the template prints store fields and the group has no store
+TOO_LATE = "too_late"  # the post's window had already ended when the day was planned
 
 DETAIL_ALL_BELOW = 5000  # below this many groups every drop is listed, above only counted
 
@@ -45,6 +53,12 @@ class GroupInfo:
     tags: frozenset[str] = frozenset()
     layer: str | None = None
     name: str = ""
+    store_missing: bool = False  # store_code names no store (any more): its fields would render empty
+
+    @property
+    def has_store(self) -> bool:
+        """Whether the group's store fields can be filled in."""
+        return bool(self.store_code) and not self.store_missing
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +71,9 @@ class Limits:
     min_spacing: dt.timedelta = dt.timedelta(minutes=60)
     spread: dt.timedelta = dt.timedelta(minutes=20)
     default_channel: str = Channel.mass_send.value
+    # How long after its time an unsent post may still go out (sop.owner_task_window_minutes; the
+    # same for mass sends), cut short by quiet hours and midnight: see window_end_seconds.
+    window: dt.timedelta = dt.timedelta(minutes=180)
 
     def __post_init__(self):
         if not 1 <= self.max_posts_per_group_per_day <= 3:
@@ -75,6 +92,7 @@ class Limits:
             min_spacing=dt.timedelta(minutes=sop.min_spacing_minutes),
             spread=dt.timedelta(minutes=sop.spread_minutes),
             default_channel=sop.default_channel,
+            window=dt.timedelta(minutes=sop.owner_task_window_minutes),
         )
 
     def is_quiet(self, t: dt.time) -> bool:
@@ -84,6 +102,20 @@ class Limits:
         if start > end:  # over midnight, e.g. 22:00-08:00
             return t >= start or t < end
         return start <= t < end
+
+
+DAY_SECONDS = 24 * 3600
+
+
+def window_end_seconds(at_seconds: int, limits: Limits) -> int:
+    """When an unsent post at ``at_seconds`` (seconds after midnight, jitter included) expires, as
+    seconds after the same midnight: ``limits.window`` after its time, at the start of quiet
+    hours, or at midnight, whichever is first. The ledger's ``window_ends_at`` is this time."""
+    end = at_seconds + int(limits.window.total_seconds())
+    quiet = limits.quiet_start.hour * 3600 + limits.quiet_start.minute * 60
+    if quiet > at_seconds:
+        end = min(end, quiet)
+    return min(end, DAY_SECONDS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +177,7 @@ class _Candidate:
     max_offset: int  # seconds of jitter allowed before quiet hours / midnight
     quiet: bool
     digest: str
+    needs_store: bool  # the template prints store fields
 
 
 def step_digest(template: SopTemplate, index: int) -> str:
@@ -210,7 +243,7 @@ class GroupIndex:
         return frozenset(matched)
 
 
-def _candidates(template: SopTemplate, limits: Limits) -> list[_Candidate]:
+def _candidates(template: SopTemplate, limits: Limits, needs_store: bool) -> list[_Candidate]:
     out = []
     for i, step in enumerate(template.steps):
         nominal = step.clock
@@ -228,7 +261,7 @@ def _candidates(template: SopTemplate, limits: Limits) -> list[_Candidate]:
             sort_key=(-priority, seconds, template.id, key),
             template_id=template.id, step_key=key, channel=channel, priority=priority,
             nominal=nominal, nominal_seconds=seconds, max_offset=max_offset,
-            quiet=limits.is_quiet(nominal), digest=step_digest(template, i),
+            quiet=limits.is_quiet(nominal), digest=step_digest(template, i), needs_store=needs_store,
         ))
     return out
 
@@ -241,10 +274,17 @@ def plan_day(
     *,
     fixed: Mapping[str, Sequence[FixedPost]] | None = None,
     explain: Collection[str] | None = None,
+    now: dt.datetime | None = None,
+    store_templates: Collection[str] | None = None,
 ) -> DayPlan:
     """Plan ``day``. ``fixed`` holds each group's posts already in the ledger for the day; they
     count against every limit and are not planned again. ``explain`` lists chat ids whose drops
-    are listed one by one (all groups are listed when there are fewer than 5,000)."""
+    are listed one by one (all groups are listed when there are fewer than 5,000).
+
+    ``now`` is the local wall-clock time of planning (naive, like the plan's times): posts whose
+    window has ended by then are dropped as too late; None plans the whole day. ``store_templates``
+    are the ids of templates that print store fields, kept from groups without a store; None
+    derives them from the templates' sources (:func:`scrm.sop.render.uses_store_fields`)."""
     fixed = fixed or {}
     index = groups if isinstance(groups, GroupIndex) else GroupIndex(groups)
     plan = DayPlan(day=day)
@@ -278,7 +318,11 @@ def plan_day(
     # 2. Which templates run today; groups that match the same templates form one class
     #    (partition refinement with set operations, not a loop over groups x templates).
     running = [t for t in templates if t.enabled and t.days.runs_on(day)]
-    per_template = {t.id: _candidates(t, limits) for t in running}
+    if store_templates is None:
+        needs_store = {t.id for t in running if uses_store_fields(t)}
+    else:
+        needs_store = set(store_templates)
+    per_template = {t.id: _candidates(t, limits, t.id in needs_store) for t in running}
     classes: list[tuple[tuple[str, ...], frozenset[str]]] = [((), index.all)]
     for t in running:
         matched = index.match(t)
@@ -292,13 +336,28 @@ def plan_day(
             else:
                 refined.append((ids, members))
         classes = refined
-    by_signature = {ids: sorted(members) for ids, members in classes if ids}
+    # Groups without a store form classes of their own when a template of theirs needs a store.
+    by_signature: dict[tuple[tuple[str, ...], bool], list[str]] = {}
+    for ids, members in classes:
+        if not ids:
+            continue
+        if needs_store.intersection(ids):
+            with_store = [m for m in members if index.groups[m].has_store]
+            without = [m for m in members if not index.groups[m].has_store]
+        else:
+            with_store, without = list(members), []
+        for has_store, chats in ((True, with_store), (False, without)):
+            if chats:
+                by_signature[(ids, has_store)] = chats
+    now_seconds = None if now is None else (now - midnight).total_seconds()
 
     counts = plan.dropped_counts
     posts = plan.posts
     clock: dict[int, dt.datetime] = {}
-    for signature, chats in by_signature.items():
-        cands = sorted((c for tid in signature for c in per_template[tid]), key=lambda c: c.sort_key)
+    for (signature, has_store), chats in by_signature.items():
+        every = sorted((c for tid in signature for c in per_template[tid]), key=lambda c: c.sort_key)
+        cands = every if has_store else [c for c in every if not c.needs_store]
+        lacking = [] if has_store else [c for c in every if c.needs_store]
         chats.sort()
         tail_from = [0] * (len(cands) + 1)  # daily-limit drops of the tail, counted in bulk
         for chat_id in chats:
@@ -306,7 +365,7 @@ def plan_day(
             g = index.groups[chat_id]
             if chat_id not in served:
                 reason = BOT_OVER_CAPACITY if g.owner else NO_SENDER
-                for c in cands:
+                for c in every:
                     counts[(c.template_id, c.step_key, reason)] += 1
                     if detail:
                         plan.dropped.append(Dropped(chat_id, c.template_id, c.step_key, c.nominal, reason))
@@ -317,6 +376,11 @@ def plan_day(
             for f in fixed.get(chat_id, ()):
                 taken.append((f.at.hour * 3600 + f.at.minute * 60 + f.at.second, f.channel))
                 done.add((f.template_id, f.step_key))
+            for c in lacking:
+                if (c.template_id, c.step_key) not in done:
+                    counts[(c.template_id, c.step_key, NO_STORE)] += 1
+                    if detail:
+                        plan.dropped.append(Dropped(chat_id, c.template_id, c.step_key, c.nominal, NO_STORE))
             mass_used = sum(1 for _, ch in taken if ch == mass)
             for i, c in enumerate(cands):
                 if done and (c.template_id, c.step_key) in done:
@@ -337,6 +401,8 @@ def plan_day(
                 at = c.nominal_seconds + (offset if offset < c.max_offset else c.max_offset)
                 if c.quiet:
                     reason = QUIET_HOURS
+                elif now_seconds is not None and window_end_seconds(at, limits) <= now_seconds:
+                    reason = TOO_LATE
                 elif c.channel == mass and mass_used >= max_mass:
                     reason = MASS_SEND_QUOTA
                 else:

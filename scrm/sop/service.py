@@ -9,6 +9,7 @@ the unique constraints on the ledger hold the limits whatever happens.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import zlib
 from collections import defaultdict
@@ -24,7 +25,7 @@ from scrm.db import utcnow
 from scrm.groups.models import CustomerGroup
 from scrm.logs import get_logger
 from scrm.sop.models import HARD_MAX_POSTS_PER_DAY, SopPost
-from scrm.sop.planner import DayPlan, FixedPost, GroupIndex, GroupInfo, Limits, plan_day
+from scrm.sop.planner import DayPlan, FixedPost, GroupIndex, GroupInfo, Limits, plan_day, window_end_seconds
 from scrm.sop.template import Channel, SopTemplate
 from scrm.stores.models import Store
 
@@ -43,16 +44,19 @@ class ReplanResult:
 
 
 def load_groups(conn: Connection) -> list[GroupInfo]:
-    """Active customer groups with what templates can target (the store's city)."""
+    """Active customer groups with what templates can target (the store's city), and whether
+    their store exists (a code naming no store renders as no store)."""
     g, s = CustomerGroup.__table__.c, Store.__table__.c
     rows = conn.execute(
-        select(g.chat_id, g.owner_userid, g.store_code, g.tags, g.layer, g.name, s.city)
+        select(g.chat_id, g.owner_userid, g.store_code, g.tags, g.layer, g.name, s.city,
+               s.code.label("known_store"))
         .select_from(CustomerGroup.__table__.outerjoin(Store.__table__, s.code == g.store_code))
         .where(g.status == "active")
     )
     return [
         GroupInfo(chat_id=r.chat_id, owner=r.owner_userid, store_code=r.store_code, city=r.city or None,
-                  tags=frozenset(r.tags or ()), layer=r.layer, name=r.name or "")
+                  tags=frozenset(r.tags or ()), layer=r.layer, name=r.name or "",
+                  store_missing=bool(r.store_code) and r.known_store is None)
         for r in rows
     ]
 
@@ -62,14 +66,17 @@ def local_window(day: dt.date, tz: ZoneInfo) -> tuple[dt.datetime, dt.datetime]:
     return start.astimezone(dt.timezone.utc), (start + dt.timedelta(days=1)).astimezone(dt.timezone.utc)
 
 
-def _window_end(at_local: dt.datetime, limits: Limits, window: dt.timedelta, tz: ZoneInfo) -> dt.datetime:
-    """An unsent post expires after ``window``, at quiet hours, or at midnight, whichever is first."""
-    end = at_local + window
-    midnight = dt.datetime.combine(at_local.date() + dt.timedelta(days=1), dt.time(0, 0))
-    quiet = dt.datetime.combine(at_local.date(), limits.quiet_start)
-    if quiet > at_local:
-        end = min(end, quiet)
-    return min(end, midnight).replace(tzinfo=tz).astimezone(dt.timezone.utc)
+def local_now(now: dt.datetime, tz: ZoneInfo) -> dt.datetime:
+    """``now`` (aware) as the naive local wall-clock time the planner works in."""
+    return now.astimezone(tz).replace(tzinfo=None)
+
+
+def _window_end(at_local: dt.datetime, limits: Limits, tz: ZoneInfo) -> dt.datetime:
+    """An unsent post expires after ``limits.window``, at quiet hours, or at midnight, whichever is
+    first (the planner's rule, so it never plans a post whose window has already ended)."""
+    midnight = dt.datetime.combine(at_local.date(), dt.time(0, 0))
+    seconds = window_end_seconds(int((at_local - midnight).total_seconds()), limits)
+    return (midnight + dt.timedelta(seconds=seconds)).replace(tzinfo=tz).astimezone(dt.timezone.utc)
 
 
 @dataclass
@@ -112,10 +119,15 @@ def replan_day(
     *,
     tz: ZoneInfo,
     now: dt.datetime | None = None,
-    window: dt.timedelta = dt.timedelta(hours=3),
+    window: dt.timedelta | None = None,
     groups: list[GroupInfo] | None = None,
 ) -> ReplanResult:
+    """Plan ``day`` into the ledger as of ``now``: posts already kept are counted, future planned
+    rows are replaced by the new plan, and posts whose window has already ended are not written
+    (the plan counts them as too late). ``window`` overrides ``limits.window``."""
     now = now or utcnow()
+    if window is not None:
+        limits = dataclasses.replace(limits, window=window)
     table = SopPost.__table__
     c = table.c
     insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
@@ -127,7 +139,7 @@ def replan_day(
         fixed, replaceable = ledger.fixed, ledger.replaceable
         used_slots, used_mass = ledger.used_slots, ledger.used_mass
 
-        plan = plan_day(day, templates, GroupIndex(groups), limits, fixed=fixed)
+        plan = plan_day(day, templates, GroupIndex(groups), limits, fixed=fixed, now=local_now(now, tz))
         result = ReplanResult(day=day, plan=plan)
 
         desired = {}
@@ -170,7 +182,7 @@ def replan_day(
                 day=day, chat_id=chat_id, slot=slot, mass_seq=mass_seq, template_id=p.template_id,
                 step_key=p.step_key, template_digest=p.digest, channel=p.channel, sender=p.sender,
                 priority=p.priority, scheduled_for=at_utc,
-                window_ends_at=_window_end(p.at, limits, window, tz),
+                window_ends_at=_window_end(p.at, limits, tz),
                 status="planned", attempts=0, created_at=stamp, updated_at=stamp,
             ))
         for i in range(0, len(new_rows), 1000):

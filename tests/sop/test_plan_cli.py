@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
 from sqlmodel import Session
 from typer.testing import CliRunner
@@ -28,8 +30,20 @@ steps:
 """
 
 
+def local(hour, minute=0, day=dt.date(2026, 11, 24)):
+    return dt.datetime.combine(day, dt.time(hour, minute), tzinfo=dt.timezone(dt.timedelta(hours=8)))
+
+
 @pytest.fixture
-def cli(tmp_path, monkeypatch):
+def clock(monkeypatch):
+    """The time `scrm sop plan` plans as of (posts whose window has ended are not planned)."""
+    now = {"now": local(0, 0, dt.date(2026, 11, 23))}
+    monkeypatch.setattr("scrm.db.utcnow", lambda: now["now"].astimezone(dt.timezone.utc))
+    return now
+
+
+@pytest.fixture
+def cli(tmp_path, monkeypatch, clock):
     url = f"sqlite:///{tmp_path / 'scrm.db'}"
     monkeypatch.setenv("SCRM_DATABASE__URL", url)
     monkeypatch.setenv("SCRM_SOP__SPREAD_MINUTES", "0")
@@ -69,6 +83,33 @@ def test_plan_shows_who_gets_what_when_and_what_was_dropped(cli):
                                                                     "mass_send", "owner_a"]
     saturday = run("plan", "--date", "2026-11-28")
     assert "no template runs on this day" in saturday.output
+
+
+def test_plan_counts_groups_without_a_store_and_posts_whose_time_has_passed(cli, clock, tmp_path):
+    run, folder = cli
+    engine = make_engine(f"sqlite:///{tmp_path / 'scrm.db'}")
+    with Session(engine) as s:
+        s.add(CustomerGroup(chat_id="wrN", name="内测群", owner_userid="owner_a"))  # no store
+        s.commit()
+    engine.dispose()
+    r = run("plan", "--date", "2026-11-24")
+    assert r.exit_code == 0, r.output
+    rows = {line.split("│")[2].strip(): [c.strip() for c in line.split("│")[3:-1]]
+            for line in r.output.splitlines() if "breakfast (工作日早餐)" in line}
+    # The template prints the store's name (in step 1): none of it for wrN, which has no store.
+    assert rows["1"][-2:] == ["3", "1 group has no owner, 1 group has no store"]
+    assert rows["2"][-2:] == ["0", "1 group has no owner, 1 group has no store, 3 too close to another post"]
+    assert "dropped: wrN breakfast/1 08:00: group has no store" in r.output
+
+    clock["now"] = local(11, 10)  # the 08:00 window closed at 11:00; the 08:30 one is open until 11:30
+    r = run("plan", "--date", "2026-11-24")
+    assert r.exit_code == 0, r.output
+    assert "2026-11-24 (周二): 3 posts planned for 5 groups" in r.output
+    rows = {line.split("│")[2].strip(): [c.strip() for c in line.split("│")[3:-1]]
+            for line in r.output.splitlines() if "breakfast (工作日早餐)" in line}
+    assert rows["1"][-2:] == ["0", "1 group has no owner, 1 group has no store, 3 time already passed"]
+    assert rows["2"][-2:] == ["3", "1 group has no owner, 1 group has no store"]
+    assert "dropped: wr0 breakfast/1 08:00: time already passed" in r.output
 
 
 def test_plan_explains_one_group_and_refuses_broken_templates(cli):

@@ -14,8 +14,10 @@ from scrm.sop.planner import (
     DAILY_LIMIT,
     MASS_SEND_QUOTA,
     NO_SENDER,
+    NO_STORE,
     QUIET_HOURS,
     SPACING,
+    TOO_LATE,
     FixedPost,
     GroupInfo,
     Limits,
@@ -99,6 +101,79 @@ def test_posts_already_in_the_ledger_count_against_the_day():
     assert [p.template_id for p in plan.posts] == ["t2"]
     assert plan.dropped_counts[("t0", "1", MASS_SEND_QUOTA)] == 1
     assert ("t1", "1", DAILY_LIMIT) not in plan.dropped_counts
+
+
+def test_a_template_printing_store_fields_skips_groups_without_a_store():
+    breakfast = template("breakfast", [step("08:00", "mass_send", text="{{ weekday }}早安☀️ {{ store.name }}的早餐已经备好啦～")],
+                         priority=90)
+    recipe = template("recipe", [step("10:30", text="周末咖啡小课堂：{{ group.name }}")], priority=40)
+    gs = [group(1, store_code="SH01"), group(2), group(3, store_code="GONE", store_missing=True),
+          group(4, owner=None)]
+    # One post a day: a group without a store gets the post it can receive, not nothing.
+    plan = plan_day(DAY, [breakfast, recipe], gs, Limits(max_posts_per_group_per_day=1))
+    assert sorted((p.chat_id, p.template_id) for p in plan.posts) == [
+        ("wr0001", "breakfast"), ("wr0002", "recipe"), ("wr0003", "recipe")]
+    assert sorted((d.chat_id, d.template_id, d.reason) for d in plan.dropped) == [
+        ("wr0001", "recipe", DAILY_LIMIT),
+        ("wr0002", "breakfast", NO_STORE),
+        ("wr0003", "breakfast", NO_STORE),
+        ("wr0004", "breakfast", NO_SENDER),  # no owner: nobody could send either post
+        ("wr0004", "recipe", NO_SENDER),
+    ]
+    assert plan.dropped_counts[("breakfast", "1", NO_STORE)] == 2
+    # Which templates need a store is data: the caller may say so instead of the sources.
+    flipped = plan_day(DAY, [breakfast, recipe], gs, Limits(max_posts_per_group_per_day=1),
+                       store_templates={"recipe"})
+    assert sorted((p.chat_id, p.template_id) for p in flipped.posts) == [
+        ("wr0001", "breakfast"), ("wr0002", "breakfast"), ("wr0003", "breakfast")]
+
+
+def test_a_post_already_in_the_ledger_is_not_dropped_again_when_the_group_loses_its_store():
+    breakfast = template("breakfast", [step("08:00", text="{{ store.name }}早安")])
+    fixed = {"wr0001": [FixedPost("wr0001", "breakfast", "1", dt.datetime(2026, 11, 24, 8, 0), "owner_task")]}
+    plan = plan_day(DAY, [breakfast], [group(1)], fixed=fixed)
+    assert plan.posts == [] and not plan.dropped_counts
+
+
+def at(hour, minute=0, second=0, day=DAY):
+    return dt.datetime.combine(day, dt.time(hour, minute, second))
+
+
+def test_posts_whose_window_has_ended_are_dropped_as_too_late_and_free_their_slot():
+    ts = [
+        template("breakfast", [step("08:00", "mass_send")], priority=90),
+        template("lunch", [step("11:00")], priority=80),
+        template("noon", [step("12:00", "mass_send")], priority=70),
+        template("flash", [step("15:00")], priority=60),
+    ]
+    limits = Limits(spread=dt.timedelta(0), window=dt.timedelta(hours=3), min_spacing=dt.timedelta(0))
+    # Planned at 11:49: the 08:00 window closed at 11:00; the 11:00 post is late but its window is
+    # open until 14:00, so it is planned (and claimed at once).
+    plan = plan_day(DAY, ts, [group(1)], limits, now=at(11, 49))
+    assert [(p.template_id, p.at) for p in sorted(plan.posts, key=lambda p: p.at)] == [
+        ("lunch", at(11)), ("noon", at(12)), ("flash", at(15))]
+    assert [(d.template_id, d.reason) for d in plan.dropped] == [("breakfast", TOO_LATE)]
+    # Planned early, the day is full before the flash sale, and the noon post gets no mass send.
+    early = plan_day(DAY, ts, [group(1)], limits, now=at(6))
+    assert [p.template_id for p in early.posts] == ["breakfast", "lunch", "flash"]
+    assert plan_day(DAY, ts, [group(1)], limits).posts == early.posts  # no now: the whole day
+
+
+def test_a_window_ends_at_quiet_hours_midnight_or_its_length_whichever_is_first():
+    late = [template("evening", [step("21:00")])]
+    limits = Limits(spread=dt.timedelta(0), window=dt.timedelta(hours=3), quiet_start=dt.time(22, 0))
+    assert len(plan_day(DAY, late, [group(1)], limits, now=at(21, 59, 59)).posts) == 1
+    assert plan_day(DAY, late, [group(1)], limits, now=at(22)).dropped_counts[("evening", "1", TOO_LATE)] == 1
+    no_quiet = Limits(spread=dt.timedelta(0), window=dt.timedelta(hours=5), quiet_start=dt.time(0, 0),
+                      quiet_end=dt.time(0, 0))
+    assert len(plan_day(DAY, late, [group(1)], no_quiet, now=at(23, 59)).posts) == 1
+    assert plan_day(DAY, late, [group(1)], no_quiet, now=at(0, 0, day=DAY + dt.timedelta(days=1))).posts == []
+    morning = [template("m", [step("09:00")])]
+    assert len(plan_day(DAY, morning, [group(1)], limits, now=at(11, 59, 59)).posts) == 1
+    assert plan_day(DAY, morning, [group(1)], limits, now=at(12)).posts == []
+    # Planning tomorrow late today: nothing is too late.
+    tomorrow = DAY + dt.timedelta(days=1)
+    assert len(plan_day(tomorrow, morning, [group(1)], limits, now=at(23, 30)).posts) == 1
 
 
 def test_targets_pick_groups_by_store_city_tag_layer_and_exclusions():
