@@ -4,12 +4,16 @@ button that opens the chat toolbar page.
 WeCom allows 30 app messages a minute to one member; an owner gets at most one reminder per
 ``min_interval`` (default 60 s) however many groups fall due, so a 200-group owner gets one
 message, not 200.
+
+Each line names the post by its template's ``name`` (下午茶限时秒杀), the words operators chose for
+owners, never by its id (a file slug such as afternoon-flash-sale).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from sqlalchemy import select, update
@@ -18,13 +22,15 @@ from sqlalchemy.engine import Engine
 from scrm.db import utcnow
 from scrm.groups.models import CustomerGroup
 from scrm.logs import get_logger
+from scrm.sop.jobs import TemplatesRefused
 from scrm.sop.models import SopPost
-from scrm.sop.template import Channel
+from scrm.sop.template import Channel, SopTemplate
 from scrm.wecom.errors import RateLimited, WeComAPIError
 
 log = get_logger(__name__)
 MAX_DESCRIPTION_BYTES = 512
 MAX_TITLE_BYTES = 128
+UNNAMED_POST = "SOP 内容"  # a post whose template can't be loaded now: neutral words, never its id
 
 
 @dataclass
@@ -46,7 +52,29 @@ def _fit(lines: list[str]) -> str:
     return "\n".join(out)
 
 
-def pending_reminders(engine: Engine, now: dt.datetime, *, tz, min_interval: dt.timedelta) -> list[Reminder]:
+def reminder_line(group_name: str | None, chat_id: str, at: str, template_id: str,
+                  template_names: Mapping[str, str]) -> str:
+    """One line of a reminder: "三里屯店福利群1 · 11:54 下午茶限时秒杀"."""
+    return f"{group_name or chat_id} · {at} {template_names.get(template_id) or UNNAMED_POST}"
+
+
+def template_names_from(templates: Callable[[], Mapping[str, SopTemplate]] | None) -> dict[str, str]:
+    """Template id -> name from the loaded templates; empty (every post shows as UNNAMED_POST)
+    when there are none or they are refused, so a broken template file never stops reminders."""
+    if templates is None:
+        return {}
+    try:
+        return {tid: t.name for tid, t in templates().items()}
+    except TemplatesRefused as exc:
+        log.warning("sop_reminder_templates_refused", problems=str(exc)[:500])
+        return {}
+
+
+def pending_reminders(engine: Engine, now: dt.datetime, *, tz, min_interval: dt.timedelta,
+                      template_names: Mapping[str, str] | Callable[[], Mapping[str, str]] | None = None,
+                      ) -> list[Reminder]:
+    """The reminders due now, one per owner. ``template_names`` maps template ids to names (or
+    is a callable returning that map, called only when there is something to remind of)."""
     c, g = SopPost.__table__.c, CustomerGroup.__table__.c
     with engine.connect() as conn:
         recent = {r.sender for r in conn.execute(
@@ -57,23 +85,32 @@ def pending_reminders(engine: Engine, now: dt.datetime, *, tz, min_interval: dt.
             .where(c.status == "due", c.reminded_at.is_(None), c.channel != Channel.mass_send.value)
             .order_by(c.sender, c.scheduled_for, c.chat_id)
         ).all()
+    rows = [r for r in rows if r.sender not in recent]
+    if callable(template_names):
+        template_names = template_names() if rows else {}
+    names = template_names or {}
     by_owner: dict[str, Reminder] = {}
     for r in rows:
-        if r.sender in recent:
-            continue
         rem = by_owner.setdefault(r.sender, Reminder(r.sender, [], []))
         rem.post_ids.append(r.id)
-        at = r.scheduled_for.astimezone(tz).strftime("%H:%M")
-        rem.lines.append(f"{r.name or r.chat_id} · {at} {r.template_id}")
+        scheduled = r.scheduled_for if r.scheduled_for.tzinfo else r.scheduled_for.replace(tzinfo=dt.timezone.utc)
+        at = scheduled.astimezone(tz).strftime("%H:%M")
+        rem.lines.append(reminder_line(r.name, r.chat_id, at, r.template_id, names))
     return list(by_owner.values())
 
 
 def send_reminders(engine: Engine, client, *, toolbar_url: str, tz, now: dt.datetime | None = None,
                    agent_id: int | None = None,
-                   min_interval: dt.timedelta = dt.timedelta(seconds=60)) -> dict[str, int]:
+                   min_interval: dt.timedelta = dt.timedelta(seconds=60),
+                   templates: Callable[[], Mapping[str, SopTemplate]] | None = None) -> dict[str, int]:
+    """Send each owner with newly due posts one reminder. ``templates`` is the loaded templates
+    by id (the callable the sender and the toolbar page get, e.g. ``lambda:
+    jobs.load_templates(path, sop)``), read only when a reminder is due, to name each post;
+    without it, or when the templates are refused, posts are named UNNAMED_POST."""
     now = now or utcnow()
     counts: dict[str, int] = defaultdict(int)
-    for rem in pending_reminders(engine, now, tz=tz, min_interval=min_interval):
+    for rem in pending_reminders(engine, now, tz=tz, min_interval=min_interval,
+                                 template_names=lambda: template_names_from(templates)):
         groups = len(rem.lines)
         card = {
             "title": f"有 {groups} 个群的 SOP 内容待发送"[:40],
