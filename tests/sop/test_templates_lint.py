@@ -617,7 +617,7 @@ def test_cli_preview_group_without_store_says_so(store_group):
     result = runner.invoke(sop_app, ["preview", "afternoon-flash-sale", "--group", "wrNOSTORE", "--date",
                                      "2026-12-05", "--path", str(EXAMPLES)])
     assert result.exit_code == 0, result.output
-    assert "this group has no store" in result.output
+    assert "this group has no store: the plan skips this template for it" in result.output
     assert "does not run on 2026-12-05" in result.output  # a Saturday; weekdays only
 
 
