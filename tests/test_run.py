@@ -168,3 +168,106 @@ def test_a_command_without_scrm_run_says_what_to_start(folder):
     out = scrm(folder, "stores", "codes", env=fresh_env())
     assert out.returncode == 2 and "Traceback" not in out.stdout + out.stderr
     assert "no `scrm run` is running" in out.stdout.replace("\n", " "), out.stdout
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--no-first-run"]
+# What a store field left empty looks like once rendered: a dangling query parameter, empty
+# brackets, a sentence starting with the particle that followed the store name, a Python None.
+HOLES = re.compile(r"store=(?:&|$|\s|\")|（\s*）|\(\s*\)|(?:^|\n)\s*的|\bNone\b|\{\{|\}\}")
+
+
+def _require_chromium():
+    from tests.conftest import REQUIRE
+
+    if CHROMIUM is None:
+        if REQUIRE:
+            pytest.fail("chromium is not installed but SCRM_REQUIRE_SERVICES=1")
+        pytest.skip("chromium is not installed")
+
+
+def _images_decoded(page) -> list[dict]:
+    """Every <img> on the page once loaded: its src and natural width (0 = not an image)."""
+    page.wait_for_load_state("networkidle")
+    return page.eval_on_selector_all(
+        "img", "els => els.map(e => ({src: e.getAttribute('src'), w: e.complete ? e.naturalWidth : 0}))")
+
+
+def test_the_demo_chain_pages_work_on_a_phone(running):
+    """/s, /g and /l of the demo chain at 390×844 in headless Chromium: every QR code is an image
+    that decodes, no text has an empty store field, and the city picker routes 北京 to a Beijing store."""
+    from playwright.sync_api import sync_playwright
+
+    from scrm.sandbox.demo_chain import DEMO_STORES
+
+    _require_chromium()
+    folder, env, base, _ = running
+    beijing = {st.name for st in DEMO_STORES if st.city == "北京"}
+    shots = folder / "screenshots"
+    shots.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 390, "height": 844})
+        for st in DEMO_STORES:
+            for path in (f"/s/{st.code}", f"/g/{st.code}"):
+                response = page.goto(base + path)
+                assert response.status == 200, path
+                images = _images_decoded(page)
+                assert images and all(i["w"] > 0 for i in images), (path, images)
+                text = page.inner_text("body")
+                assert st.name in text and not HOLES.search(text), (path, text)
+                links = page.eval_on_selector_all("a[href], img[src]", "els => els.map(e => e.href || e.src)")
+                assert not [u for u in links if HOLES.search(u)], (path, links)
+                # Nothing sticks out of a phone screen.
+                assert page.evaluate("document.documentElement.scrollWidth") <= 390, path
+            page.screenshot(path=str(shots / f"g-{st.code}.png"), full_page=True)
+
+        page.goto(base + "/l")
+        assert page.eval_on_selector("#city", "s => s.value") == ""  # no city preselected
+        page.select_option("#city", "北京")
+        page.click("#cityform button[type=submit]")
+        page.wait_for_selector("#result h2")
+        routed = page.inner_text("#result h2")
+        assert routed in beijing, routed
+        images = _images_decoded(page)
+        assert images and all(i["w"] > 0 for i in images), images
+        assert not HOLES.search(page.inner_text("body"))
+        page.screenshot(path=str(shots / "l-beijing.png"), full_page=True)
+        browser.close()
+
+
+def test_the_demo_chain_posts_have_every_store_field(running):
+    """Every SOP post planned for the demo chain (today and tomorrow) renders with its store's
+    name and code: the example templates use store fields and every demo group has a store."""
+    from pathlib import Path
+
+    from sqlmodel import Session, select
+
+    from scrm.config import SopSettings
+    from scrm.db import make_engine
+    from scrm.groups.models import CustomerGroup
+    from scrm.sop.jobs import load_templates
+    from scrm.sop.models import SopPost
+    from scrm.sop.sender import render_post
+    from scrm.stores.models import Store
+
+    folder, *_ = running
+    templates = load_templates(Path(folder / "sop_templates"), SopSettings())
+    engine = make_engine(f"sqlite:///{folder / '.scrm' / 'scrm.db'}")
+    try:
+        with Session(engine) as s:
+            posts = s.exec(select(SopPost)).all()
+            groups = {g.chat_id: g for g in s.exec(select(CustomerGroup))}
+            stores = {st.code: st for st in s.exec(select(Store))}
+        assert posts, "the demo chain has no planned posts"
+        for post in posts:
+            group = groups[post.chat_id]
+            assert group.store_code in stores, group.name
+            content, error = render_post(post, templates, group, stores[group.store_code])
+            assert error is None, error
+            texts = [content.get("text", {}).get("content", "")] + [
+                v for a in content["attachments"] for v in a.get(a["msgtype"], {}).values() if isinstance(v, str)]
+            assert not [t for t in texts if HOLES.search(t)], (post.template_id, texts)
+    finally:
+        engine.dispose()
