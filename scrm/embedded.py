@@ -160,6 +160,7 @@ class EmbeddedStack:
             self.demo = load_or_seed(self.sandbox, self.sandbox_file)
             self.sandbox_server = serve(self.sandbox, s.sandbox.host, s.sandbox.port)
             self.sandbox_url = self.sandbox_server.base_url
+            self._repoint_sandbox_qr_codes()
 
         processor = build_processor(s)
         actors.set_processor(processor)
@@ -169,6 +170,25 @@ class EmbeddedStack:
         self.scheduler = make_scheduler(s, lambda i: actors.process_callback.send(i),
                                         lambda ids: actors.send_sop_posts.send(ids))
         self.scheduler.start()
+
+    def _repoint_sandbox_qr_codes(self) -> None:
+        """The sandbox's QR image URLs name its port, which may differ from the last run's: point
+        the stored codes at this run's sandbox (real WeCom's URLs don't move)."""
+        from sqlalchemy import update
+        from sqlmodel import Session, select
+
+        from scrm.stores.models import StoreCode
+
+        sb = self.sandbox
+        with Session(self.engine) as session:
+            rows = session.exec(select(StoreCode.id, StoreCode.config_id, StoreCode.qr_code)
+                                .where(StoreCode.config_id.is_not(None))).all()
+            for code_id, config_id, qr_code in rows:
+                if config_id in sb.contact_ways or config_id in sb.join_ways:
+                    url = sb.qr_image_url(config_id)
+                    if url != qr_code:
+                        session.exec(update(StoreCode).where(StoreCode.id == code_id).values(qr_code=url))
+            session.commit()
 
     def set_up_demo_chain(self):
         """The scrm side of the sandbox's demo chain (stores, groups, QR codes), once."""

@@ -68,11 +68,18 @@ def test_run_twice_on_one_data_dir_keeps_the_same_corp_and_counts(folder):
     assert counts["customers"] > 0 and counts["customer groups"] >= 6 and counts["stores"] == 6
 
     for _ in range(2):
-        again = scrm(folder, "run", "--exit-after-demo", env=fresh_env())  # other ports, same data dir
+        env = fresh_env()  # other ports, same data dir
+        again = scrm(folder, "run", "--exit-after-demo", env=env)
         assert again.returncode == 0, again.stdout + again.stderr
         assert "demo corp loaded from" in again.stdout and "demo chain:" not in again.stdout
         assert summary(again.stdout) == counts
     assert redis_servers_of(folder) == []
+    # The QR images shown on the pages point at this run's sandbox, wherever it listens now.
+    import sqlite3
+
+    with sqlite3.connect(folder / ".scrm" / "scrm.db") as db:
+        urls = [u for (u,) in db.execute("SELECT qr_code FROM store_codes WHERE status = 'active'")]
+    assert urls and all(u.startswith(f"http://127.0.0.1:{env['SCRM_SANDBOX__PORT']}/") for u in urls), urls
 
 
 def test_a_port_in_use_is_one_line_and_leaves_nothing_running(folder):
