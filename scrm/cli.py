@@ -373,11 +373,19 @@ def _print_sop_plan(engine) -> None:
         console.print(f"SOP: nothing planned (see the log; templates in {s.sop.templates_dir}, "
                       "check them with `scrm sop lint`)")
         return
+    from collections import Counter
+
+    from scrm.sop.plan_cli import REASONS
+
     today = results[0]
-    dropped = sum(today.plan.dropped_counts.values())
+    why = Counter()
+    for (_, _, reason), n in today.plan.dropped_counts.items():
+        why[reason] += n
+    dropped = ", ".join(f"{n} {REASONS.get(r, r)}" for r, n in sorted(why.items()))
     console.print(f"SOP: {len(today.plan.posts)} posts planned for {today.day} across "
-                  f"{len({p.chat_id for p in today.plan.posts})} groups ({dropped} dropped by the limits); "
-                  f"`scrm sop plan --date {today.day}` shows them")
+                  f"{len({p.chat_id for p in today.plan.posts})} groups"
+                  + (f"; not planned: {dropped}" if dropped else "")
+                  + f"; `scrm sop plan --date {today.day}` shows them", soft_wrap=True)
 
 
 def _print_summary(engine) -> None:

@@ -39,7 +39,9 @@ def sop_plan_job(settings: Settings) -> None:
 def sop_fire_job(settings: Settings, enqueue_sop) -> None:
     from zoneinfo import ZoneInfo
 
-    from scrm.sop.jobs import fire
+    from pathlib import Path
+
+    from scrm.sop.jobs import fire, load_templates
     from scrm.sop.reminders import send_reminders
     from workers.actors import get_processor
 
@@ -49,7 +51,9 @@ def sop_fire_job(settings: Settings, enqueue_sop) -> None:
     tz = ZoneInfo(settings.sop.timezone)
     fire(engine, enqueue_sop,
          remind=lambda now: send_reminders(engine, client, toolbar_url=toolbar, tz=tz, now=now,
-                                       agent_id=settings.wecom.agent_id))
+                                           agent_id=settings.wecom.agent_id,
+                                           templates=lambda: load_templates(Path(settings.sop.templates_dir),
+                                                                            settings.sop)))
 
 
 def sop_poll_job(settings: Settings) -> None:

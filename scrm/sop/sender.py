@@ -28,7 +28,9 @@ from scrm.db import utcnow
 from scrm.groups.models import CustomerGroup
 from scrm.logs import get_logger
 from scrm.sop.models import SopPost, TrackedLink
-from scrm.sop.render import TemplateRenderError, build_context, group_fields, render_step, store_fields
+from scrm.sop.render import (
+    TemplateRenderError, build_context, group_fields, render_step, store_fields, uses_store_fields,
+)
 from scrm.sop.template import Channel, SopTemplate
 from scrm.stores.models import Store
 from scrm.wecom.errors import RateLimited, SystemBusy, TransportError, WeComAPIError
@@ -48,6 +50,9 @@ def render_post(post, templates: dict[str, SopTemplate], group, store) -> tuple[
         return None, f"template {post.template_id!r} has no step {post.step_key!r} any more"
     if group is None or group.status != "active":
         return None, "the group is gone"
+    if store is None and uses_store_fields(template):
+        # Planned before the group lost its store: never send blanks where the store's name goes.
+        return None, "the group has no store; the template prints store fields"
     context = build_context(group=group_fields(group), store=store_fields(store), day=post.day,
                             at=template.steps[index].at, template=template)
     try:
