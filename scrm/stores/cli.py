@@ -41,6 +41,18 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
+def _read_csv(console: Console, file: Path, parse):
+    """The parsed file, its notes printed; a missing file or a folder is a one-line error."""
+    if not file.exists():
+        _fail(console, f"{file} does not exist")
+    if not file.is_file():
+        _fail(console, f"{file} is not a file")
+    result = parse(file.read_bytes())
+    for note in result.notes:
+        console.print(f"[yellow]note:[/yellow] {escape(f'{file}: {note}')}")
+    return result
+
+
 @contextmanager
 def _database(console: Console) -> Iterator:
     """The configured engine; a database error becomes a one-line error (exit 2), not a traceback."""
@@ -67,13 +79,7 @@ def import_command(
     from scrm.stores.csvio import import_stores, parse_stores
 
     console = _console()
-    if not file.exists():
-        _fail(console, f"{file} does not exist")
-    if not file.is_file():
-        _fail(console, f"{file} is not a file")
-    result = parse_stores(file.read_bytes())
-    for note in result.notes:
-        console.print(f"[yellow]note:[/yellow] {escape(f'{file}: {note}')}")
+    result = _read_csv(console, file, parse_stores)
     for error in result.errors:
         console.print(error.located(file), markup=False)
     if result.errors:

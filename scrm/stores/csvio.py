@@ -144,8 +144,11 @@ def _line_of(data: bytes, offset: int) -> int:
     return data.count(b"\n", 0, offset) + 1
 
 
-def decode(data: bytes) -> tuple[str, str, list[str]]:
-    """The file's text, the encoding it was read with, and notes about that."""
+def decode(data: str | bytes) -> tuple[str, str, list[str]]:
+    """The file's text, the encoding it was read with, and notes about that (text given as a
+    str is taken as it is, without a BOM)."""
+    if isinstance(data, str):
+        return data.removeprefix("\ufeff"), "text", []
     if data.startswith(b"PK\x03\x04") or data.startswith(b"\xd0\xcf\x11\xe0"):
         raise _DecodeError(RowError(1, None, "this is an Excel workbook, not CSV: in Excel use "
                                              "File > Save As > 'CSV UTF-8 (Comma delimited) (*.csv)'"))
@@ -316,14 +319,10 @@ def parse_stores(data: str | bytes) -> ParseResult:
     when ``errors`` is not empty (one bad cell usually means the sheet is not what was meant).
     """
     errors: list[RowError] = []
-    notes: list[str] = []
-    if isinstance(data, str):
-        text, encoding = data.removeprefix("\ufeff"), "text"
-    else:
-        try:
-            text, encoding, notes = decode(data)
-        except _DecodeError as exc:
-            return ParseResult([], [exc.error], "unknown")
+    try:
+        text, encoding, notes = decode(data)
+    except _DecodeError as exc:
+        return ParseResult([], [exc.error], "unknown")
 
     stores: list[StoreRow] = []
     first_line: dict[str, int] = {}

@@ -418,14 +418,10 @@ def parse_assignments(data: str | bytes) -> AssignmentParseResult:
     Whether the groups and stores exist is checked by :func:`import_assignments`.
     """
     errors: list[RowError] = []
-    notes: list[str] = []
-    if isinstance(data, str):
-        text, encoding = data.removeprefix("\ufeff"), "text"
-    else:
-        try:
-            text, encoding, notes = decode(data)
-        except _DecodeError as exc:
-            return AssignmentParseResult([], [exc.error], "unknown")
+    try:
+        text, encoding, notes = decode(data)
+    except _DecodeError as exc:
+        return AssignmentParseResult([], [exc.error], "unknown")
     expected = f"the first line must be the header naming the columns: {','.join(ASSIGNMENT_COLUMNS)}"
     rows: list[AssignmentRow] = []
     try:

@@ -18,7 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from scrm.config import get_settings
-from scrm.stores.cli import _console, _database, _fail, _plural, stores_app
+from scrm.stores.cli import _console, _database, _fail, _plural, _read_csv, stores_app
 from scrm.stores.groups import (
     AssignReport,
     GroupAssignmentError,
@@ -177,13 +177,7 @@ def import_command(
     from scrm.stores.groups import import_assignments, parse_assignments
 
     console = _console()
-    if not file.exists():
-        _fail(console, f"{file} does not exist")
-    if not file.is_file():
-        _fail(console, f"{file} is not a file")
-    result = parse_assignments(file.read_bytes())
-    for note in result.notes:
-        console.print(f"[yellow]note:[/yellow] {escape(f'{file}: {note}')}")
+    result = _read_csv(console, file, parse_assignments)
     problems = [error.located(file) for error in result.errors]
     report: AssignReport | None = None
     if not problems:
