@@ -17,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, g
 from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from fastapi.exceptions import StarletteHTTPException
 
 from scrm.callbacks.ingest import Enqueuer, InboxWriter
 from scrm.callbacks.relay import inbox_backlog
