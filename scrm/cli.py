@@ -139,6 +139,11 @@ def serve(host: str = typer.Option(None), port: int = typer.Option(None), worker
     """Run the web app (callback receiver, health, metrics)."""
     import uvicorn
 
+    import os
+
+    if port:  # links the app builds (web.public_url unset) name the port it really listens on
+        os.environ["SCRM_WEB__PORT"] = str(port)
+        reset_settings_cache()
     _setup_logging()
     s = get_settings()
     try:
