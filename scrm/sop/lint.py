@@ -506,11 +506,11 @@ def _step_problems(path: str, root: Node, steps: list[Any], quiet_hours: tuple[s
 
 def _store_warning(path: str, root: Node, targets: Any, steps: list[Any]) -> list[Problem]:
     """A warning at the first ``store`` field of a template whose targets can include groups
-    without a store (neither ``stores`` nor ``cities``, which both imply one): the planner skips
-    those groups rather than send a post with blanks where the store's name goes."""
+    without a store (neither ``stores`` nor ``cities``, which both imply one, nor ``with_store``):
+    the planner skips those groups rather than send a post with blanks where the store's name goes."""
     if targets is None:
         targets = {}
-    if not isinstance(targets, Mapping) or targets.get("stores") or targets.get("cities"):
+    if not isinstance(targets, Mapping) or any(targets.get(key) for key in ("stores", "cities", "with_store")):
         return []
     use = first_store_use(steps)
     if use is None:
@@ -519,7 +519,8 @@ def _store_warning(path: str, root: Node, targets: Any, steps: list[Any]) -> lis
     return [Problem(path, _field_line(root, loc, lineno),
                     f"{format_loc(loc)}: uses {{{{ {field} }}}} but the targets can include groups without a "
                     "store; those groups will not get this template ('group has no store' in scrm sop plan). "
-                    "Target stores or cities to send it only to groups with a store",
+                    "Set targets.with_store: true (or target stores or cities) to send it only to groups "
+                    "with a store",
                     WARNING)]
 
 

@@ -200,7 +200,10 @@ class GroupIndex:
         self.by_city: dict[str, set[str]] = defaultdict(set)
         self.by_tag: dict[str, set[str]] = defaultdict(set)
         self.by_layer: dict[str, set[str]] = defaultdict(set)
+        self.with_store: set[str] = set()
         for g in self.groups.values():
+            if g.has_store:
+                self.with_store.add(g.chat_id)
             if g.store_code:
                 self.by_store[g.store_code].add(g.chat_id)
             if g.city:
@@ -229,6 +232,8 @@ class GroupIndex:
             parts.append(self._union(self.by_layer, t.layers))
         if t.chat_ids:
             parts.append(set(t.chat_ids) & self.all)
+        if t.with_store:
+            parts.append(self.with_store)
         if parts:
             parts.sort(key=len)
             matched = set(parts[0])

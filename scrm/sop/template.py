@@ -54,6 +54,8 @@ class Targets(_Strict):
     group_tags: list[str] = Field(default_factory=list, description="Tags set on the group in scrm")
     layers: list[str] = Field(default_factory=list, description="Groups whose members' main layer is one of these")
     chat_ids: list[str] = Field(default_factory=list)
+    with_store: bool = Field(default=False, description="Only groups that belong to a store (templates "
+                             "printing store fields: a group without a store never gets them anyway)")
     exclude_stores: list[str] = Field(default_factory=list)
     exclude_chat_ids: list[str] = Field(default_factory=list)
 

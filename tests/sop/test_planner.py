@@ -317,3 +317,16 @@ def test_planning_is_deterministic_and_independent_of_input_order(templates, gro
     key = lambda p: (p.chat_id, p.template_id, p.step_key, p.at, p.channel)  # noqa: E731
     assert sorted(map(key, a.posts)) == sorted(map(key, b.posts))
     assert a.dropped_counts == b.dropped_counts
+
+
+def test_with_store_targets_only_the_groups_that_belong_to_a_store():
+    """`targets.with_store: true` is how a template printing store fields says who it is for:
+    a group without a store (or whose store code names no store) is simply not a target."""
+    template = SopTemplate.model_validate({
+        "id": "flash", "name": "秒杀", "targets": {"with_store": True},
+        "steps": [{"at": "15:00", "channel": "owner_task", "text": "{{ store.name }}限时秒杀"}]})
+    groups = [GroupInfo("wr1", "owner", store_code="BJ001"), GroupInfo("wr2", "owner"),
+              GroupInfo("wr3", "owner", store_code="OLD01", store_missing=True)]
+    plan = plan_day(dt.date(2026, 11, 30), [template], groups, Limits())
+    assert [p.chat_id for p in plan.posts] == ["wr1"]
+    assert sum(plan.dropped_counts.values()) == 0  # not a target at all, so nothing to drop
