@@ -12,12 +12,12 @@ from zoneinfo import ZoneInfo
 
 from fastapi import Query, Request, Response
 from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import StarletteHTTPException
 from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
-from fastapi.exceptions import StarletteHTTPException
 
 from scrm.callbacks.ingest import Enqueuer, InboxWriter
 from scrm.callbacks.relay import inbox_backlog
