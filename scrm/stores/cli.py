@@ -53,6 +53,18 @@ def _read_csv(console: Console, file: Path, parse):
     return result
 
 
+def _write_csv(console: Console, file: Path | None, text: str, *, bom: bool, noun: str) -> None:
+    """An export to standard output, or to ``file`` (with a BOM for Excel) and a count of rows."""
+    if file is None:
+        typer.echo(text, nl=False)
+        return
+    if file.is_dir():
+        _fail(console, f"{file} is a directory")
+    file.write_bytes((("\ufeff" if bom else "") + text).encode("utf-8"))
+    count = sum(1 for _ in csv.reader(io.StringIO(text, newline=""))) - 1
+    console.print(f"exported {_plural(count, noun)} to {escape(str(file))}")
+
+
 @contextmanager
 def _database(console: Console) -> Iterator:
     """The configured engine; a database error becomes a one-line error (exit 2), not a traceback."""
@@ -116,14 +128,7 @@ def export_command(
     console = _console()
     with _database(console) as engine:
         text = export_stores(engine)
-    if file is None:
-        typer.echo(text, nl=False)
-        return
-    if file.is_dir():
-        _fail(console, f"{file} is a directory")
-    file.write_bytes((("\ufeff" if bom else "") + text).encode("utf-8"))
-    count = sum(1 for _ in csv.reader(io.StringIO(text, newline=""))) - 1
-    console.print(f"exported {_plural(count, 'store')} to {escape(str(file))}")
+    _write_csv(console, file, text, bom=bom, noun="store")
 
 
 @stores_app.command("list")

@@ -234,6 +234,19 @@ def _unique(chat_ids: Iterable[str]) -> list[str]:
 # Assign / detach
 
 
+def _record(report: AssignReport, group: _Group, chat_id: str, store_code: str | None) -> None:
+    """File the change of one group's store under what it is: unchanged, detached, assigned or moved."""
+    change = GroupChange(chat_id, group.name, group.store_code, store_code)
+    if group.store_code == store_code:
+        report.unchanged.append(change)
+    elif store_code is None:
+        report.detached.append(change)
+    elif group.store_code is None:
+        report.assigned.append(change)
+    else:
+        report.moved.append(change)
+
+
 def assign_groups(engine: Engine, store_code: str, chat_ids: Sequence[str], *,
                   dry_run: bool = False) -> AssignReport:
     """Put the groups ``chat_ids`` on the open store ``store_code``, all or nothing.
@@ -265,14 +278,7 @@ def assign_groups(engine: Engine, store_code: str, chat_ids: Sequence[str], *,
         if problems:
             raise GroupAssignmentError(problems)
         for chat_id in wanted:
-            group = groups[chat_id]
-            change = GroupChange(chat_id, group.name, group.store_code, store_code)
-            if group.store_code == store_code:
-                report.unchanged.append(change)
-            elif group.store_code is None:
-                report.assigned.append(change)
-            else:
-                report.moved.append(change)
+            _record(report, groups[chat_id], chat_id, store_code)
         if not dry_run:
             _write(conn, report.changes)
     return report
@@ -528,16 +534,7 @@ def import_assignments(engine: Engine, rows: Iterable[AssignmentRow], *, dry_run
         if problems:
             raise GroupAssignmentError(problems)
         for row in sorted(lines, key=lambda r: r.line):
-            group = groups[row.chat_id]
-            change = GroupChange(row.chat_id, group.name, group.store_code, row.store_code)
-            if group.store_code == row.store_code:
-                report.unchanged.append(change)
-            elif row.store_code is None:
-                report.detached.append(change)
-            elif group.store_code is None:
-                report.assigned.append(change)
-            else:
-                report.moved.append(change)
+            _record(report, groups[row.chat_id], row.chat_id, row.store_code)
         if not dry_run:
             _write(conn, report.changes)
     return report

@@ -7,8 +7,6 @@ Registered on ``scrm stores`` by :mod:`scrm.stores.cli`. The commands parse, cal
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 from typing import NoReturn, Optional
 
@@ -18,7 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from scrm.config import get_settings
-from scrm.stores.cli import _console, _database, _fail, _plural, _read_csv, stores_app
+from scrm.stores.cli import _console, _database, _fail, _plural, _read_csv, _write_csv, stores_app
 from scrm.stores.groups import (
     AssignReport,
     GroupAssignmentError,
@@ -213,11 +211,4 @@ def export_command(
     console = _console()
     with _database(console) as engine:
         text = export_assignments(engine, unassigned=unassigned)
-    if file is None:
-        typer.echo(text, nl=False)
-        return
-    if file.is_dir():
-        _fail(console, f"{file} is a directory")
-    file.write_bytes((("\ufeff" if bom else "") + text).encode("utf-8"))
-    count = sum(1 for _ in csv.reader(io.StringIO(text, newline=""))) - 1
-    console.print(f"exported {_plural(count, 'group')} to {escape(str(file))}")
+    _write_csv(console, file, text, bom=bom, noun="group")
