@@ -14,7 +14,7 @@ from sqlalchemy import case, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from scrm.callbacks.models import CallbackInbox
+from scrm.callbacks.models import CallbackInbox, InboxStatus
 from scrm.contacts import service as contacts
 from scrm.db import utcnow
 from scrm.groups import service as groups
@@ -53,7 +53,7 @@ class Processor:
             if row is None:
                 log.warning("callback_missing", inbox_id=inbox_id)
                 return
-            if row.status != "pending":
+            if row.status != InboxStatus.pending:
                 return
             plaintext = row.plaintext
         event = ev.parse_event(plaintext)
@@ -67,8 +67,8 @@ class Processor:
         with self._session() as s:
             claimed = s.execute(
                 update(T)
-                .where(T.c.id == inbox_id, T.c.status != "done")
-                .values(status="done", done_at=utcnow(), attempts=T.c.attempts + 1, last_error=None)
+                .where(T.c.id == inbox_id, T.c.status != InboxStatus.done)
+                .values(status=InboxStatus.done, done_at=utcnow(), attempts=T.c.attempts + 1, last_error=None)
             ).rowcount
             if not claimed:
                 s.rollback()
@@ -88,11 +88,11 @@ class Processor:
         with self.engine.begin() as conn:
             conn.execute(
                 update(T)
-                .where(T.c.id == inbox_id, T.c.status == "pending")
+                .where(T.c.id == inbox_id, T.c.status == InboxStatus.pending)
                 .values(
                     attempts=T.c.attempts + 1,
                     last_error=str(exc)[:500],
-                    status=case((T.c.attempts + 1 >= self.max_attempts, "failed"), else_=T.c.status),
+                    status=case((T.c.attempts + 1 >= self.max_attempts, InboxStatus.failed), else_=T.c.status),
                 )
             )
 

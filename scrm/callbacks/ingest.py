@@ -16,7 +16,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 
-from scrm.callbacks.models import CallbackInbox
+from scrm.callbacks.models import CallbackInbox, InboxStatus
 from scrm.db import utcnow
 from scrm.logs import get_logger
 from scrm.wecom.crypto import CallbackCrypto, CorpMismatch
@@ -57,7 +57,7 @@ def open_callback(crypto: CallbackCrypto, *, body: bytes, msg_signature: str, ti
         event=event.event[:64],
         change_type=event.change_type[:64],
         plaintext=plaintext,
-        status="pending",
+        status=InboxStatus.pending,
         attempts=0,
     )
 

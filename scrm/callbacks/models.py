@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 
 from sqlalchemy import Index, Text
 from sqlmodel import Field, SQLModel
 
 from scrm.db import utcnow
 
-PENDING = "pending"
-DONE = "done"
-FAILED = "failed"
+
+
+class InboxStatus(StrEnum):
+    pending = "pending"  # stored, not applied yet (queued, or waiting for the relay)
+    done = "done"  # applied
+    failed = "failed"  # gave up after max attempts; ``last_error`` says why
+
 
 
 class CallbackInbox(SQLModel, table=True):
@@ -26,7 +31,7 @@ class CallbackInbox(SQLModel, table=True):
     change_type: str = Field(default="", max_length=64)
     plaintext: str = Field(sa_type=Text)
     received_at: datetime = Field(default_factory=utcnow)
-    status: str = Field(default=PENDING, max_length=16)
+    status: str = Field(default=InboxStatus.pending, max_length=16)
     attempts: int = 0
     enqueued_at: datetime | None = None
     done_at: datetime | None = None

@@ -11,7 +11,7 @@ from typing import Callable
 from sqlalchemy import or_, select, update
 from sqlalchemy.engine import Engine
 
-from scrm.callbacks.models import CallbackInbox
+from scrm.callbacks.models import CallbackInbox, InboxStatus
 from scrm.db import utcnow
 from scrm.logs import get_logger
 
@@ -27,7 +27,7 @@ def relay_pending(
         ids = conn.execute(
             select(T.c.id)
             .where(
-                T.c.status == "pending",
+                T.c.status == InboxStatus.pending,
                 T.c.attempts < max_attempts,
                 T.c.received_at <= cutoff,
                 or_(T.c.enqueued_at.is_(None), T.c.enqueued_at <= cutoff),
@@ -54,4 +54,4 @@ def inbox_backlog(engine: Engine) -> int:
     from sqlalchemy import func
 
     with engine.connect() as conn:
-        return conn.execute(select(func.count()).select_from(T).where(T.c.status == "pending")).scalar_one()
+        return conn.execute(select(func.count()).select_from(T).where(T.c.status == InboxStatus.pending)).scalar_one()

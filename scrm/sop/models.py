@@ -11,6 +11,7 @@ and with an owner pressing Send twice:
 from __future__ import annotations
 
 from datetime import date, datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import JSON, CheckConstraint, Column, UniqueConstraint
@@ -22,8 +23,23 @@ from scrm.db import utcnow
 #                    \-> failed (errcode)          (retried within its day while limits allow)
 # planned -> due -> sent                           (owner_task: the owner sent it from the toolbar page)
 # planned|due -> expired                           (its window ended unsent)
-OPEN_STATUSES = ("planned", "sending", "due")
-FINAL_STATUSES = ("sent", "confirmed", "failed", "expired", "over_quota")
+
+
+class PostStatus(StrEnum):
+    """Where a post is in the ledger (a str, so it compares and stores as its value)."""
+
+    planned = "planned"
+    due = "due"  # an owner task whose time has come: the owner sends it from the toolbar page
+    sending = "sending"  # claimed: a worker is sending it, or an owner's page holds a lease on it
+    sent = "sent"
+    confirmed = "confirmed"
+    failed = "failed"
+    expired = "expired"
+    over_quota = "over_quota"
+
+
+OPEN_STATUSES = (PostStatus.planned, PostStatus.sending, PostStatus.due)
+FINAL_STATUSES = (PostStatus.sent, PostStatus.confirmed, PostStatus.failed, PostStatus.expired, PostStatus.over_quota)
 HARD_MAX_POSTS_PER_DAY = 3
 
 
@@ -50,7 +66,7 @@ class SopPost(SQLModel, table=True):
     priority: int = 50
     scheduled_for: datetime = Field(index=True)  # UTC, jitter included
     window_ends_at: datetime  # UTC: after this an unsent post expires
-    status: str = Field(default="planned", max_length=16, index=True)
+    status: str = Field(default=PostStatus.planned, max_length=16, index=True)
     attempts: int = 0
     msgid: str | None = Field(default=None, max_length=128, index=True)
     errcode: int | None = None

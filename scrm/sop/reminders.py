@@ -23,7 +23,7 @@ from scrm.db import utcnow
 from scrm.groups.models import CustomerGroup
 from scrm.logs import get_logger
 from scrm.sop.jobs import TemplatesRefused
-from scrm.sop.models import SopPost
+from scrm.sop.models import PostStatus, SopPost
 from scrm.sop.template import Channel, SopTemplate
 from scrm.wecom.errors import RateLimited, WeComAPIError
 
@@ -82,7 +82,7 @@ def pending_reminders(engine: Engine, now: dt.datetime, *, tz, min_interval: dt.
         rows = conn.execute(
             select(c.id, c.sender, c.chat_id, c.template_id, c.scheduled_for, g.name)
             .select_from(SopPost.__table__.outerjoin(CustomerGroup.__table__, g.chat_id == c.chat_id))
-            .where(c.status == "due", c.reminded_at.is_(None), c.channel != Channel.mass_send.value)
+            .where(c.status == PostStatus.due, c.reminded_at.is_(None), c.channel != Channel.mass_send.value)
             .order_by(c.sender, c.scheduled_for, c.chat_id)
         ).all()
     rows = [r for r in rows if r.sender not in recent]

@@ -27,7 +27,7 @@ from sqlalchemy.engine import Engine
 from scrm.db import utcnow
 from scrm.groups.models import CustomerGroup
 from scrm.logs import get_logger
-from scrm.sop.models import SopPost, TrackedLink
+from scrm.sop.models import PostStatus, SopPost, TrackedLink
 from scrm.sop.render import (
     TemplateRenderError, build_context, group_fields, render_step, store_fields, uses_store_fields,
 )
@@ -105,7 +105,7 @@ class SopSender:
         """Send the given posts that are still ``sending``; returns counts by outcome."""
         table, c = SopPost.__table__, SopPost.__table__.c
         with self.engine.connect() as conn:
-            posts = conn.execute(select(table).where(c.id.in_(post_ids), c.status == "sending")).all()
+            posts = conn.execute(select(table).where(c.id.in_(post_ids), c.status == PostStatus.sending)).all()
             chats = {p.chat_id for p in posts}
             groups = {g.chat_id: g for g in conn.execute(
                 select(CustomerGroup.__table__).where(CustomerGroup.__table__.c.chat_id.in_(chats)))}
@@ -118,7 +118,7 @@ class SopSender:
         for p in posts:
             payload, error = self._render(p, templates, groups, stores)
             if error:
-                self._finish([p.id], status="failed", error=error)
+                self._finish([p.id], status=PostStatus.failed, error=error)
                 outcome["failed"] += 1
                 continue
             payload = self._track_links(p, payload)
@@ -127,7 +127,7 @@ class SopSender:
                 outcome[status] += 1
                 continue
             if p.channel != Channel.mass_send.value:  # claim_due never hands owner tasks to a worker
-                self._finish([p.id], status="due")
+                self._finish([p.id], status=PostStatus.due)
                 outcome["due"] += 1
                 continue
             key = (p.sender, json.dumps(payload, sort_keys=True, ensure_ascii=False))
@@ -151,7 +151,7 @@ class SopSender:
         send mini-program cards; those are left out (lint can't know which groups have robots)."""
         key = group.robot_webhook_key if group is not None else None
         if not key:  # the robot was removed since the post was claimed: the owner sends it instead
-            self._finish([post.id], status="due")
+            self._finish([post.id], status=PostStatus.due)
             return "due"
         messages = []
         if payload.get("text"):
@@ -168,18 +168,18 @@ class SopSender:
                 delivered += 1
         except WeComAPIError as exc:
             if delivered:  # part of the post is in the group: never send it again, say what is missing
-                self._finish([post.id], status="sent", content=payload, sent_by="group_robot", sent_at=self.clock(),
+                self._finish([post.id], status=PostStatus.sent, content=payload, sent_by="group_robot", sent_at=self.clock(),
                              errcode=exc.errcode, error=f"robot: the link card was not sent ({exc.errmsg})"[:500])
                 return "sent"
             if isinstance(exc, TransportError):  # WeCom may have posted it: at most once, so no retry
-                self._finish([post.id], status="failed", errcode=exc.errcode,
+                self._finish([post.id], status=PostStatus.failed, errcode=exc.errcode,
                              error="robot: no answer from WeCom; not retried, to never post twice")
                 return "failed"
             if isinstance(exc, (RateLimited, SystemBusy)):  # refused: safe to try again in its window
                 return "retry" if self._retry_later([post], f"robot: {type(exc).__name__}").get("retry") else "failed"
-            self._finish([post.id], status="failed", errcode=exc.errcode, error=f"robot: {exc.errmsg}"[:500])
+            self._finish([post.id], status=PostStatus.failed, errcode=exc.errcode, error=f"robot: {exc.errmsg}"[:500])
             return "failed"
-        self._finish([post.id], status="sent", content=payload, sent_by="group_robot", sent_at=self.clock())
+        self._finish([post.id], status=PostStatus.sent, content=payload, sent_by="group_robot", sent_at=self.clock())
         log.info("sop_robot_sent", chat_id=post.chat_id, post_id=post.id, messages=len(messages))
         return "sent"
 
@@ -202,7 +202,7 @@ class SopSender:
         except (RateLimited, SystemBusy) as exc:
             return self._retry_later(batch, f"errcode {exc.errcode}")
         except WeComAPIError as exc:
-            self._finish(ids, status="failed", errcode=exc.errcode, error=exc.errmsg[:500])
+            self._finish(ids, status=PostStatus.failed, errcode=exc.errcode, error=exc.errmsg[:500])
             log.warning("sop_mass_send_failed", sender=sender, chats=len(ids), errcode=exc.errcode)
             return {"failed": len(ids)}
         return self._record(sender, payload, batch, result)
@@ -213,9 +213,9 @@ class SopSender:
         bad = [p.id for p in batch if p.chat_id in failed]
         now = self.clock()
         if ok:
-            self._finish(ok, status="sent", msgid=result["msgid"], content=payload, sent_by=sender, sent_at=now)
+            self._finish(ok, status=PostStatus.sent, msgid=result["msgid"], content=payload, sent_by=sender, sent_at=now)
         if bad:
-            self._finish(bad, status="failed", error="WeCom refused the group (fail_list)", msgid=result["msgid"])
+            self._finish(bad, status=PostStatus.failed, error="WeCom refused the group (fail_list)", msgid=result["msgid"])
         log.info("sop_mass_send_created", sender=sender, msgid=result["msgid"], chats=len(ok), refused=len(bad))
         return {"sent": len(ok), "failed": len(bad)}
 
@@ -242,17 +242,17 @@ class SopSender:
         c = SopPost.__table__.c
         with self.engine.begin() as conn:
             if again:
-                conn.execute(update(SopPost.__table__).where(c.id.in_(again), c.status == "sending")
-                             .values(status="planned", scheduled_for=now + RETRY_AFTER, error=reason, updated_at=now))
+                conn.execute(update(SopPost.__table__).where(c.id.in_(again), c.status == PostStatus.sending)
+                             .values(status=PostStatus.planned, scheduled_for=now + RETRY_AFTER, error=reason, updated_at=now))
         if give_up:
-            self._finish(give_up, status="failed", error=f"{reason}; window ended")
+            self._finish(give_up, status=PostStatus.failed, error=f"{reason}; window ended")
         log.warning("sop_send_retry_later", reason=reason, retry=len(again), failed=len(give_up))
         return {"retry": len(again), "failed": len(give_up)}
 
     def _finish(self, ids: list[int], *, status: str, **values) -> None:
         c = SopPost.__table__.c
         with self.engine.begin() as conn:
-            conn.execute(update(SopPost.__table__).where(c.id.in_(ids), c.status == "sending")
+            conn.execute(update(SopPost.__table__).where(c.id.in_(ids), c.status == PostStatus.sending)
                          .values(status=status, updated_at=self.clock(), **values))
 
     # -- delivery results -------------------------------------------------------------------------
@@ -263,7 +263,7 @@ class SopSender:
         with self.engine.connect() as conn:
             waiting = conn.execute(
                 select(c.id, c.chat_id, c.msgid, c.sender).where(
-                    c.channel == Channel.mass_send.value, c.status == "sent", c.msgid.is_not(None),
+                    c.channel == Channel.mass_send.value, c.status == PostStatus.sent, c.msgid.is_not(None),
                     c.sent_at >= now - lookback)
             ).all()
         by_msg: dict[str, list] = defaultdict(list)
@@ -283,15 +283,15 @@ class SopSender:
                         continue
                     values = {"updated_at": now}
                     if status == 1:
-                        values.update(status="confirmed",
+                        values.update(status=PostStatus.confirmed,
                                       confirmed_at=dt.datetime.fromtimestamp(send_time or now.timestamp(),
                                                                              dt.timezone.utc))
                     elif status == 3:
-                        values.update(status="over_quota", errcode=3,
+                        values.update(status=PostStatus.over_quota, errcode=3,
                                       error="the group already received another mass message (WeCom quota)")
                     else:
-                        values.update(status="failed", errcode=status, error="WeCom could not deliver to the group")
-                    conn.execute(update(table).where(c.id == r.id, c.status == "sent").values(**values))
+                        values.update(status=PostStatus.failed, errcode=status, error="WeCom could not deliver to the group")
+                    conn.execute(update(table).where(c.id == r.id, c.status == PostStatus.sent).values(**values))
                     counts[values["status"]] += 1
         return dict(counts)
 

@@ -24,7 +24,7 @@ from sqlalchemy.engine import Connection, Engine
 from scrm.db import utcnow
 from scrm.groups.models import CustomerGroup
 from scrm.logs import get_logger
-from scrm.sop.models import HARD_MAX_POSTS_PER_DAY, SopPost
+from scrm.sop.models import HARD_MAX_POSTS_PER_DAY, PostStatus, SopPost
 from scrm.sop.planner import DayPlan, FixedPost, GroupIndex, GroupInfo, Limits, plan_day, window_end_seconds
 from scrm.sop.template import Channel, SopTemplate
 from scrm.stores.models import Store
@@ -95,7 +95,7 @@ def read_day(conn: Connection, day: dt.date, *, now: dt.datetime, tz: ZoneInfo) 
     c = table.c
     ledger = DayLedger(defaultdict(list), {}, defaultdict(set), defaultdict(set))
     for r in conn.execute(select(table).where(c.day == day)):
-        if r.status == "planned" and r.scheduled_for > now + REPLACE_GUARD:
+        if r.status == PostStatus.planned and r.scheduled_for > now + REPLACE_GUARD:
             ledger.replaceable[(r.chat_id, r.template_id, r.step_key)] = r
         else:
             at_local = r.scheduled_for.astimezone(tz).replace(tzinfo=None)
@@ -161,7 +161,7 @@ def replan_day(
                 stale.append(r.id)
         for i in range(0, len(stale), 500):
             result.removed += conn.execute(
-                delete(table).where(c.id.in_(stale[i:i + 500]), c.status == "planned")
+                delete(table).where(c.id.in_(stale[i:i + 500]), c.status == PostStatus.planned)
             ).rowcount
 
         new_rows = []
@@ -183,7 +183,7 @@ def replan_day(
                 step_key=p.step_key, template_digest=p.digest, channel=p.channel, sender=p.sender,
                 priority=p.priority, scheduled_for=at_utc,
                 window_ends_at=_window_end(p.at, limits, tz),
-                status="planned", attempts=0, created_at=stamp, updated_at=stamp,
+                status=PostStatus.planned, attempts=0, created_at=stamp, updated_at=stamp,
             ))
         for i in range(0, len(new_rows), 1000):
             chunk = new_rows[i:i + 1000]
@@ -201,8 +201,8 @@ def expire_overdue(engine: Engine, now: dt.datetime | None = None) -> int:
     with engine.begin() as conn:
         return conn.execute(
             update(SopPost.__table__)
-            .where(c.status.in_(("planned", "due")), c.window_ends_at <= now)
-            .values(status="expired", updated_at=now)
+            .where(c.status.in_((PostStatus.planned, PostStatus.due)), c.window_ends_at <= now)
+            .values(status=PostStatus.expired, updated_at=now)
         ).rowcount
 
 
@@ -221,7 +221,7 @@ def claim_due(engine: Engine, now: dt.datetime | None = None, *, limit: int = 20
     claimed: dict[str, list[int]] = defaultdict(list)
     with engine.begin() as conn:
         ids = [r.id for r in conn.execute(
-            select(c.id).where(c.status == "planned", c.scheduled_for <= now, c.window_ends_at > now)
+            select(c.id).where(c.status == PostStatus.planned, c.scheduled_for <= now, c.window_ends_at > now)
             .order_by(c.scheduled_for, c.id).limit(limit)
         )]
         for i in range(0, len(ids), 500):
@@ -229,8 +229,8 @@ def claim_due(engine: Engine, now: dt.datetime | None = None, *, limit: int = 20
             for by_worker in (True, False):
                 rows = conn.execute(
                     update(table)
-                    .where(c.id.in_(chunk), c.status == "planned", worker_sends if by_worker else ~worker_sends)
-                    .values(status="sending" if by_worker else "due",
+                    .where(c.id.in_(chunk), c.status == PostStatus.planned, worker_sends if by_worker else ~worker_sends)
+                    .values(status=PostStatus.sending if by_worker else PostStatus.due,
                             attempts=c.attempts + (1 if by_worker else 0), updated_at=now)
                     .returning(c.id, c.channel)
                 ).all()
@@ -249,6 +249,6 @@ def requeue_stuck(engine: Engine, now: dt.datetime | None = None, *,
     table, c = SopPost.__table__, SopPost.__table__.c
     with engine.begin() as conn:
         return [r.id for r in conn.execute(
-            update(table).where(c.status == "sending", c.updated_at < now - older_than)
+            update(table).where(c.status == PostStatus.sending, c.updated_at < now - older_than)
             .values(attempts=c.attempts + 1, updated_at=now).returning(c.id)
         )]

@@ -21,7 +21,7 @@ def codes_command(
     from scrm.db import get_engine
     from scrm.runtime import build_client
     from scrm.stores import service
-    from scrm.stores.models import Store
+    from scrm.stores.models import Store, StoreStatus
 
     console = Console(soft_wrap=True, highlight=False)
     s = get_settings()
@@ -29,7 +29,7 @@ def codes_command(
     factory = lambda: Session(engine, expire_on_commit=False)  # noqa: E731
     client = build_client(s)
     with factory() as session:
-        known = [st.code for st in session.exec(select(Store).where(Store.status == "open"))]
+        known = [st.code for st in session.exec(select(Store).where(Store.status == StoreStatus.open))]
     unknown = [c for c in store if c not in known]
     if unknown:
         console.print(f"[red]error:[/red] unknown or closed store(s): {escape(', '.join(unknown))}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 
 from sqlalchemy import JSON, Column, UniqueConstraint
 from sqlmodel import Field, SQLModel
@@ -11,6 +12,17 @@ from scrm.db import utcnow
 
 
 STORE_CODE_PATTERN = r"^[A-Za-z0-9_-]{1,20}$"  # short: it travels inside WeCom's 30-character `state`
+
+
+class StoreStatus(StrEnum):
+    open = "open"
+    closed = "closed"
+
+
+class CodeStatus(StrEnum):
+    active = "active"  # exists in WeCom (config_id set)
+    failed = "failed"  # WeCom refused it; ``error`` says why
+    removed = "removed"  # deleted in WeCom (its staff member left the store)
 
 
 class Store(SQLModel, table=True):
@@ -22,7 +34,7 @@ class Store(SQLModel, table=True):
     city: str = Field(default="", max_length=64, index=True)
     latitude: float | None = None
     longitude: float | None = None
-    status: str = Field(default="open", max_length=16)  # open | closed
+    status: str = Field(default=StoreStatus.open, max_length=16)
     updated_at: datetime = Field(default_factory=utcnow)
 
 
@@ -53,6 +65,6 @@ class StoreCode(SQLModel, table=True):
     config_id: str | None = Field(default=None, max_length=64, unique=True)
     qr_code: str | None = None
     chat_ids: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
-    status: str = Field(default="active", max_length=16)  # active | failed | removed
+    status: str = Field(default=CodeStatus.active, max_length=16)
     error: str | None = None
     updated_at: datetime = Field(default_factory=utcnow)

@@ -20,7 +20,7 @@ from scrm.db import utcnow
 from scrm.groups.models import CustomerGroup, GroupMember
 from scrm.logs import get_logger
 from scrm.routing.state import group_state, parse_state, staff_state
-from scrm.stores.models import Store, StoreCode, StoreStaff
+from scrm.stores.models import CodeStatus, Store, StoreCode, StoreStaff, StoreStatus
 from scrm.tags.models import Tag, TagGroup
 from scrm.wecom.errors import WeComAPIError
 
@@ -55,7 +55,7 @@ def ensure_staff_codes(session_factory, client, *, store_codes: list[str] | None
         todo = []
         for key in sorted(staff):
             code = codes.get(key)
-            if code and code.status == "active" and code.config_id:
+            if code and code.status == CodeStatus.active and code.config_id:
                 report.unchanged += 1
                 continue
             if code is None:
@@ -71,10 +71,10 @@ def ensure_staff_codes(session_factory, client, *, store_codes: list[str] | None
             try:
                 made = client.add_contact_way(type=1, scene=2, state=code.state, user=[code.userid],
                                               remark=(store.name if store else code.store_code)[:30], skip_verify=True)
-                code.config_id, code.qr_code, code.status, code.error = made["config_id"], made.get("qr_code"), "active", None
+                code.config_id, code.qr_code, code.status, code.error = made["config_id"], made.get("qr_code"), CodeStatus.active, None
                 report.created += 1
             except WeComAPIError as exc:  # e.g. 41054 the member is not activated for customer contact
-                code.status, code.error = "failed", f"errcode {exc.errcode}: {exc.errmsg}"[:500]
+                code.status, code.error = CodeStatus.failed, f"errcode {exc.errcode}: {exc.errmsg}"[:500]
                 report.failed.append(f"{code.store_code}/{code.userid}: {code.error}")
                 log.warning("store_staff_code_failed", store=code.store_code, userid=code.userid, errcode=exc.errcode)
             code.updated_at = utcnow()
@@ -87,7 +87,7 @@ def ensure_staff_codes(session_factory, client, *, store_codes: list[str] | None
             except WeComAPIError as exc:
                 log.warning("store_staff_code_delete_failed", store=code.store_code, userid=code.userid,
                             errcode=exc.errcode)
-            code.status, code.updated_at = "removed", utcnow()
+            code.status, code.updated_at = CodeStatus.removed, utcnow()
             s.add(code)
             s.commit()
             report.removed += 1
@@ -128,7 +128,7 @@ def refresh_group_code(session_factory, client, store_code: str, *, cap: int = 2
         code = s.exec(select(StoreCode).where(StoreCode.store_code == store_code, StoreCode.kind == "group")).first()
         if not chats:
             return "no_groups"
-        if code and code.status == "active" and code.config_id and code.chat_ids == chats:
+        if code and code.status == CodeStatus.active and code.config_id and code.chat_ids == chats:
             return "unchanged"
         body = dict(scene=2, remark=store.name[:30], auto_create_room=1, room_base_name=f"{store.name}福利群"[:40],
                     room_base_id=room_base_id, chat_id_list=chats, state=group_state(store_code))
@@ -142,9 +142,9 @@ def refresh_group_code(session_factory, client, store_code: str, *, cap: int = 2
                 code.config_id = client.add_join_way(**body)
                 outcome = "created"
             code.qr_code = client.get_join_way(code.config_id).get("qr_code") or code.qr_code
-            code.chat_ids, code.status, code.error = chats, "active", None
+            code.chat_ids, code.status, code.error = chats, CodeStatus.active, None
         except WeComAPIError as exc:
-            code.status, code.error = "failed", f"errcode {exc.errcode}: {exc.errmsg}"[:500]
+            code.status, code.error = CodeStatus.failed, f"errcode {exc.errcode}: {exc.errmsg}"[:500]
             outcome = "failed"
             log.warning("store_group_code_failed", store=store_code, errcode=exc.errcode)
         code.updated_at = utcnow()
@@ -157,7 +157,7 @@ def refresh_group_code(session_factory, client, store_code: str, *, cap: int = 2
 
 def refresh_all_group_codes(session_factory, client, *, cap: int = 200, room_base_id: int = 1) -> dict[str, int]:
     with session_factory() as s:
-        codes = [st.code for st in s.exec(select(Store).where(Store.status == "open"))]
+        codes = [st.code for st in s.exec(select(Store).where(Store.status == StoreStatus.open))]
     outcomes: dict[str, int] = defaultdict(int)
     for code in codes:
         outcomes[refresh_group_code(session_factory, client, code, cap=cap, room_base_id=room_base_id)] += 1

@@ -9,7 +9,7 @@ from sqlmodel import Session, select
 
 from scrm.contacts.models import Employee
 from scrm.groups.models import CustomerGroup
-from scrm.stores.models import Store, StoreCode
+from scrm.stores.models import CodeStatus, Store, StoreCode
 
 
 def find_store(s: Session, code: str) -> Store | None:
@@ -24,7 +24,7 @@ def find_store(s: Session, code: str) -> Store | None:
 
 def store_codes(s: Session, store_code: str) -> tuple[StoreCode | None, list[StoreCode]]:
     """The store's group live code and its staff codes (by userid), removed ones left out."""
-    rows = s.exec(select(StoreCode).where(StoreCode.store_code == store_code, StoreCode.status != "removed")).all()
+    rows = s.exec(select(StoreCode).where(StoreCode.store_code == store_code, StoreCode.status != CodeStatus.removed)).all()
     group = next((c for c in rows if c.kind == "group"), None)
     return group, sorted((c for c in rows if c.kind == "staff"), key=lambda c: c.userid)
 
