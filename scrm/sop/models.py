@@ -21,7 +21,9 @@ from scrm.db import utcnow
 
 # planned -> sending -> sent -> confirmed          (mass_send: sent = task created, confirmed = delivered)
 #                    \-> failed (errcode)          (retried within its day while limits allow)
-# planned -> due -> sent                           (owner_task: the owner sent it from the toolbar page)
+# planned -> due -> sending -> sent               (owner_task: the owner's page claimed it, with a lease,
+#                          \-> due                  then confirmed it; a cancelled or failed send releases it)
+#                          \-> unconfirmed          (the lease lapsed without a word: maybe sent; the owner says)
 # planned|due -> expired                           (its window ended unsent)
 
 
@@ -36,10 +38,12 @@ class PostStatus(StrEnum):
     failed = "failed"
     expired = "expired"
     over_quota = "over_quota"
+    unconfirmed = "unconfirmed"  # an owner's claim lapsed without a confirmation: never re-offered as unsent
 
 
 OPEN_STATUSES = (PostStatus.planned, PostStatus.sending, PostStatus.due)
-FINAL_STATUSES = (PostStatus.sent, PostStatus.confirmed, PostStatus.failed, PostStatus.expired, PostStatus.over_quota)
+FINAL_STATUSES = (PostStatus.sent, PostStatus.confirmed, PostStatus.failed, PostStatus.expired, PostStatus.over_quota,
+                  PostStatus.unconfirmed)
 HARD_MAX_POSTS_PER_DAY = 3
 
 
@@ -73,6 +77,10 @@ class SopPost(SQLModel, table=True):
     error: str | None = None
     content: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))  # as rendered at send time
     sent_by: str | None = Field(default=None, max_length=64)
+    # owner_task in ``sending``: the owner whose toolbar page claimed it, and until when the claim
+    # holds. A worker never touches a post that has ``claimed_by``.
+    claimed_by: str | None = Field(default=None, max_length=64)
+    lease_until: datetime | None = None
     # owner_task: when the owner's reminder app message listed this post.
     reminded_at: datetime | None = None
     sent_at: datetime | None = None

@@ -249,6 +249,6 @@ def requeue_stuck(engine: Engine, now: dt.datetime | None = None, *,
     table, c = SopPost.__table__, SopPost.__table__.c
     with engine.begin() as conn:
         return [r.id for r in conn.execute(
-            update(table).where(c.status == PostStatus.sending, c.updated_at < now - older_than)
+            update(table).where(c.status == PostStatus.sending, c.claimed_by.is_(None), c.updated_at < now - older_than)
             .values(attempts=c.attempts + 1, updated_at=now).returning(c.id)
         )]

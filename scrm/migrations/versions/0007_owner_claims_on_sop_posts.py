@@ -1,0 +1,29 @@
+"""Owner claims on SOP posts: who holds a post in ``sending`` from the toolbar page, and until when
+
+Revision ID: 0007
+Revises: 0006
+Create Date: 2026-11-30 06:20:00
+"""
+from typing import Sequence, Union
+
+from alembic import op
+import sqlalchemy as sa
+import sqlmodel
+
+
+revision: str = '0007'
+down_revision: Union[str, None] = '0006'
+branch_labels: Union[str, Sequence[str], None] = None
+depends_on: Union[str, Sequence[str], None] = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table('sop_posts', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('claimed_by', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True))
+        batch_op.add_column(sa.Column('lease_until', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table('sop_posts', schema=None) as batch_op:
+        batch_op.drop_column('lease_until')
+        batch_op.drop_column('claimed_by')
