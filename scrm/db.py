@@ -7,7 +7,7 @@ relay can write at once; PostgreSQL is used as given by URL.
 from __future__ import annotations
 
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import event
@@ -29,12 +29,12 @@ _lock = threading.Lock()
 
 def utcnow() -> datetime:
     """Aware UTC: SQLModel's datetime columns store and return UTC."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def from_unix(value) -> datetime | None:
     """WeCom's integer timestamps (create_time, join_time, ...) as aware UTC; 0/None stays None."""
-    return datetime.fromtimestamp(int(value), timezone.utc) if value else None
+    return datetime.fromtimestamp(int(value), UTC) if value else None
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:

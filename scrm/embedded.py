@@ -99,7 +99,7 @@ class EmbeddedStack:
         if self.console:
             self.console.print(text, soft_wrap=True)
 
-    def __enter__(self) -> "EmbeddedStack":
+    def __enter__(self) -> EmbeddedStack:
         try:
             self._start()
         except BaseException:

@@ -117,7 +117,7 @@ class RedisServer:
             return f"unix://{self.socket_path}"
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self, timeout: float = 10.0) -> "RedisServer":
+    def start(self, timeout: float = 10.0) -> RedisServer:
         args = [
             redis_binary(),
             "--bind", "127.0.0.1",
@@ -163,7 +163,7 @@ class RedisServer:
                 self.process.wait()
         self.process = None
 
-    def __enter__(self) -> "RedisServer":
+    def __enter__(self) -> RedisServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

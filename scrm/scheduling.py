@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -37,9 +37,8 @@ def sop_plan_job(settings: Settings) -> None:
 
 
 def sop_fire_job(settings: Settings, enqueue_sop) -> None:
-    from zoneinfo import ZoneInfo
-
     from pathlib import Path
+    from zoneinfo import ZoneInfo
 
     from scrm.sop.jobs import fire, load_templates
     from scrm.sop.reminders import send_reminders
@@ -82,7 +81,7 @@ def make_scheduler(settings: Settings, send, enqueue_sop=None) -> BackgroundSche
     if enqueue_sop is not None:
         sop = settings.sop
         sched.add_job(sop_plan_job, "interval", seconds=sop.plan_interval_seconds, args=[settings], id="sop_plan",
-                      next_run_time=datetime.now(timezone.utc))
+                      next_run_time=datetime.now(UTC))
         sched.add_job(sop_fire_job, "interval", seconds=sop.fire_interval_seconds, args=[settings, enqueue_sop],
                       id="sop_fire")
         sched.add_job(sop_poll_job, "interval", seconds=sop.poll_interval_seconds, args=[settings], id="sop_poll")

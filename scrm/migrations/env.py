@@ -1,10 +1,11 @@
 """Alembic environment: the schema is SQLModel.metadata (every table imported by scrm.models)."""
 
 from alembic import context
+from sqlalchemy.engine import Connection
+from sqlmodel import SQLModel
 
 import scrm.models  # noqa: F401  (registers the tables)
 from scrm.db import make_engine
-from sqlmodel import SQLModel
 
 config = context.config
 target_metadata = SQLModel.metadata
@@ -24,7 +25,10 @@ def run_migrations_offline() -> None:
 def run_migrations_online() -> None:
     connectable = config.attributes.get("connection")
     if connectable is None:
-        engine = make_engine(config.get_main_option("sqlalchemy.url"))
+        url = config.get_main_option("sqlalchemy.url")
+        if not url:
+            raise RuntimeError("alembic: no sqlalchemy.url configured (scrm.db.alembic_config sets it)")
+        engine = make_engine(url)
         with engine.connect() as connection:
             _run(connection)
         engine.dispose()
@@ -32,7 +36,7 @@ def run_migrations_online() -> None:
         _run(connectable)
 
 
-def _run(connection) -> None:
+def _run(connection: Connection) -> None:
     context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
     with context.begin_transaction():
         context.run_migrations()

@@ -4,7 +4,7 @@ group live code pointing at groups with room."""
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from sqlmodel import Session
 
@@ -12,13 +12,22 @@ from scrm.logs import get_logger
 from scrm.routing.state import parse_state
 from scrm.stores import service as stores
 from scrm.stores.models import Store
+from scrm.wecom.api import StoreCodesAPI
 from scrm.wecom.errors import WeComAPIError
+from scrm.wecom.messages import (
+    MAX_LINK_TITLE_BYTES,
+    MAX_TEXT_BYTES,
+    LinkAttachment,
+    fit_bytes,
+    link_attachment,
+)
 
 log = get_logger(__name__)
 
 
 class StoreRouter:
-    def __init__(self, session_factory: Callable[[], Session], client, *, welcome_text: str, link_base: str,
+    def __init__(self, session_factory: Callable[[], Session], client: StoreCodesAPI, *, welcome_text: str,
+                 link_base: str,
                  group_cap: int = 200, room_base_id: int = 1):
         self.session_factory, self.client = session_factory, client
         self.welcome_text, self.link_base = welcome_text, link_base.rstrip("/")
@@ -31,18 +40,20 @@ class StoreRouter:
         with self.session_factory() as s:
             return s.get(Store, ref.store_code)
 
-    def welcome_for(self, state: str | None) -> tuple[str, list[dict]]:
+    def welcome_for(self, state: str | None) -> tuple[str, list[LinkAttachment]]:
         """The welcome message: for a store's QR code, the store's greeting and a card that opens
-        the store group's live code."""
+        the store group's live code. A long store name is cut to fit the card's 128-byte title
+        (and the text its 4000 bytes) rather than lose the welcome, which WeCom allows only once."""
         store = self._store(state)
         if store is None:
             return self.welcome_text, []
-        card = {"msgtype": "link", "link": {
-            "title": f"加入{store.name}福利群"[:40],
-            "desc": "扫码进群：每天早餐优惠、限时秒杀，只在门店群里发。",
-            "url": f"{self.link_base}/g/{store.code}",
-        }}
-        return f"{self.welcome_text}\n这里是{store.name}，点下面的卡片加入门店福利群。", [card]
+        card = link_attachment(
+            fit_bytes(f"加入{store.name}福利群", MAX_LINK_TITLE_BYTES),
+            f"{self.link_base}/g/{store.code}",
+            desc="扫码进群：每天早餐优惠、限时秒杀，只在门店群里发。",
+        )
+        text = f"{self.welcome_text}\n这里是{store.name}，点下面的卡片加入门店福利群。"
+        return fit_bytes(text, MAX_TEXT_BYTES), [card]
 
     def on_new_contact(self, userid: str, external_userid: str, state: str | None) -> str | None:
         """Tag a customer who came through a store's code with that store; returns the store code."""

@@ -21,7 +21,17 @@ from typing import Any
 
 from scrm.config import ConfigError
 from scrm.sandbox.state import (
-    ContactWay, CorpState, Customer, Follow, Group, GroupMember, JoinWay, Member, MsgTemplate, Tag, TagGroup,
+    ContactWay,
+    CorpState,
+    Customer,
+    Follow,
+    Group,
+    GroupMember,
+    JoinWay,
+    Member,
+    MsgTemplate,
+    Tag,
+    TagGroup,
 )
 
 FORMAT = "scrm-sandbox-corp"

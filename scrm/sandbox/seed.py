@@ -7,7 +7,12 @@ tag groups, one staff contact way and one group join way per store). Seeding pos
 from __future__ import annotations
 
 from scrm.sandbox.demo_chain import (
-    CUSTOMERS_PER_STORE, DEMO_ADMIN, DEMO_CUSTOMER_NAMES, DEMO_LAYERS, DEMO_STORES, DemoStore,
+    CUSTOMERS_PER_STORE,
+    DEMO_ADMIN,
+    DEMO_CUSTOMER_NAMES,
+    DEMO_LAYERS,
+    DEMO_STORES,
+    DemoStore,
 )
 from scrm.sandbox.users import Sandbox
 

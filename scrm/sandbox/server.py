@@ -316,7 +316,7 @@ class SandboxServer:
         self.server.should_exit = True
         self.thread.join(timeout)
 
-    def __enter__(self) -> "SandboxServer":
+    def __enter__(self) -> SandboxServer:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -6,9 +6,10 @@ callback delivery went.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 
@@ -69,7 +70,7 @@ class Sandbox(CorpState):
 
     @classmethod
     def from_settings(cls, settings, *, state_file: Path | str | None = None, seed: bool = True,
-                      **overrides: Any) -> "Sandbox":
+                      **overrides: Any) -> Sandbox:
         """The sandbox ``scrm run`` / ``scrm sandbox`` serve. With ``state_file`` the corp is
         durable: loaded from that file when it exists (``SandboxStateError`` naming the file if it
         cannot be used; it is never reseeded over), else seeded with the demo chain (``seed``)

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from datetime import date, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, ClassVar
 
-from sqlalchemy import JSON, CheckConstraint, Column, UniqueConstraint
+from sqlalchemy import JSON, CheckConstraint, Column, Table, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from scrm.db import utcnow
@@ -49,6 +49,8 @@ HARD_MAX_POSTS_PER_DAY = 3
 
 class SopPost(SQLModel, table=True):
     __tablename__ = "sop_posts"
+    # SQLModel sets __table__ but does not declare it: declared so the type checker knows the columns.
+    __table__: ClassVar[Table]
     __table_args__ = (
         UniqueConstraint("chat_id", "day", "slot"),
         UniqueConstraint("chat_id", "day", "mass_seq"),
@@ -94,6 +96,7 @@ class TrackedLink(SQLModel, table=True):
     per group, post and day (managers judge SOPs by click-through)."""
 
     __tablename__ = "tracked_links"
+    __table__: ClassVar[Table]
     __table_args__ = (UniqueConstraint("post_id", "position"),)
 
     code: str = Field(primary_key=True, max_length=24)
@@ -111,6 +114,7 @@ class TrackedLink(SQLModel, table=True):
 
 class LinkClick(SQLModel, table=True):
     __tablename__ = "link_clicks"
+    __table__: ClassVar[Table]
 
     id: int | None = Field(default=None, primary_key=True)
     code: str = Field(max_length=24, index=True)

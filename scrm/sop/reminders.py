@@ -25,11 +25,11 @@ from scrm.logs import get_logger
 from scrm.sop.jobs import TemplatesRefused
 from scrm.sop.models import PostStatus, SopPost
 from scrm.sop.template import Channel, SopTemplate
+from scrm.wecom.api import AppMessageAPI
 from scrm.wecom.errors import RateLimited, WeComAPIError
+from scrm.wecom.messages import MAX_TEXTCARD_DESCRIPTION_BYTES, textcard, textcard_message, utf8_len
 
 log = get_logger(__name__)
-MAX_DESCRIPTION_BYTES = 512
-MAX_TITLE_BYTES = 128
 UNNAMED_POST = "SOP 内容"  # a post whose template can't be loaded now: neutral words, never its id
 
 
@@ -41,12 +41,13 @@ class Reminder:
 
 
 def _fit(lines: list[str]) -> str:
-    """As many lines as fit WeCom's 512-byte textcard description, then how many groups more."""
+    """As many lines as fit WeCom's 512-byte textcard description, then how many groups more
+    (``messages.textcard`` would cut a description that still ran over, mid-line)."""
     out: list[str] = []
     for i, line in enumerate(lines):
         more = len(lines) - i - 1
-        candidate = "\n".join(out + [line]) + (f"\n…还有 {more} 个群" if more else "")
-        if len(candidate.encode()) > MAX_DESCRIPTION_BYTES - 8:
+        candidate = "\n".join([*out, line]) + (f"\n…还有 {more} 个群" if more else "")
+        if utf8_len(candidate) > MAX_TEXTCARD_DESCRIPTION_BYTES - 8:
             return "\n".join(out) + f"\n…还有 {len(lines) - i} 个群"
         out.append(line)
     return "\n".join(out)
@@ -70,7 +71,7 @@ def template_names_from(templates: Callable[[], Mapping[str, SopTemplate]] | Non
         return {}
 
 
-def pending_reminders(engine: Engine, now: dt.datetime, *, tz, min_interval: dt.timedelta,
+def pending_reminders(engine: Engine, now: dt.datetime, *, tz: dt.tzinfo, min_interval: dt.timedelta,
                       template_names: Mapping[str, str] | Callable[[], Mapping[str, str]] | None = None,
                       ) -> list[Reminder]:
     """The reminders due now, one per owner. ``template_names`` maps template ids to names (or
@@ -86,20 +87,23 @@ def pending_reminders(engine: Engine, now: dt.datetime, *, tz, min_interval: dt.
             .order_by(c.sender, c.scheduled_for, c.chat_id)
         ).all()
     rows = [r for r in rows if r.sender not in recent]
+    names: Mapping[str, str]
     if callable(template_names):
-        template_names = template_names() if rows else {}
-    names = template_names or {}
+        names = template_names() if rows else {}
+    else:
+        names = template_names or {}
     by_owner: dict[str, Reminder] = {}
     for r in rows:
         rem = by_owner.setdefault(r.sender, Reminder(r.sender, [], []))
         rem.post_ids.append(r.id)
-        scheduled = r.scheduled_for if r.scheduled_for.tzinfo else r.scheduled_for.replace(tzinfo=dt.timezone.utc)
+        scheduled = r.scheduled_for if r.scheduled_for.tzinfo else r.scheduled_for.replace(tzinfo=dt.UTC)
         at = scheduled.astimezone(tz).strftime("%H:%M")
         rem.lines.append(reminder_line(r.name, r.chat_id, at, r.template_id, names))
     return list(by_owner.values())
 
 
-def send_reminders(engine: Engine, client, *, toolbar_url: str, tz, now: dt.datetime | None = None,
+def send_reminders(engine: Engine, client: AppMessageAPI, *, toolbar_url: str, tz: dt.tzinfo,
+                   now: dt.datetime | None = None,
                    agent_id: int | None = None,
                    min_interval: dt.timedelta = dt.timedelta(seconds=60),
                    templates: Callable[[], Mapping[str, SopTemplate]] | None = None) -> dict[str, int]:
@@ -111,18 +115,9 @@ def send_reminders(engine: Engine, client, *, toolbar_url: str, tz, now: dt.date
     counts: dict[str, int] = defaultdict(int)
     for rem in pending_reminders(engine, now, tz=tz, min_interval=min_interval,
                                  template_names=lambda: template_names_from(templates)):
-        groups = len(rem.lines)
-        card = {
-            "title": f"有 {groups} 个群的 SOP 内容待发送"[:40],
-            "description": _fit(rem.lines),
-            "url": toolbar_url,
-            "btntxt": "去发送",
-        }
+        card = textcard(f"有 {len(rem.lines)} 个群的 SOP 内容待发送", _fit(rem.lines), toolbar_url, btntxt="去发送")
         try:
-            message = {"touser": rem.owner, "msgtype": "textcard", "textcard": card}
-            if agent_id is not None:
-                message["agentid"] = agent_id
-            result = client.send_app_message(message)
+            result = client.send_app_message(textcard_message(rem.owner, card, agentid=agent_id))
         except RateLimited:
             counts["rate_limited"] += 1  # the next fire cycle tries again
             continue

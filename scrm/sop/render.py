@@ -35,17 +35,26 @@ from jinja2.runtime import Undefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from scrm.sop.template import (
+    WEEKDAYS,
+    ImageAttachment,
+    LinkAttachment,
+    MiniProgramAttachment,
+    SopTemplate,
+    Step,
+    parse_clock,
+)
+from scrm.wecom.messages import (
     MAX_LINK_DESC_BYTES,
     MAX_LINK_TITLE_BYTES,
     MAX_MINIPROGRAM_TITLE_BYTES,
     MAX_TEXT_BYTES,
-    ImageAttachment,
-    LinkAttachment,
-    MiniProgramAttachment,
-    WEEKDAYS,
-    SopTemplate,
-    Step,
-    parse_clock,
+    Attachment,
+    MessageLimitError,
+    PostContent,
+    image_attachment,
+    link_attachment,
+    miniprogram_attachment,
+    post_content,
 )
 
 # The only names a template may use, and the fields of the dict-valued ones.
@@ -90,7 +99,7 @@ class TemplateRenderError(ValueError):
         self.lineno = lineno
         super().__init__(f"{format_loc(self.loc)}: {reason}" if self.loc else reason)
 
-    def at(self, loc: Loc) -> "TemplateRenderError":
+    def at(self, loc: Loc) -> TemplateRenderError:
         """The same error, located at a field (errors are raised before the field is known)."""
         return TemplateRenderError(self.reason, loc=loc, lineno=self.lineno)
 
@@ -432,8 +441,8 @@ def compile_field(source: str) -> jinja2.Template:
     the same step for hundreds of groups. Raises TemplateRenderError (without a field location)
     for the field's first problem (:func:`field_errors` lists them all)."""
     ast, errors = _parse(source)
-    if errors:
-        raise errors[0]
+    if errors or ast is None:
+        raise errors[0] if errors else TemplateRenderError("the field does not parse")
     try:
         return ENV.from_string(ast)
     except TemplateSyntaxError as exc:  # TemplateAssertionError from the compiler
@@ -594,7 +603,7 @@ def check_step_sources(step: Step | Mapping[str, Any], step_index: int) -> list[
     """Every problem of every template field of a step, each located at its field and line (lint
     reports them all in one run). Takes the step alone so lint can check it even when another
     part of its file is invalid."""
-    errors = []
+    errors: list[TemplateRenderError] = []
     for sub, source in step_fields(step):
         errors.extend(exc.at(("steps", step_index, *sub)) for exc in field_errors(source))
     return errors
@@ -616,7 +625,8 @@ def store_use_in(source: str) -> tuple[int, str] | None:
     if not uses:
         return None
     first = min(uses, key=lambda n: n.lineno)
-    key = next((_read_key(n) for n in ast.find_all((nodes.Getattr, nodes.Getitem)) if n.node is first), None)
+    key = next((_read_key(n) for n in ast.find_all((nodes.Getattr, nodes.Getitem))
+                if isinstance(n, (nodes.Getattr, nodes.Getitem)) and n.node is first), None)
     return first.lineno, f"store.{key}" if key else "store"
 
 
@@ -648,7 +658,8 @@ def _render(template: SopTemplate, step_index: int, sub: Loc, source: str, conte
         value = render_field(source, context).strip()
     except TemplateRenderError as exc:
         raise exc.at(loc) from None
-    limit = BYTE_LIMITS.get(tuple(sub[-2:])) or BYTE_LIMITS.get(tuple(sub[-1:]))
+    path = tuple(str(part) for part in sub)
+    limit = BYTE_LIMITS.get(path[-2:]) or BYTE_LIMITS.get(path[-1:])
     if limit is not None:
         size = len(value.encode("utf-8"))
         if size > limit:
@@ -662,52 +673,45 @@ def _render(template: SopTemplate, step_index: int, sub: Loc, source: str, conte
     return value
 
 
-def render_step(template: SopTemplate, step_index: int, context: Mapping[str, Any]) -> dict[str, Any]:
+def render_step(template: SopTemplate, step_index: int, context: Mapping[str, Any]) -> PostContent:
     """The WeCom payload of one step for one group: ``{"text": {"content": ...}, "attachments":
-    [...]}`` in add_msg_template's shapes (wecom-reference §3.7). ``text`` is left out when the
-    step has none or it renders empty; optional empty fields (desc, picurl, pic_media_id) are left
-    out. Link URLs are not rewritten here: the sender wraps them in tracked links.
+    [...]}`` in add_msg_template's shapes (wecom-reference §3.7), built by ``scrm.wecom.messages``.
+    ``text`` is left out when the step has none or it renders empty; optional empty fields (desc,
+    picurl, pic_media_id) are left out. Link URLs are not rewritten here: the sender wraps them in
+    tracked links.
 
-    Raises TemplateRenderError naming the field (``steps[0].attachments[1].link.title``)."""
+    Raises TemplateRenderError naming the field (``steps[0].attachments[1].link.title``): WeCom's
+    limits are checked here, per field, before the builders see the values."""
     step = template.steps[step_index]
-    payload: dict[str, Any] = {}
-    if step.text:
-        content = _render(template, step_index, ("text",), step.text, context)
-        if content:
-            payload["text"] = {"content": content}
-    attachments: list[dict[str, Any]] = []
+    text = _render(template, step_index, ("text",), step.text, context) if step.text else ""
+    attachments: list[Attachment] = []
     for j, att in enumerate(step.attachments):
-        def field(*sub, source):
+        def field(*sub: str, source: str, j: int = j) -> str:
             return _render(template, step_index, ("attachments", j, *sub), source, context)
 
         if isinstance(att, LinkAttachment):
-            link = {"title": field("link", "title", source=att.link.title)}
+            title = field("link", "title", source=att.link.title)
             picurl = field("link", "picurl", source=att.link.picurl)
             desc = field("link", "desc", source=att.link.desc)
-            if picurl:
-                link["picurl"] = picurl
-            if desc:
-                link["desc"] = desc
-            link["url"] = field("link", "url", source=att.link.url)
-            attachments.append({"msgtype": "link", "link": link})
+            attachments.append(link_attachment(title, field("link", "url", source=att.link.url),
+                                               desc=desc, picurl=picurl))
         elif isinstance(att, MiniProgramAttachment):
-            mp = {"title": field("miniprogram", "title", source=att.miniprogram.title)}
-            if att.miniprogram.pic_media_id:
-                mp["pic_media_id"] = att.miniprogram.pic_media_id
-            mp["appid"] = att.miniprogram.appid
-            mp["page"] = field("miniprogram", "page", source=att.miniprogram.page)
-            attachments.append({"msgtype": "miniprogram", "miniprogram": mp})
+            title = field("miniprogram", "title", source=att.miniprogram.title)
+            attachments.append(miniprogram_attachment(
+                title, att.miniprogram.appid, field("miniprogram", "page", source=att.miniprogram.page),
+                pic_media_id=att.miniprogram.pic_media_id or ""))
         elif isinstance(att, ImageAttachment):
             if att.image.media_id:
-                image = {"media_id": att.image.media_id}
+                attachments.append(image_attachment(media_id=att.image.media_id))
             else:
-                image = {"pic_url": field("image", "pic_url", source=att.image.pic_url)}
-            attachments.append({"msgtype": "image", "image": image})
-    if "text" not in payload and not attachments:
+                attachments.append(image_attachment(pic_url=field("image", "pic_url", source=att.image.pic_url)))
+    if not text and not attachments:
         raise TemplateRenderError("renders empty and the step has no attachments: nothing to send",
                                   loc=("steps", step_index, "text"))
-    payload["attachments"] = attachments
-    return payload
+    try:
+        return post_content(text or None, attachments)
+    except MessageLimitError as exc:  # the fields were checked above; this is the builders' last guard
+        raise TemplateRenderError(str(exc), loc=("steps", step_index)) from None
 
 
 __all__ = [

@@ -17,9 +17,10 @@ import datetime as dt
 import json
 import secrets
 from collections import defaultdict
-from typing import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Row, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
@@ -29,18 +30,33 @@ from scrm.groups.models import CustomerGroup
 from scrm.logs import get_logger
 from scrm.sop.models import PostStatus, SopPost, TrackedLink
 from scrm.sop.render import (
-    TemplateRenderError, build_context, group_fields, render_step, store_fields, uses_store_fields,
+    TemplateRenderError,
+    build_context,
+    group_fields,
+    render_step,
+    store_fields,
+    uses_store_fields,
 )
 from scrm.sop.template import Channel, SopTemplate
 from scrm.stores.models import Store
+from scrm.wecom.api import SopSendAPI
 from scrm.wecom.errors import RateLimited, SystemBusy, TransportError, WeComAPIError
+from scrm.wecom.messages import (
+    MAX_CHATS_PER_TEMPLATE,
+    Attachment,
+    MessageLimitError,
+    PostContent,
+    group_msg_template,
+    robot_messages,
+)
 
 log = get_logger(__name__)
-MAX_CHATS_PER_CALL = 2000
+MAX_CHATS_PER_CALL = MAX_CHATS_PER_TEMPLATE
 RETRY_AFTER = dt.timedelta(minutes=2)
 
 
-def render_post(post, templates: dict[str, SopTemplate], group, store) -> tuple[dict | None, str | None]:
+def render_post(post: Any, templates: Mapping[str, SopTemplate], group: Any,
+                store: Any) -> tuple[PostContent | None, str | None]:
     """A ledger post's content for its group as WeCom payload (text + attachments), or why not."""
     template = templates.get(post.template_id)
     if template is None:
@@ -61,19 +77,19 @@ def render_post(post, templates: dict[str, SopTemplate], group, store) -> tuple[
         return None, f"render: {exc}"
 
 
-def track_links(engine: Engine, post, payload: dict, link_base: str, now: dt.datetime) -> dict:
+def track_links(engine: Engine, post: Any, payload: PostContent, link_base: str, now: dt.datetime) -> PostContent:
     """Point each link attachment at ``/t/{code}`` (one code per post and attachment, kept
     across retries), so a click is counted for this group, post and day. The trade-off for mass
     sends: posts with links differ per group, so they go out one add_msg_template call per group."""
     link_base = link_base.rstrip("/")
-    if not link_base or not any(a.get("msgtype") == "link" for a in payload.get("attachments", [])):
+    if not link_base or not any(a["msgtype"] == "link" for a in payload["attachments"]):
         return payload
     table, c = TrackedLink.__table__, TrackedLink.__table__.c
     insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
-    attachments = []
+    attachments: list[Attachment] = []
     with engine.begin() as conn:
         for position, a in enumerate(payload["attachments"]):
-            if a.get("msgtype") != "link":
+            if a["msgtype"] != "link":
                 attachments.append(a)
                 continue
             conn.execute(insert(table).values(
@@ -89,10 +105,10 @@ class SopSender:
     def __init__(
         self,
         engine: Engine,
-        client,
+        client: SopSendAPI,
         templates: Callable[[], dict[str, SopTemplate]],
         *,
-        tz,
+        tz: dt.tzinfo,
         link_base: str = "",
         clock: Callable[[], dt.datetime] = utcnow,
     ):
@@ -114,10 +130,10 @@ class SopSender:
                 select(Store.__table__).where(Store.__table__.c.code.in_(codes)))} if codes else {}
         outcome: dict[str, int] = defaultdict(int)
         templates = self.templates()
-        batches: dict[tuple[str, str], tuple[dict, list]] = {}
+        batches: dict[tuple[str, str], tuple[PostContent, list[Row]]] = {}
         for p in posts:
             payload, error = self._render(p, templates, groups, stores)
-            if error:
+            if payload is None:
                 self._finish([p.id], status=PostStatus.failed, error=error)
                 outcome["failed"] += 1
                 continue
@@ -138,29 +154,24 @@ class SopSender:
                     outcome[status] += n
         return dict(outcome)
 
-    def _render(self, post, templates, groups, stores) -> tuple[dict | None, str | None]:
+    def _render(self, post: Row, templates: Mapping[str, SopTemplate], groups: Mapping[str, Any],
+                stores: Mapping[str, Any]) -> tuple[PostContent | None, str | None]:
         group = groups.get(post.chat_id)
         store = stores.get(group.store_code) if group is not None and group.store_code else None
         return render_post(post, templates, group, store)
 
-    def _track_links(self, post, payload: dict) -> dict:
+    def _track_links(self, post: Row, payload: PostContent) -> PostContent:
         return track_links(self.engine, post, payload, self.link_base, self.clock())
 
-    def _robot_send(self, post, payload: dict, group) -> str:
-        """Post through the group's robot: the text, then the links as one news card. Robots can't
-        send mini-program cards; those are left out (lint can't know which groups have robots)."""
+    def _robot_send(self, post: Row, payload: PostContent, group: Any) -> str:
+        """Post through the group's robot: the text, then the links as news cards
+        (``messages.robot_messages``). Robots can't send mini-program cards; those are left out
+        (lint can't know which groups have robots)."""
         key = group.robot_webhook_key if group is not None else None
         if not key:  # the robot was removed since the post was claimed: the owner sends it instead
             self._finish([post.id], status=PostStatus.due)
             return "due"
-        messages = []
-        if payload.get("text"):
-            messages.append({"msgtype": "text", "text": {"content": payload["text"]["content"]}})
-        articles = [{"title": a["link"]["title"], "description": a["link"].get("desc", ""), "url": a["link"]["url"],
-                     "picurl": a["link"].get("picurl", "")} for a in payload.get("attachments", [])
-                    if a.get("msgtype") == "link"]
-        if articles:
-            messages.append({"msgtype": "news", "news": {"articles": articles[:8]}})
+        messages = robot_messages(payload)
         delivered = 0
         try:
             for message in messages:
@@ -168,8 +179,9 @@ class SopSender:
                 delivered += 1
         except WeComAPIError as exc:
             if delivered:  # part of the post is in the group: never send it again, say what is missing
-                self._finish([post.id], status=PostStatus.sent, content=payload, sent_by="group_robot", sent_at=self.clock(),
-                             errcode=exc.errcode, error=f"robot: the link card was not sent ({exc.errmsg})"[:500])
+                self._finish([post.id], status=PostStatus.sent, content=payload, sent_by="group_robot",
+                             sent_at=self.clock(), errcode=exc.errcode,
+                             error=f"robot: the link card was not sent ({exc.errmsg})"[:500])
                 return "sent"
             if isinstance(exc, TransportError):  # WeCom may have posted it: at most once, so no retry
                 self._finish([post.id], status=PostStatus.failed, errcode=exc.errcode,
@@ -183,9 +195,14 @@ class SopSender:
         log.info("sop_robot_sent", chat_id=post.chat_id, post_id=post.id, messages=len(messages))
         return "sent"
 
-    def _mass_send(self, sender: str, payload: dict, batch: list) -> dict[str, int]:
+    def _mass_send(self, sender: str, payload: PostContent, batch: list[Row]) -> dict[str, int]:
         ids = [p.id for p in batch]
-        body = {"chat_type": "group", "sender": sender, "chat_id_list": [p.chat_id for p in batch], **payload}
+        try:
+            body = group_msg_template(sender, [p.chat_id for p in batch], payload)
+        except MessageLimitError as exc:  # render refuses these first; never send a post cut short
+            self._finish(ids, status=PostStatus.failed, error=f"payload: {exc}"[:500])
+            log.warning("sop_mass_send_refused", sender=sender, chats=len(ids), error=str(exc))
+            return {"failed": len(ids)}
         started = self.clock()
         if any(p.attempts > 1 for p in batch):  # tried before: WeCom may have created the task
             since = min(p.scheduled_for for p in batch)
@@ -207,19 +224,22 @@ class SopSender:
             return {"failed": len(ids)}
         return self._record(sender, payload, batch, result)
 
-    def _record(self, sender: str, payload: dict, batch: list, result: dict) -> dict[str, int]:
+    def _record(self, sender: str, payload: PostContent, batch: list[Row],
+                result: Mapping[str, Any]) -> dict[str, int]:
         failed = set(result.get("fail_list") or [])
         ok = [p.id for p in batch if p.chat_id not in failed]
         bad = [p.id for p in batch if p.chat_id in failed]
         now = self.clock()
         if ok:
-            self._finish(ok, status=PostStatus.sent, msgid=result["msgid"], content=payload, sent_by=sender, sent_at=now)
+            self._finish(ok, status=PostStatus.sent, msgid=result["msgid"], content=payload, sent_by=sender,
+                         sent_at=now)
         if bad:
-            self._finish(bad, status=PostStatus.failed, error="WeCom refused the group (fail_list)", msgid=result["msgid"])
+            self._finish(bad, status=PostStatus.failed, error="WeCom refused the group (fail_list)",
+                         msgid=result["msgid"])
         log.info("sop_mass_send_created", sender=sender, msgid=result["msgid"], chats=len(ok), refused=len(bad))
         return {"sent": len(ok), "failed": len(bad)}
 
-    def _find_created(self, sender: str, payload: dict, since: dt.datetime) -> str | None:
+    def _find_created(self, sender: str, payload: PostContent, since: dt.datetime) -> str | None:
         """After a timeout: did WeCom create the task anyway? Look for it before sending again."""
         start = int(since.timestamp()) - 60
         try:
@@ -229,27 +249,30 @@ class SopSender:
         except WeComAPIError:
             return None
         for item in listing.get("group_msg_list") or []:
-            if item.get("text") == payload.get("text") and (item.get("attachments") or []) == payload.get("attachments", []):
-                return item.get("msgid")
+            if item.get("text") == payload.get("text") and (item.get("attachments") or []) == payload["attachments"]:
+                msgid = item.get("msgid")
+                return str(msgid) if msgid else None
         return None
 
-    def _retry_later(self, batch: list, reason: str) -> dict[str, int]:
+    def _retry_later(self, batch: list[Row], reason: str) -> dict[str, int]:
         """Back to ``planned`` a little later if the post's window allows, else failed."""
         now = self.clock()
-        again, give_up = [], []
+        again: list[int] = []
+        give_up: list[int] = []
         for p in batch:
             (again if now + RETRY_AFTER < p.window_ends_at else give_up).append(p.id)
         c = SopPost.__table__.c
         with self.engine.begin() as conn:
             if again:
                 conn.execute(update(SopPost.__table__).where(c.id.in_(again), c.status == PostStatus.sending)
-                             .values(status=PostStatus.planned, scheduled_for=now + RETRY_AFTER, error=reason, updated_at=now))
+                             .values(status=PostStatus.planned, scheduled_for=now + RETRY_AFTER, error=reason,
+                                     updated_at=now))
         if give_up:
             self._finish(give_up, status=PostStatus.failed, error=f"{reason}; window ended")
         log.warning("sop_send_retry_later", reason=reason, retry=len(again), failed=len(give_up))
         return {"retry": len(again), "failed": len(give_up)}
 
-    def _finish(self, ids: list[int], *, status: str, **values) -> None:
+    def _finish(self, ids: list[int], *, status: PostStatus, **values: Any) -> None:
         c = SopPost.__table__.c
         with self.engine.begin() as conn:
             conn.execute(update(SopPost.__table__).where(c.id.in_(ids), c.status == PostStatus.sending)
@@ -266,7 +289,7 @@ class SopSender:
                     c.channel == Channel.mass_send.value, c.status == PostStatus.sent, c.msgid.is_not(None),
                     c.sent_at >= now - lookback)
             ).all()
-        by_msg: dict[str, list] = defaultdict(list)
+        by_msg: dict[str, list[Row]] = defaultdict(list)
         for row in waiting:
             by_msg[row.msgid].append(row)
         counts: dict[str, int] = defaultdict(int)
@@ -281,16 +304,17 @@ class SopSender:
                     status, send_time = results.get(r.chat_id, (0, 0))
                     if status == 0:
                         continue
-                    values = {"updated_at": now}
+                    values: dict[str, Any] = {"updated_at": now}
                     if status == 1:
                         values.update(status=PostStatus.confirmed,
                                       confirmed_at=dt.datetime.fromtimestamp(send_time or now.timestamp(),
-                                                                             dt.timezone.utc))
+                                                                             dt.UTC))
                     elif status == 3:
                         values.update(status=PostStatus.over_quota, errcode=3,
                                       error="the group already received another mass message (WeCom quota)")
                     else:
-                        values.update(status=PostStatus.failed, errcode=status, error="WeCom could not deliver to the group")
+                        values.update(status=PostStatus.failed, errcode=status,
+                                      error="WeCom could not deliver to the group")
                     conn.execute(update(table).where(c.id == r.id, c.status == PostStatus.sent).values(**values))
                     counts[values["status"]] += 1
         return dict(counts)
@@ -298,7 +322,7 @@ class SopSender:
     def _send_results(self, msgid: str, senders: set[str]) -> dict[str, tuple[int, int]]:
         out: dict[str, tuple[int, int]] = {}
         cursor = ""
-        confirmed = set()
+        confirmed: set[str] = set()
         while True:
             page = self.client.get_groupmsg_task(msgid, cursor=cursor)
             confirmed |= {t["userid"] for t in page.get("task_list") or [] if t.get("status") == 2}

@@ -9,23 +9,18 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from scrm.wecom.messages import MAX_ATTACHMENTS  # WeCom's limits live with the payload builders
+
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 
-# WeCom's limits for add_msg_template / sendChatMessage content (wecom-reference §3.7).
-MAX_TEXT_BYTES = 4000
-MAX_ATTACHMENTS = 9
-MAX_LINK_TITLE_BYTES = 128
-MAX_LINK_DESC_BYTES = 512
-MAX_MINIPROGRAM_TITLE_BYTES = 64
 
-
-class Channel(str, Enum):
+class Channel(StrEnum):
     """How a post reaches the group (see issue 6)."""
 
     mass_send = "mass_send"  # add_msg_template, confirmed by the owner; ~1 a day per group
@@ -73,7 +68,7 @@ class Days(_Strict):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     @model_validator(mode="after")
-    def _range(self) -> "Days":
+    def _range(self) -> Days:
         if self.from_ and self.until and self.until < self.from_:
             raise ValueError(f"until ({self.until}) is before from ({self.from_})")
         return self
@@ -114,7 +109,7 @@ class ImageRef(_Strict):
     media_id: str = ""
 
     @model_validator(mode="after")
-    def _one(self) -> "ImageRef":
+    def _one(self) -> ImageRef:
         if bool(self.pic_url) == bool(self.media_id):
             raise ValueError("an image needs exactly one of pic_url or media_id")
         return self
@@ -158,7 +153,7 @@ class Step(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _not_empty(self) -> "Step":
+    def _not_empty(self) -> Step:
         if not self.text and not self.attachments:
             raise ValueError("a step needs text or at least one attachment")
         return self
@@ -179,7 +174,7 @@ class SopTemplate(_Strict):
     steps: list[Step] = Field(min_length=1)
 
     @model_validator(mode="after")
-    def _step_ids(self) -> "SopTemplate":
+    def _step_ids(self) -> SopTemplate:
         seen: set[str] = set()
         for i, step in enumerate(self.steps):
             key = step.id or str(i + 1)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, NoReturn, Optional
+from typing import NoReturn
 
 import typer
 from rich.console import Console
@@ -118,7 +119,7 @@ def import_command(
 
 @stores_app.command("export")
 def export_command(
-    file: Optional[Path] = typer.Argument(None, help="Write here (default: standard output)"),
+    file: Path | None = typer.Argument(None, help="Write here (default: standard output)"),
     bom: bool = typer.Option(True, "--bom/--no-bom",
                              help="Start the file with a UTF-8 BOM so Excel shows Chinese correctly (files only)"),
 ) -> None:
@@ -133,7 +134,7 @@ def export_command(
 
 @stores_app.command("list")
 def list_command(
-    city: Optional[str] = typer.Option(None, "--city", help="Only stores in this city (as written in the store list)"),
+    city: str | None = typer.Option(None, "--city", help="Only stores in this city (as written in the store list)"),
     limit: int = typer.Option(50, "--limit", min=0, help="Show at most this many (0: all)"),
 ) -> None:
     """Stores with their staff and active customer groups, ordered by code."""

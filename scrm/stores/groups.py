@@ -16,8 +16,8 @@ from __future__ import annotations
 import csv
 import io
 import re
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Sequence
 
 from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.engine import Connection, Engine

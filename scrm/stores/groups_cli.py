@@ -8,7 +8,7 @@ Registered on ``scrm stores`` by :mod:`scrm.stores.cli`. The commands parse, cal
 from __future__ import annotations
 
 from pathlib import Path
-from typing import NoReturn, Optional
+from typing import NoReturn
 
 import typer
 from rich.console import Console
@@ -19,10 +19,10 @@ from scrm.config import get_settings
 from scrm.stores.cli import _console, _database, _fail, _plural, _read_csv, _write_csv, stores_app
 from scrm.stores.groups import (
     AssignReport,
+    ChangeReport,
     GroupAssignmentError,
     GroupChange,
     UnknownStoreError,
-    ChangeReport,
 )
 
 groups_app = typer.Typer(
@@ -124,7 +124,7 @@ def detach_command(
 
 @groups_app.command("list")
 def list_command(
-    store: Optional[str] = typer.Option(None, "--store", help="Only this store's groups"),
+    store: str | None = typer.Option(None, "--store", help="Only this store's groups"),
     unassigned: bool = typer.Option(False, "--unassigned", help="Only active groups without a store"),
     limit: int = typer.Option(50, "--limit", min=0, help="Show at most this many (0: all)"),
 ) -> None:
@@ -199,7 +199,7 @@ def import_command(
 
 @groups_app.command("export")
 def export_command(
-    file: Optional[Path] = typer.Argument(None, help="Write here (default: standard output)"),
+    file: Path | None = typer.Argument(None, help="Write here (default: standard output)"),
     unassigned: bool = typer.Option(False, "--unassigned", help="Only active groups without a store"),
     bom: bool = typer.Option(True, "--bom/--no-bom",
                              help="Start the file with a UTF-8 BOM so Excel shows Chinese correctly (files only)"),

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
+from typing import ClassVar
 
-from sqlalchemy import JSON, Column, UniqueConstraint
+from sqlalchemy import JSON, Column, Table, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from scrm.db import utcnow
-
 
 STORE_CODE_PATTERN = r"^[A-Za-z0-9_-]{1,20}$"  # short: it travels inside WeCom's 30-character `state`
 
@@ -27,6 +27,8 @@ class CodeStatus(StrEnum):
 
 class Store(SQLModel, table=True):
     __tablename__ = "stores"
+    # SQLModel sets __table__ but does not declare it: declared so the type checker knows the columns.
+    __table__: ClassVar[Table]
 
     code: str = Field(primary_key=True, max_length=32)
     name: str = Field(max_length=128)
@@ -42,6 +44,7 @@ class StoreStaff(SQLModel, table=True):
     """An employee working at a store: each gets a "contact me" QR code carrying the store."""
 
     __tablename__ = "store_staff"
+    __table__: ClassVar[Table]
 
     store_code: str = Field(primary_key=True, max_length=32)
     userid: str = Field(primary_key=True, max_length=64, index=True)
@@ -55,6 +58,7 @@ class StoreCode(SQLModel, table=True):
     code (add_join_way) over up to 5 of its groups that still have room."""
 
     __tablename__ = "store_codes"
+    __table__: ClassVar[Table]
     __table_args__ = (UniqueConstraint("store_code", "kind", "userid"),)
 
     id: int | None = Field(default=None, primary_key=True)

@@ -61,5 +61,5 @@ def local_time(value: dt.datetime | None, tz: dt.tzinfo) -> str:
     if value is None:
         return ""
     if value.tzinfo is None:  # SQLite hands back naive UTC
-        value = value.replace(tzinfo=dt.timezone.utc)
+        value = value.replace(tzinfo=dt.UTC)
     return value.astimezone(tz).strftime("%Y-%m-%d %H:%M")

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import structlog
@@ -33,6 +34,12 @@ from scrm.wecom.errors import (
     WeComAPIError,
     error_for,
 )
+from scrm.wecom.messages import AppMessage, Attachment, GroupMsgTemplate, RobotMessage, welcome_message
+
+if TYPE_CHECKING:
+    from redis import Redis
+
+    from scrm.config import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -76,7 +83,7 @@ class WeComClient:
         secret: str,
         base_url: str,
         *,
-        redis=None,
+        redis: Redis | None = None,
         timeout: float = 5.0,
         backoff: Sequence[float] = (1.0, 2.0, 4.0),
         http: httpx.Client | None = None,
@@ -108,7 +115,7 @@ class WeComClient:
         return f"WeComClient(corp_id={self.corp_id!r}, base_url={self.base_url!r})"
 
     @classmethod
-    def from_settings(cls, settings, redis=None, **kwargs) -> "WeComClient":
+    def from_settings(cls, settings: Settings, redis: Redis | None = None, **kwargs: Any) -> WeComClient:
         w = settings.wecom
         if not w.secret.get_secret_value():
             from scrm.config import ConfigError
@@ -127,14 +134,15 @@ class WeComClient:
         if self._owns_http:
             self._http.close()
 
-    def __enter__(self) -> "WeComClient":
+    def __enter__(self) -> WeComClient:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # -- transport -----------------------------------------------------------------------------
-    def _send(self, method: str, path: str, params: dict | None, json: dict | None) -> dict:
+    def _send(self, method: str, path: str, params: Mapping[str, Any] | None,
+              json: Mapping[str, Any] | None) -> dict[str, Any]:
         url = self.base_url + path.lstrip("/")
         try:
             resp = self._http.request(method, url, params=params, json=json, timeout=self.timeout)
@@ -152,7 +160,7 @@ class WeComClient:
             raise TransportError(f"HTTP {resp.status_code} with a non-object JSON body", path=path)
         return data
 
-    def _with_backoff(self, path: str, attempt: Callable[[], dict]) -> dict:
+    def _with_backoff(self, path: str, attempt: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         """Run ``attempt`` retrying 45009/45033 per ``backoff`` and -1 up to 3 times."""
         rate_tries = busy_tries = 0
         while True:
@@ -205,7 +213,7 @@ class WeComClient:
     def _fetch_token(self) -> str:
         path = "gettoken"
 
-        def attempt() -> dict:
+        def attempt() -> dict[str, Any]:
             return self._send("GET", path, {"corpid": self.corp_id, "corpsecret": self._secret}, None)
 
         data = self._with_backoff(path, attempt)
@@ -241,7 +249,8 @@ class WeComClient:
         return self._fetch_token()
 
     # -- generic call --------------------------------------------------------------------------
-    def call(self, method: str, path: str, *, params: dict | None = None, json: dict | None = None) -> dict:
+    def call(self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
+             json: Mapping[str, Any] | None = None) -> dict[str, Any]:
         method = method.upper()
         path = path.lstrip("/")
         state = {"token": self.access_token()}
@@ -265,24 +274,24 @@ class WeComClient:
             log.warning("wecom.api_error", path=path, errcode=errcode, errmsg=errmsg)
             raise error_for(errcode, errmsg, path)
 
-    def _get(self, path: str, **params: Any) -> dict:
+    def _get(self, path: str, **params: Any) -> dict[str, Any]:
         return self.call("GET", path, params={k: v for k, v in params.items() if v is not None})
 
-    def _post(self, path: str, payload: dict) -> dict:
+    def _post(self, path: str, payload: Mapping[str, Any]) -> dict[str, Any]:
         return self.call("POST", path, json={k: v for k, v in payload.items() if v is not None})
 
     # -- members -------------------------------------------------------------------------------
-    def list_members(self) -> list[dict]:
+    def list_members(self) -> list[dict[str, Any]]:
         return list(self._get("user/list", department_id=1, fetch_child=1).get("userlist", []))
 
     def list_follow_users(self) -> list[str]:
         return list(self._get("externalcontact/get_follow_user_list").get("follow_user", []))
 
     # -- customers -----------------------------------------------------------------------------
-    def get_external_contact(self, external_userid: str) -> dict:
-        follow: list[dict] = []
+    def get_external_contact(self, external_userid: str) -> dict[str, Any]:
+        follow: list[dict[str, Any]] = []
         cursor = ""
-        contact: dict = {}
+        contact: dict[str, Any] = {}
         seen: set[str] = set()
         while True:
             data = self._get("externalcontact/get", external_userid=external_userid, cursor=cursor or None)
@@ -294,14 +303,15 @@ class WeComClient:
             seen.add(cursor)
         return {"external_contact": contact, "follow_user": follow}
 
-    def batch_get_by_user(self, userids: list[str], cursor: str = "", limit: int = 100) -> dict:
+    def batch_get_by_user(self, userids: list[str], cursor: str = "", limit: int = 100) -> dict[str, Any]:
         if not userids or len(userids) > 100:
             raise ValueError("batch/get_by_user takes 1..100 userids")
         return self._post(
             "externalcontact/batch/get_by_user", {"userid_list": list(userids), "cursor": cursor, "limit": limit}
         )
 
-    def iter_contacts_by_users(self, userids: list[str], *, unlicensed: set[str] | None = None) -> Iterator[dict]:
+    def iter_contacts_by_users(self, userids: list[str], *,
+                               unlicensed: set[str] | None = None) -> Iterator[dict[str, Any]]:
         """Every follow relation of ``userids``. Members WeCom skipped for want of a licence
         (``fail_info.unlicensed_userid_list``) are added to ``unlicensed``: their relations were
         not listed, which is not the same as not existing."""
@@ -319,7 +329,7 @@ class WeComClient:
     # -- customer groups -----------------------------------------------------------------------
     def list_group_chats(
         self, *, status_filter: int = 0, owner_userids: list[str] | None = None, limit: int = 1000
-    ) -> Iterator[dict]:
+    ) -> Iterator[dict[str, Any]]:
         owner_chunks: Iterable[list[str] | None] = _chunks(owner_userids, 100) if owner_userids else [None]
         for owners in owner_chunks:
             cursor = ""
@@ -333,12 +343,13 @@ class WeComClient:
                 if not cursor:
                     break
 
-    def get_group_chat(self, chat_id: str, *, need_name: bool = True) -> dict:
+    def get_group_chat(self, chat_id: str, *, need_name: bool = True) -> dict[str, Any]:
         data = self._post("externalcontact/groupchat/get", {"chat_id": chat_id, "need_name": 1 if need_name else 0})
         return data.get("group_chat") or {}
 
     # -- tags ----------------------------------------------------------------------------------
-    def get_corp_tags(self, tag_ids=None, group_ids=None) -> list[dict]:
+    def get_corp_tags(self, tag_ids: Sequence[str] | None = None,
+                      group_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
         payload: dict[str, Any] = {}
         if tag_ids:
             payload["tag_id"] = list(tag_ids)
@@ -347,11 +358,12 @@ class WeComClient:
         return list(self._post("externalcontact/get_corp_tag_list", payload).get("tag_group") or [])
 
     def add_corp_tag(
-        self, *, group_name: str | None = None, group_id: str | None = None, tags: list[dict], order: int | None = None
-    ) -> dict:
+        self, *, group_name: str | None = None, group_id: str | None = None, tags: list[dict[str, Any]],
+        order: int | None = None,
+    ) -> dict[str, Any]:
         if not group_name and not group_id:
             raise ValueError("add_corp_tag needs group_name or group_id")
-        payload = {"group_id": group_id, "group_name": group_name, "order": order, "tag": list(tags)}
+        payload: dict[str, Any] = {"group_id": group_id, "group_name": group_name, "order": order, "tag": list(tags)}
         if self.agent_id is not None:
             payload["agentid"] = self.agent_id
         return self._post("externalcontact/add_corp_tag", payload).get("tag_group") or {}
@@ -359,12 +371,13 @@ class WeComClient:
     def edit_corp_tag(self, id: str, *, name: str | None = None, order: int | None = None) -> None:
         self._post("externalcontact/edit_corp_tag", {"id": id, "name": name, "order": order})
 
-    def del_corp_tag(self, *, tag_ids=None, group_ids=None) -> None:
+    def del_corp_tag(self, *, tag_ids: Sequence[str] | None = None, group_ids: Sequence[str] | None = None) -> None:
         if not tag_ids and not group_ids:
             raise ValueError("del_corp_tag needs tag_ids or group_ids")
         self._post("externalcontact/del_corp_tag", {"tag_id": list(tag_ids or []), "group_id": list(group_ids or [])})
 
-    def mark_tag(self, userid: str, external_userid: str, *, add=(), remove=()) -> None:
+    def mark_tag(self, userid: str, external_userid: str, *, add: Sequence[str] = (),
+                 remove: Sequence[str] = ()) -> None:
         if not add and not remove:
             raise ValueError("mark_tag needs tags to add or remove")
         self._post(
@@ -373,50 +386,52 @@ class WeComClient:
         )
 
     # -- 联系我 contact ways ---------------------------------------------------------------------
-    def add_contact_way(self, **payload) -> dict:
+    def add_contact_way(self, **payload: Any) -> dict[str, Any]:
         data = self._post("externalcontact/add_contact_way", payload)
         return {"config_id": data.get("config_id"), "qr_code": data.get("qr_code")}
 
-    def get_contact_way(self, config_id) -> dict:
+    def get_contact_way(self, config_id: str) -> dict[str, Any]:
         return self._post("externalcontact/get_contact_way", {"config_id": config_id}).get("contact_way") or {}
 
-    def update_contact_way(self, config_id, **payload) -> None:
+    def update_contact_way(self, config_id: str, **payload: Any) -> None:
         self._post("externalcontact/update_contact_way", {**payload, "config_id": config_id})
 
-    def del_contact_way(self, config_id) -> None:
+    def del_contact_way(self, config_id: str) -> None:
         self._post("externalcontact/del_contact_way", {"config_id": config_id})
 
     # -- 加入群聊 join ways ----------------------------------------------------------------------
-    def add_join_way(self, **payload) -> str:
+    def add_join_way(self, **payload: Any) -> str:
         return str(self._post("externalcontact/groupchat/add_join_way", payload)["config_id"])
 
-    def get_join_way(self, config_id) -> dict:
+    def get_join_way(self, config_id: str) -> dict[str, Any]:
         return self._post("externalcontact/groupchat/get_join_way", {"config_id": config_id}).get("join_way") or {}
 
-    def update_join_way(self, config_id, **payload) -> None:
+    def update_join_way(self, config_id: str, **payload: Any) -> None:
         self._post("externalcontact/groupchat/update_join_way", {**payload, "config_id": config_id})
 
-    def del_join_way(self, config_id) -> None:
+    def del_join_way(self, config_id: str) -> None:
         self._post("externalcontact/groupchat/del_join_way", {"config_id": config_id})
 
     # -- mass messaging ------------------------------------------------------------------------
-    def add_msg_template(self, payload: dict) -> dict:
-        data = self._post("externalcontact/add_msg_template", dict(payload))
+    def add_msg_template(self, payload: GroupMsgTemplate) -> dict[str, Any]:
+        """Create a mass-send task (build ``payload`` with ``messages.group_msg_template``)."""
+        data = self._post("externalcontact/add_msg_template", payload)
         return {"msgid": data.get("msgid"), "fail_list": list(data.get("fail_list") or [])}
 
-    def get_groupmsg_list_v2(self, **payload) -> dict:
+    def get_groupmsg_list_v2(self, **payload: Any) -> dict[str, Any]:
         return self._post("externalcontact/get_groupmsg_list_v2", payload)
 
-    def get_groupmsg_task(self, msgid, cursor="", limit=1000) -> dict:
+    def get_groupmsg_task(self, msgid: str, cursor: str = "", limit: int = 1000) -> dict[str, Any]:
         return self._post("externalcontact/get_groupmsg_task", {"msgid": msgid, "cursor": cursor, "limit": limit})
 
-    def get_groupmsg_send_result(self, msgid, userid, cursor="", limit=1000) -> dict:
+    def get_groupmsg_send_result(self, msgid: str, userid: str, cursor: str = "",
+                                 limit: int = 1000) -> dict[str, Any]:
         return self._post(
             "externalcontact/get_groupmsg_send_result",
             {"msgid": msgid, "userid": userid, "cursor": cursor, "limit": limit},
         )
 
-    def send_robot_message(self, key: str, message: dict) -> None:
+    def send_robot_message(self, key: str, message: RobotMessage) -> None:
         """POST webhook/send?key=KEY: a message from a group robot (群机器人). The key is the robot's
         credential, so it is sent as WeCom asks and never logged; no access token is involved.
         WeCom allows 20 messages a minute per robot (45009 beyond, with the usual backoff)."""
@@ -426,24 +441,21 @@ class WeComClient:
             log.warning("wecom.api_error", path="webhook/send", errcode=errcode, errmsg=str(data.get("errmsg", "")))
             raise error_for(errcode, str(data.get("errmsg", "")), "webhook/send")
 
-    def send_welcome_msg(self, welcome_code: str, *, text: str | None = None, attachments: list | None = None) -> None:
-        if not text and not attachments:
-            raise ValueError("send_welcome_msg needs text or attachments")
-        payload: dict[str, Any] = {"welcome_code": welcome_code}
-        if text:
-            payload["text"] = {"content": text}
-        if attachments:
-            payload["attachments"] = list(attachments)
-        self._post("externalcontact/send_welcome_msg", payload)
+    def send_welcome_msg(self, welcome_code: str, *, text: str | None = None,
+                         attachments: Sequence[Attachment] | None = None) -> None:
+        """Welcome a new customer (once, within 20 s of the event); the body is built and its
+        limits checked by ``messages.welcome_message`` (``MessageLimitError``, a ValueError)."""
+        self._post("externalcontact/send_welcome_msg",
+                   welcome_message(welcome_code, text=text, attachments=attachments or ()))
 
     # -- app messages (reference §3.8a) ----------------------------------------------------------
-    def send_app_message(self, payload: dict) -> dict:
+    def send_app_message(self, payload: AppMessage) -> dict[str, Any]:
         """``POST message/send``: e.g. ``{"touser": "a|b", "msgtype": "textcard", "textcard": {"title",
         "description", "url", "btntxt"}}``; ``agentid`` defaults to the client's ``agent_id``, and a
         list ``touser`` is joined with "|". Returns ``{"invaliduser": [userids], "msgid": ...}``:
         members WeCom did not deliver to (unknown or outside the app's visibility). 30 messages a
         minute to one member; beyond that WeCom answers 45009 (``RateLimited`` after the backoff)."""
-        body = dict(payload)
+        body: dict[str, Any] = dict(payload)
         if body.get("agentid") is None:
             if self.agent_id is None:
                 raise ValueError("send_app_message needs payload['agentid'] or a client agent_id")
@@ -456,7 +468,7 @@ class WeComClient:
         return {"invaliduser": users, "msgid": data.get("msgid")}
 
     # -- chat toolbar page: JS-SDK agent ticket and signature (reference §3.8a) ------------------
-    def get_agent_ticket(self, *, force_refresh: bool = False) -> dict:
+    def get_agent_ticket(self, *, force_refresh: bool = False) -> dict[str, Any]:
         """The app's jsapi ticket for ``wx.agentConfig``: ``{"ticket": ..., "expires_in": seconds}``.
 
         Cached in-process and in Redis under ``agent_ticket_key`` (no secret in the key) for a bit
@@ -513,6 +525,15 @@ class WeComClient:
             return str(userid)
         raise NotAMember(openid=str(data.get("openid") or data.get("OpenId") or ""),
                          external_userid=str(data.get("external_userid") or ""), path=path)
+
+
+if TYPE_CHECKING:
+    from scrm.wecom.api import WeComAPI
+
+    def _implements_the_boundary(client: WeComClient) -> WeComAPI:
+        """Never called: mypy checks here that WeComClient satisfies every Protocol scrm calls
+        WeCom through (a renamed method or a changed signature fails ``mypy scrm``)."""
+        return client
 
 
 __all__ = ["WeComClient", "WeComAPIError", "NotAMember", "InvalidOAuthCode"]

@@ -156,6 +156,7 @@ def parse_envelope(body: bytes | str) -> str:
     except ET.ParseError as exc:
         raise MalformedCallback(f"body is not XML: {exc}") from exc
     node = root.find("Encrypt")
-    if node is None or not (node.text or "").strip():
+    encrypt = (node.text or "").strip() if node is not None else ""
+    if not encrypt:
         raise MalformedCallback("body has no <Encrypt> element")
-    return node.text.strip()
+    return encrypt

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import xml.etree.ElementTree as ET
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Any
 
 from scrm.wecom.crypto import MalformedCallback, reject_dtd
 
@@ -121,9 +122,10 @@ def _xml_fields(root: ET.Element) -> dict[str, object]:
     for child in root:
         if child.tag == "MemChangeList":
             items = [(i.text or "").strip() for i in child.findall("Item")]
-            if not items and (child.text or "").strip():
+            csv = (child.text or "").strip()
+            if not items and csv:
                 # Older CSV form: <MemChangeList><![CDATA[id1,id2]]></MemChangeList>
-                items = [p.strip() for p in child.text.split(",")]
+                items = [p.strip() for p in csv.split(",")]
             out["MemChangeList"] = tuple(i for i in items if i)
         else:
             out[child.tag] = (child.text or "").strip()
@@ -145,15 +147,15 @@ def event_from_fields(f: Mapping[str, object]) -> Event:
     create_time = _int(f.get("CreateTime"))
     if create_time is None:
         raise MalformedCallback("CreateTime is missing or not a number")
-    common = dict(
+    kind = str(f.get("Event", ""))
+    common: dict[str, Any] = dict(
         corp_id=str(f.get("ToUserName", "")),
         create_time=create_time,
         msg_type=str(f.get("MsgType", "")),
-        event=str(f.get("Event", "")),
+        event=kind,
         change_type=str(f.get("ChangeType", "")),
         fields=dict(f),
     )
-    kind = common["event"]
     if kind == CONTACT:
         return ContactEvent(
             **common,
@@ -165,9 +167,13 @@ def event_from_fields(f: Mapping[str, object]) -> Event:
             fail_reason=_opt(f, "FailReason"),
         )
     if kind == CHAT:
-        members = f.get("MemChangeList", ())
-        if isinstance(members, str):
-            members = tuple(p.strip() for p in members.split(",") if p.strip())
+        raw = f.get("MemChangeList", ())
+        if isinstance(raw, str):
+            members: tuple[str, ...] = tuple(p.strip() for p in raw.split(",") if p.strip())
+        elif isinstance(raw, (list, tuple)):
+            members = tuple(str(m) for m in raw)
+        else:
+            members = ()
         return ChatEvent(
             **common,
             chat_id=str(f.get("ChatId", "")),
@@ -175,7 +181,7 @@ def event_from_fields(f: Mapping[str, object]) -> Event:
             join_scene=_int(f.get("JoinScene")),
             quit_scene=_int(f.get("QuitScene")),
             mem_change_cnt=_int(f.get("MemChangeCnt")),
-            mem_change_list=tuple(members),
+            mem_change_list=members,
             last_mem_ver=_opt(f, "LastMemVer"),
             cur_mem_ver=_opt(f, "CurMemVer"),
         )
