@@ -5,6 +5,12 @@ scrm that takes bursts (a store event, a mass join), so its hot path skips FastA
 dependency solving and response classes: it reads the body with a size cap, opens the envelope,
 stores the row through the group-commit writer and answers. Every other request (including GET
 URL verification) goes to the FastAPI app unchanged.
+
+A body over ``max_body_bytes`` is read and thrown away (up to ``drain_limit_bytes``) before the
+413: answering while the client is still sending makes the server close a socket with unread
+data, the kernel resets the connection, and the client sees a broken pipe instead of the 413.
+Beyond the drain limit (or when the client waits for ``100 Continue``) nothing more is read: the
+413 goes out with ``Connection: close``.
 """
 
 from __future__ import annotations
@@ -20,10 +26,16 @@ from scrm.wecom.errors import CallbackError
 log = get_logger(__name__)
 
 _TEXT = (b"content-type", b"text/plain; charset=utf-8")
+_CLOSE = (b"connection", b"close")
+# How much of an oversize body is read (and discarded) so the client gets its 413, as a multiple
+# of max_body_bytes.
+DRAIN_FACTOR = 8
 
 
 class BodyTooLarge(Exception):
-    pass
+    def __init__(self, *, read: int, close: bool):
+        super().__init__(f"body over limit ({read} bytes read)")
+        self.read, self.close = read, close
 
 
 class CallbackEndpoint:
@@ -39,28 +51,31 @@ class CallbackEndpoint:
         on_result: Callable[[str], None],
         path: str = "/wecom/callback",
         max_body_bytes: int = 1024 * 1024,
+        drain_limit_bytes: int | None = None,
     ):
         self.api, self.crypto, self.store, self.on_result = api, crypto, store, on_result
         self.path, self.max_body_bytes = path, max_body_bytes
+        self.drain_limit_bytes = max(drain_limit_bytes or DRAIN_FACTOR * max_body_bytes, max_body_bytes)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != self.path:
             await self.api(scope, receive, send)
             return
-        status, text = await self._handle(scope, receive)
+        status, text, close = await self._handle(scope, receive)
         body = text.encode("utf-8")
-        await send({
-            "type": "http.response.start",
-            "status": status,
-            "headers": [_TEXT, (b"content-length", str(len(body)).encode("ascii"))],
-        })
+        headers = [_TEXT, (b"content-length", str(len(body)).encode("ascii"))]
+        await send({"type": "http.response.start", "status": status, "headers": [*headers, _CLOSE] if close else headers})
         await send({"type": "http.response.body", "body": body})
 
-    async def _handle(self, scope, receive) -> tuple[int, str]:
+    async def _handle(self, scope, receive) -> tuple[int, str, bool]:
+        """(status, text, close the connection after answering)."""
         try:
             body = await self._read_body(scope, receive)
-        except BodyTooLarge:
-            return self._refuse(413, "too_large", "body over limit")
+        except BodyTooLarge as exc:
+            return (*self._refuse(413, "too_large", str(exc)), exc.close)
+        return (*await self._answer(scope, body), False)
+
+    async def _answer(self, scope, body: bytes) -> tuple[int, str]:
         query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
         try:
             row = open_callback(
@@ -86,11 +101,18 @@ class CallbackEndpoint:
         return 200, "success"
 
     async def _read_body(self, scope, receive) -> bytes:
+        """The body, at most ``max_body_bytes`` of it kept; BodyTooLarge once it is over (after
+        reading the rest up to ``drain_limit_bytes`` and discarding it)."""
+        declared, expects_continue = None, False
         for name, value in scope["headers"]:
-            if name == b"content-length":
-                if value.isdigit() and int(value) > self.max_body_bytes:
-                    raise BodyTooLarge
-                break
+            if name == b"content-length" and value.isdigit():
+                declared = int(value)
+            elif name == b"expect" and value.lower() == b"100-continue":
+                expects_continue = True
+        over = declared is not None and declared > self.max_body_bytes
+        if over and (expects_continue or declared > self.drain_limit_bytes):
+            # Nothing sent yet (the client waits for 100 Continue), or too much to drain.
+            raise BodyTooLarge(read=0, close=True)
         chunks, size = [], 0
         while True:
             message = await receive()
@@ -98,11 +120,16 @@ class CallbackEndpoint:
                 break
             chunk = message.get("body", b"")
             size += len(chunk)
+            if size > self.drain_limit_bytes:
+                raise BodyTooLarge(read=size, close=True)
             if size > self.max_body_bytes:
-                raise BodyTooLarge
-            chunks.append(chunk)
+                over, chunks = True, []
+            elif not over:
+                chunks.append(chunk)
             if not message.get("more_body", False):
                 break
+        if over:
+            raise BodyTooLarge(read=size, close=False)
         return b"".join(chunks)
 
     def _refuse(self, status: int, reason: str, detail: str) -> tuple[int, str]:
