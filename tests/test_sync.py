@@ -113,3 +113,27 @@ def test_relations_of_an_unlicensed_member_are_kept(engine, redis_url):
         report = full_sync(h.engine, h.client)
         assert report.follows_gone == 0 and report.customers_gone == 0
         assert statuses(h.engine, Customer, "external_userid")[c] == "active"
+
+
+def test_a_listed_group_wecom_then_cannot_find_is_marked_like_the_worker_marks_it(engine, redis_url):
+    """groupchat/list named the group, groupchat/get a moment later says 40050 (not found) or
+    49008 (dismissed): the sync marks it gone / dismissed through groups.mark_missing, the one
+    function the callback worker uses too, and carries on. (Tried: mark_missing leaving a 40050
+    group active fails here.)"""
+    from scrm.wecom.errors import error_for
+
+    with harness(engine, redis_url) as h:
+        a, b, c, g1, g2 = corp(h.sandbox)
+        full_sync(h.engine, h.client)
+        real = h.client.get_group_chat
+        missing = {g1: 40050, g2: 49008}
+
+        def get_group_chat(chat_id, **kw):
+            if chat_id in missing:
+                raise error_for(missing[chat_id], "injected", "externalcontact/groupchat/get")
+            return real(chat_id, **kw)
+
+        h.client.get_group_chat = get_group_chat
+        full_sync(h.engine, h.client)
+        assert statuses(h.engine, CustomerGroup, "chat_id") == {g1: "gone", g2: "dismissed"}
+        assert active_group_ids(h.engine) == []

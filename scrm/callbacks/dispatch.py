@@ -3,11 +3,17 @@
 API calls happen first, outside any transaction (no DB lock held over HTTP); then one transaction
 claims the row (status pending -> done) and writes. A second worker with the same row finds it
 done and writes nothing.
+
+Some WeCom refusals are answers, not outages: a chat WeCom does not have (40050, 49008) or an
+external_userid it will not describe (40096). Retrying cannot change them, so the job applies
+what the event itself says, ends with the row done and the refusal in ``last_error``, and logs
+one warning (no traceback, no retry).
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from sqlalchemy import case, update
@@ -23,12 +29,24 @@ from scrm.logs import get_logger
 from scrm.tags import service as tags
 from scrm.wecom import events as ev
 from scrm.wecom.client import WeComClient
-from scrm.wecom.errors import GroupDismissed, NotExternalContact, WeComAPIError, WelcomeCodeUsed
+from scrm.wecom.errors import WeComAPIError, WelcomeCodeUsed
 
 log = get_logger(__name__)
 T = CallbackInbox.__table__
 
 FETCH_CONTACT = {"add_external_contact", "add_half_external_contact", "edit_external_contact", "msg_audit_approved"}
+ADD_CONTACT = {"add_external_contact", "add_half_external_contact"}
+# externalcontact/get refusals that end the job: 40096 invalid external_userid (the event's own
+# fields are stored), 84061 not a contact of any member (nothing to store).
+INVALID_EXTERNAL_USERID, NOT_EXTERNAL_CONTACT = 40096, 84061
+
+
+@dataclass(frozen=True)
+class Refused:
+    """What a fetch returns when WeCom refused it for good (see the module docstring)."""
+
+    errcode: int
+    error: str  # the WeComAPIError's text: path, errcode, errmsg
 
 
 class Processor:
@@ -65,6 +83,8 @@ class Processor:
             bound.warning("callback_fetch_failed", errcode=exc.errcode)
             raise
         with self._session() as s:
+            # The claim: only one worker turns the row done (a re-driven row was set back to
+            # pending first, so it is applied once more, once).
             claimed = s.execute(
                 update(T)
                 .where(T.c.id == inbox_id, T.c.status != InboxStatus.done)
@@ -73,8 +93,12 @@ class Processor:
             if not claimed:
                 s.rollback()
                 return
-            self._apply(s, inbox_id, event, fetched)
+            note = self._apply(s, inbox_id, event, fetched)
+            if note:
+                s.execute(update(T).where(T.c.id == inbox_id).values(last_error=note[:500]))
             s.commit()
+        if note:
+            self._warn_refused(inbox_id, event, fetched, note)
         bound.info("callback_applied", chat_id=getattr(event, "chat_id", None) or None,
                    external_userid=getattr(event, "external_user_id", None) or None)
         if self.router and isinstance(event, ev.ChatEvent) and fetched != "current":
@@ -82,6 +106,14 @@ class Processor:
                 self.router.on_group_changed(event.chat_id)
             except WeComAPIError as exc:  # the scheduled refresh catches up
                 bound.warning("store_code_refresh_failed", errcode=exc.errcode)
+
+    @staticmethod
+    def _warn_refused(inbox_id: int, event: ev.Event, refused: Refused, note: str) -> None:
+        """The one log line of a job WeCom's refusal ended (no traceback: nothing to debug here)."""
+        ids = ({"chat_id": event.chat_id} if isinstance(event, ev.ChatEvent) else
+               {"userid": getattr(event, "user_id", None), "external_userid": getattr(event, "external_user_id", None)})
+        log.warning("callback_ended_by_wecom", corp_id=event.corp_id, inbox_id=inbox_id, errcode=refused.errcode,
+                    event_type=event.event, change_type=event.change_type, outcome=note, **ids)
 
     def _note_error(self, inbox_id: int, exc: Exception) -> None:
         """Count the failure; after max_attempts the row is parked as failed (kept, with its error)."""
@@ -101,15 +133,13 @@ class Processor:
         if isinstance(event, ev.ContactEvent) and event.change_type in FETCH_CONTACT:
             if event.welcome_code and event.change_type in ("add_external_contact", "add_half_external_contact"):
                 self._welcome(inbox_id, event)
-            if self.router and event.change_type in ("add_external_contact", "add_half_external_contact"):
+            if self.router and event.change_type in ADD_CONTACT:
                 self.router.on_new_contact(event.user_id, event.external_user_id, event.state)
             try:
                 return self.client.get_external_contact(event.external_user_id)
-            except NotExternalContact:
-                return None
             except WeComAPIError as exc:
-                if exc.errcode == 40096:
-                    return None
+                if exc.errcode in (INVALID_EXTERNAL_USERID, NOT_EXTERNAL_CONTACT):
+                    return Refused(exc.errcode, str(exc))
                 raise
         if isinstance(event, ev.ChatEvent) and event.change_type in ("create", "update"):
             with self._session() as s:
@@ -123,8 +153,10 @@ class Processor:
                 time.sleep(self.chat_delay_ms / 1000)
             try:
                 return self.client.get_group_chat(event.chat_id)
-            except GroupDismissed:
-                return "dismissed"
+            except WeComAPIError as exc:
+                if exc.errcode in groups.MISSING_CHAT_ERRCODES:
+                    return Refused(exc.errcode, str(exc))
+                raise
         if isinstance(event, ev.TagEvent):
             return self.client.get_corp_tags()
         return None
@@ -150,10 +182,14 @@ class Processor:
             log.warning("welcome_failed", inbox_id=inbox_id, errcode=exc.errcode)
 
     # -- phase 2: write -------------------------------------------------------------------
-    def _apply(self, s: Session, inbox_id: int, event: ev.Event, fetched) -> None:
+    def _apply(self, s: Session, inbox_id: int, event: ev.Event, fetched) -> str | None:
+        """Write what the event and its fetch say; returns a note for ``last_error`` when WeCom's
+        refusal limited what could be applied."""
         at = datetime.fromtimestamp(event.create_time, timezone.utc)
         if isinstance(event, ev.ContactEvent):
             if event.change_type in FETCH_CONTACT:
+                if isinstance(fetched, Refused):
+                    return self._apply_contact_refused(s, event, fetched, at)
                 if fetched:
                     contacts.apply_contact_detail(s, fetched, as_of=at)
             elif event.change_type == "del_external_contact":
@@ -167,7 +203,11 @@ class Processor:
                 contacts.raise_churn_alert(s, inbox_id=inbox_id, kind="transfer_failed", userid=event.user_id,
                                            external_userid=event.external_user_id, at=at, detail=event.fail_reason)
         elif isinstance(event, ev.ChatEvent):
-            if event.change_type == "dismiss" or fetched == "dismissed":
+            if isinstance(fetched, Refused):
+                status = groups.mark_missing(s, event.chat_id, fetched.errcode)
+                what = f"group marked {status}" if status else "group not stored, nothing to mark"
+                return f"{fetched.error}; {what}; job ended without retry"
+            if event.change_type == "dismiss":
                 groups.mark_dismissed(s, event.chat_id)
             elif isinstance(fetched, dict):
                 groups.apply_group_chat(s, fetched, quit_scene=event.quit_scene)
@@ -175,3 +215,13 @@ class Processor:
             tags.apply_tag_library(s, fetched or [])
         else:
             log.info("callback_ignored", inbox_id=inbox_id, event_type=event.event)
+        return None
+
+    @staticmethod
+    def _apply_contact_refused(s: Session, event: ev.ContactEvent, refused: Refused, at: datetime) -> str:
+        if refused.errcode != INVALID_EXTERNAL_USERID:  # 84061: WeCom says there is no relation
+            return f"{refused.error}; nothing stored"
+        contacts.apply_contact_event(s, userid=event.user_id, external_userid=event.external_user_id,
+                                     state=event.state, at=at, added=event.change_type in ADD_CONTACT)
+        state = f" state={event.state}" if event.state else ""
+        return f"{refused.error}; stored from the event only: follow relation {event.user_id} -> {event.external_user_id}{state}"

@@ -92,6 +92,23 @@ def apply_contact_detail(session: Session, detail: dict, *, as_of: datetime | No
     return cust
 
 
+def apply_contact_event(session: Session, *, userid: str, external_userid: str, state: str | None,
+                        at: datetime, added: bool) -> FollowRelation:
+    """What an add/edit callback itself says, for when externalcontact/get cannot tell more
+    (40096: WeCom refuses the external_userid): the customer (its id only), the employee, and
+    the follow relation with its ``State`` (the QR code that brought the customer). ``added``:
+    an add event, whose time is when the relation began. Fields already stored are kept."""
+    cust = upsert_customer(session, {"external_userid": external_userid})
+    session.flush()
+    follow: dict = {"userid": userid, "state": state}
+    if added and _relation(session, userid, external_userid).added_at is None:
+        follow["createtime"] = int(at.timestamp())  # a stored time came from WeCom itself: kept
+    rel = upsert_follow(session, external_userid, follow, as_of=at)
+    session.flush()
+    _refresh_status(session, cust)
+    return rel
+
+
 def _refresh_status(session: Session, cust: Customer) -> None:
     active = session.exec(
         select(FollowRelation.id).where(

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 
 from sqlalchemy import JSON, Column, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from scrm.db import utcnow
+
+
+class GroupStatus(StrEnum):
+    active = "active"
+    dismissed = "dismissed"  # the owner dissolved it (a dismiss callback, or WeCom's 49008)
+    gone = "gone"  # WeCom no longer has it: unlisted by a full sync, or groupchat/get answered 40050
 
 
 class CustomerGroup(SQLModel, table=True):
@@ -19,7 +26,7 @@ class CustomerGroup(SQLModel, table=True):
     notice: str | None = None
     # groupchat/get member_version; a callback whose LastMemVer differs means we missed events.
     member_version: str | None = Field(default=None, max_length=64)
-    status: str = Field(default="active", max_length=16, index=True)  # active | dismissed
+    status: str = Field(default=GroupStatus.active, max_length=16, index=True)
     # Set by scrm, not WeCom: the store the group serves and operator tags SOP templates target.
     store_code: str | None = Field(default=None, max_length=32, index=True)
     tags: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False, default=list))

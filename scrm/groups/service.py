@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-
 from sqlmodel import Session, select
 
 from scrm.db import from_unix, utcnow
-from scrm.groups.models import CustomerGroup, GroupMember
+from scrm.groups.models import CustomerGroup, GroupMember, GroupStatus
 from scrm.logs import get_logger
 
 log = get_logger(__name__)
+
+# groupchat/get answers for a chat WeCom does not have (any more): no such chat, or dismissed.
+CHAT_NOT_FOUND, CHAT_DISMISSED = 40050, 49008
+MISSING_CHAT_ERRCODES = frozenset({CHAT_NOT_FOUND, CHAT_DISMISSED})
 
 
 def apply_group_chat(session: Session, chat: dict, *, quit_scene: int | None = None) -> dict[str, list[str]]:
@@ -24,7 +27,7 @@ def apply_group_chat(session: Session, chat: dict, *, quit_scene: int | None = N
     group.notice = chat.get("notice", group.notice)
     group.created_at = from_unix(chat.get("create_time")) or group.created_at
     group.member_version = chat.get("member_version", group.member_version)
-    group.status = "active"
+    group.status = GroupStatus.active
     group.synced_at = group.updated_at = utcnow()
 
     stored = {m.member_id: m for m in session.exec(select(GroupMember).where(GroupMember.chat_id == chat_id))}
@@ -59,4 +62,25 @@ def mark_dismissed(session: Session, chat_id: str) -> None:
     if group is None:
         group = CustomerGroup(chat_id=chat_id)
         session.add(group)
-    group.status, group.updated_at = "dismissed", utcnow()
+    group.status, group.updated_at = GroupStatus.dismissed, utcnow()
+
+
+def mark_missing(session: Session, chat_id: str, errcode: int) -> str | None:
+    """WeCom answered groupchat/get with 40050 (no such chat) or 49008 (dismissed): the group
+    is kept for history but leaves plans and pages. Used by the full sync and by the callback
+    worker, so both record it the same way.
+
+    49008 marks it ``dismissed`` (as a dismiss callback does); 40050 marks an active group
+    ``gone`` (a dismissed one stays dismissed, the more precise word). A chat scrm never stored
+    is not added for 40050. Returns the status the group now has, None when none is stored."""
+    if errcode == CHAT_DISMISSED:
+        mark_dismissed(session, chat_id)
+        return GroupStatus.dismissed
+    if errcode != CHAT_NOT_FOUND:
+        raise ValueError(f"errcode {errcode} does not say a chat is missing")
+    group = session.get(CustomerGroup, chat_id)
+    if group is None:
+        return None
+    if group.status == GroupStatus.active:
+        group.status, group.updated_at = GroupStatus.gone, utcnow()
+    return group.status

@@ -21,7 +21,7 @@ from scrm.contacts import service as contacts
 from scrm.contacts.models import Customer, Employee, FollowRelation
 from scrm.db import utcnow
 from scrm.groups import service as groups
-from scrm.groups.models import CustomerGroup
+from scrm.groups.models import CustomerGroup, GroupStatus
 from scrm.logs import get_logger
 from scrm.tags import service as tags
 from scrm.wecom.client import WeComClient
@@ -31,8 +31,6 @@ log = get_logger(__name__)
 
 Progress = Callable[[str, int, int | None], None]  # (stage, done, total)
 GONE = "gone"
-# groupchat/get for a chat listed a moment ago: not found, or dismissed in between.
-CHAT_NOT_FOUND, CHAT_DISMISSED = 40050, 49008
 
 
 @dataclass
@@ -95,10 +93,10 @@ def full_sync(engine: Engine, client: WeComClient, progress: Progress = lambda *
         try:
             chat = client.get_group_chat(chat_id)
         except WeComAPIError as exc:
-            if exc.errcode not in (CHAT_NOT_FOUND, CHAT_DISMISSED):
+            if exc.errcode not in groups.MISSING_CHAT_ERRCODES:
                 raise
             with Session(engine) as s:  # gone between the list and the get
-                groups.mark_dismissed(s, chat_id) if exc.errcode == CHAT_DISMISSED else _mark_group_gone(s, chat_id)
+                groups.mark_missing(s, chat_id, exc.errcode)
                 s.commit()
             continue
         with Session(engine) as s:
@@ -108,12 +106,12 @@ def full_sync(engine: Engine, client: WeComClient, progress: Progress = lambda *
     report.groups = len(chat_ids)
     with Session(engine) as s:
         listed = set(chat_ids)
-        unlisted = [c for c in s.exec(select(CustomerGroup.chat_id).where(CustomerGroup.status == "active"))
+        unlisted = [c for c in s.exec(select(CustomerGroup.chat_id).where(CustomerGroup.status == GroupStatus.active))
                     if c not in listed]
         for i in range(0, len(unlisted), 500):
             report.groups_gone += s.exec(
                 update(CustomerGroup).where(CustomerGroup.chat_id.in_(unlisted[i:i + 500]))
-                .values(status=GONE, updated_at=utcnow())).rowcount
+                .values(status=GroupStatus.gone, updated_at=utcnow())).rowcount
         s.commit()
 
     with Session(engine) as s:
@@ -122,12 +120,6 @@ def full_sync(engine: Engine, client: WeComClient, progress: Progress = lambda *
     progress("tags", report.tags, report.tags)
     log.info("sync_done", **report.__dict__)
     return report
-
-
-def _mark_group_gone(session: Session, chat_id: str) -> None:
-    group = session.get(CustomerGroup, chat_id)
-    if group is not None and group.status == "active":
-        group.status, group.updated_at = GONE, utcnow()
 
 
 def _mark_unlisted_contacts(engine: Engine, seen: set[tuple[str, str]], *, kept_users: set[str]) -> tuple[int, int]:
