@@ -319,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  ack latency p50 / p99         {percentile(lat, 50) * 1000:.2f} ms / {percentile(lat, 99) * 1000:.2f} ms"
           f"  (mean {statistics.fmean(lat) * 1000:.2f} ms)")
     print(f"  ratio HTTP / floor            {ratio:.2f}")
-    print(f"  inbox rows stored             {rows}  ({'== count, OK' if rows == args.count else 'MISMATCH: expected ' + str(args.count)})")
+    verdict = "== count, OK" if rows == args.count else f"MISMATCH: expected {args.count}"
+    print(f"  inbox rows stored             {rows}  ({verdict})")
     print(f"  callbacks queued in Redis     {queued_callbacks}  in {queue_depth} messages"
           f"  (no worker runs during the benchmark)")
     print(f"  non-200 answers               {non_200}  {dict(sorted(statuses.items()))}")

@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     t_np, a_np = timed(scan.nearest)
     mismatches = 0
     worst = 0.0
-    for (got, d_got), (ref, d_ref), (_, d_np) in zip(a_index, a_py, a_np):
+    for (got, d_got), (ref, d_ref), (_, d_np) in zip(a_index, a_py, a_np, strict=True):
         worst = max(worst, abs(d_got - d_ref), abs(d_got - d_np))
         if got.code != ref.code or abs(d_got - d_ref) > 1e-6 or abs(d_got - d_np) > 1e-6:
             mismatches += 1

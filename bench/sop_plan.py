@@ -104,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [int(x) for x in args.groups.split(",")]
     print(f"scrm SOP planner benchmark: one day ({DAY}, a Tuesday), {args.templates} templates, "
           f"{os.cpu_count()} cores")
-    print(f"  {'groups':>8} {'seconds':>8} {'peak RSS':>9} {'posts':>8} {'dropped':>9} {'max/grp':>7} {'max grp/bot':>11}")
+    print(f"  {'groups':>8} {'seconds':>8} {'peak RSS':>9} {'posts':>8} {'dropped':>9} {'max/grp':>7} "
+          f"{'max grp/bot':>11}")
     results = []
     for n in sizes:
         out = subprocess.run([sys.executable, __file__, "--child", str(n), "--templates", str(args.templates)],

@@ -7,12 +7,13 @@ relay can write at once; PostgreSQL is used as given by URL.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
-from sqlmodel import SQLModel, create_engine
+from sqlmodel import Session, SQLModel, create_engine
 
 # Named constraints so Alembic can alter them (SQLite batch mode needs names).
 SQLModel.metadata.naming_convention = {
@@ -22,6 +23,9 @@ SQLModel.metadata.naming_convention = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+# What the domain functions take to open a session: ``lambda: Session(engine, expire_on_commit=False)``.
+SessionFactory = Callable[[], Session]
 
 _engines: dict[str, Engine] = {}
 _lock = threading.Lock()

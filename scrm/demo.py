@@ -9,6 +9,7 @@ groups assign`, `scrm stores codes`) and only ever runs for the sandbox corp.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
@@ -19,6 +20,7 @@ from scrm.stores import service as store_codes
 from scrm.stores.csvio import StoreRow, import_stores
 from scrm.stores.groups import assign_groups
 from scrm.stores.models import Store
+from scrm.wecom.api import StoreCodesAPI
 
 log = get_logger(__name__)
 
@@ -33,7 +35,8 @@ class DemoChainReport:
     failed: list[str] = field(default_factory=list)
 
 
-def set_up_demo_chain(engine: Engine, client, demo: dict, *, cap: int = 200, room_base_id: int = 1,
+def set_up_demo_chain(engine: Engine, client: StoreCodesAPI, demo: dict[str, Any], *, cap: int = 200,
+                      room_base_id: int = 1,
                       corp_is_sandbox: bool) -> DemoChainReport | None:
     """Stores, staff, group attachments and QR codes for the sandbox's demo chain, once: a
     database that already has stores is left as the operator (or an earlier run) made it.
@@ -57,7 +60,7 @@ def set_up_demo_chain(engine: Engine, client, demo: dict, *, cap: int = 200, roo
         if chats.get(st.code):
             report.groups += len(assign_groups(engine, st.code, chats[st.code]).assigned)
 
-    def factory():
+    def factory() -> Session:
         return Session(engine, expire_on_commit=False)
 
     staff = store_codes.ensure_staff_codes(factory, client)

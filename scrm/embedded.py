@@ -13,6 +13,7 @@ import socket
 import threading
 import time
 from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
 
 import dramatiq
 import redis
@@ -23,11 +24,20 @@ from scrm.db import get_engine, migrate
 from scrm.logs import get_logger
 from scrm.redisserver import RedisServer, embedded_socket
 
+if TYPE_CHECKING:
+    from apscheduler.schedulers.background import BackgroundScheduler
+    from rich.console import Console
+
+    from scrm.demo import DemoChainReport
+    from scrm.sandbox import Sandbox
+    from scrm.sandbox.server import SandboxServer
+    from scrm.wecom.client import WeComClient
+
 log = get_logger(__name__)
 SANDBOX_CORP_FILE = "sandbox-corp.json"
 
 
-def hold_data_dir(data_dir: Path):
+def hold_data_dir(data_dir: Path) -> IO[str]:
     """An exclusive lock on the data dir for as long as the returned file stays open."""
     data_dir.mkdir(parents=True, exist_ok=True)
     lock = open(data_dir / "run.lock", "a+")  # noqa: SIM115 - held until the stack closes
@@ -77,23 +87,24 @@ def _stop_leftover_redis(data_dir: Path) -> None:
 
 
 class EmbeddedStack:
-    def __init__(self, settings: Settings, *, with_sandbox: bool = True, console=None):
+    def __init__(self, settings: Settings, *, with_sandbox: bool = True, console: Console | None = None):
         self.settings = settings
         self.with_sandbox = with_sandbox
         self.console = console
         self.redis_server: RedisServer | None = None
-        self.sandbox = None
-        self.sandbox_server = None
+        self.sandbox: Sandbox | None = None
+        self.sandbox_server: SandboxServer | None = None
         self.sandbox_url = ""
         self.sandbox_file: Path | None = None
         self.sandbox_seeded = False  # True when this run created the demo corp (first run)
-        self.demo: dict | None = None
-        self.broker = None
-        self._lock = None
+        self.demo: dict[str, Any] | None = None
+        self.broker: dramatiq.Broker | None = None
+        self.client: WeComClient | None = None
+        self._lock: IO[str] | None = None
         self._web: uvicorn.Server | None = None
         self._web_thread: threading.Thread | None = None
         self.worker: dramatiq.Worker | None = None
-        self.scheduler = None
+        self.scheduler: BackgroundScheduler | None = None
 
     def _say(self, text: str) -> None:
         if self.console:
@@ -112,7 +123,8 @@ class EmbeddedStack:
         self._lock = hold_data_dir(s.data_dir)
         require_free_port(s.web.host, s.web.port, "the web", "--port or SCRM_WEB__PORT")
         if self.with_sandbox:
-            require_free_port(s.sandbox.host, s.sandbox.port, "the WeCom sandbox", "--sandbox-port or SCRM_SANDBOX__PORT")
+            require_free_port(s.sandbox.host, s.sandbox.port, "the WeCom sandbox",
+                              "--sandbox-port or SCRM_SANDBOX__PORT")
         if s.redis.url == EMBEDDED:
             _stop_leftover_redis(s.data_dir)
             self.redis_server = RedisServer(s.data_dir / "redis", unix_socket=True).start()
@@ -137,7 +149,7 @@ class EmbeddedStack:
         web_app = app_from_settings(s)  # also binds the actors to this Redis
         from workers.broker import current_broker
 
-        self.broker = current_broker()
+        self.broker = broker = current_broker()
         config = uvicorn.Config(web_app, host=s.web.host, port=s.web.port, log_level="warning")
         self._web = uvicorn.Server(config)
         self._web_thread = threading.Thread(target=self._web.run, name="scrm-web", daemon=True)
@@ -154,47 +166,52 @@ class EmbeddedStack:
             from scrm.sandbox import Sandbox, serve
             from scrm.sandbox.persist import load_or_seed
 
-            self.sandbox = Sandbox.from_settings(s)
+            self.sandbox = sandbox = Sandbox.from_settings(s)
             self.sandbox_file = s.data_dir / SANDBOX_CORP_FILE
             self.sandbox_seeded = not self.sandbox_file.exists()
-            self.demo = load_or_seed(self.sandbox, self.sandbox_file)
-            self.sandbox_server = serve(self.sandbox, s.sandbox.host, s.sandbox.port)
+            self.demo = load_or_seed(sandbox, self.sandbox_file)
+            self.sandbox_server = serve(sandbox, s.sandbox.host, s.sandbox.port)
             self.sandbox_url = self.sandbox_server.base_url
-            self._repoint_sandbox_qr_codes()
+            self._repoint_sandbox_qr_codes(sandbox)
 
         processor = build_processor(s)
         actors.set_processor(processor)
         self.client = processor.client
-        self.worker = dramatiq.Worker(self.broker, worker_threads=s.pipeline.worker_threads)
+        self.worker = dramatiq.Worker(broker, worker_threads=s.pipeline.worker_threads)
         self.worker.start()
-        self.scheduler = make_scheduler(s, lambda i: actors.process_callback.send(i),
-                                        lambda ids: actors.send_sop_posts.send(ids))
+
+        def send_callback(inbox_id: int) -> None:
+            actors.process_callback.send(inbox_id)
+
+        def send_posts(post_ids: list[int]) -> None:
+            actors.send_sop_posts.send(post_ids)
+
+        self.scheduler = make_scheduler(s, send_callback, send_posts)
         self.scheduler.start()
 
-    def _repoint_sandbox_qr_codes(self) -> None:
+    def _repoint_sandbox_qr_codes(self, sb: Sandbox) -> None:
         """The sandbox's QR image URLs name its port, which may differ from the last run's: point
         the stored codes at this run's sandbox (real WeCom's URLs don't move)."""
         from sqlalchemy import update
-        from sqlmodel import Session, select
+        from sqlmodel import Session, col, select
 
         from scrm.stores.models import StoreCode
 
-        sb = self.sandbox
         with Session(self.engine) as session:
             rows = session.exec(select(StoreCode.id, StoreCode.config_id, StoreCode.qr_code)
-                                .where(StoreCode.config_id.is_not(None))).all()
+                                .where(col(StoreCode.config_id).is_not(None))).all()
             for code_id, config_id, qr_code in rows:
-                if config_id in sb.contact_ways or config_id in sb.join_ways:
+                if config_id and (config_id in sb.contact_ways or config_id in sb.join_ways):
                     url = sb.qr_image_url(config_id)
                     if url != qr_code:
-                        session.exec(update(StoreCode).where(StoreCode.id == code_id).values(qr_code=url))
+                        session.execute(update(StoreCode).where(col(StoreCode.id) == code_id).values(qr_code=url))
             session.commit()
 
-    def set_up_demo_chain(self):
+    def set_up_demo_chain(self) -> DemoChainReport | None:
         """The scrm side of the sandbox's demo chain (stores, groups, QR codes), once."""
         from scrm.demo import set_up_demo_chain
 
-        if not (self.with_sandbox and self.demo):
+        if not (self.with_sandbox and self.demo and self.client):
             return None
         s = self.settings
         return set_up_demo_chain(self.engine, self.client, self.demo, cap=s.routing.group_qr_cap,
@@ -204,33 +221,38 @@ class EmbeddedStack:
         """A new customer scans the first store's staff QR code (store tag, welcome with the store
         group's card), then scans the store's group live code and joins its group; an operator
         adds a layer tag. Returns what happened, in a line."""
-        from sqlmodel import Session, select
+        from sqlmodel import Session, col, select
 
-        from scrm.stores.models import Store, StoreCode
+        from scrm.stores.models import CodeStatus, Store, StoreCode, StoreStatus
 
+        sb = self.sandbox
+        if sb is None:
+            return None
         with Session(self.engine) as s:
-            store = s.exec(select(Store).where(Store.status == "open").order_by(Store.code)).first()
+            store = s.exec(select(Store).where(Store.status == StoreStatus.open).order_by(col(Store.code))).first()
             if store is None:
                 return None
             codes = s.exec(select(StoreCode).where(StoreCode.store_code == store.code,
-                                                   StoreCode.status == "active")).all()
-        staff = next((c for c in sorted(codes, key=lambda c: c.userid) if c.kind == "staff" and c.config_id), None)
-        group = next((c for c in codes if c.kind == "group" and c.config_id), None)
+                                                   StoreCode.status == CodeStatus.active)).all()
+        staff = next((c.config_id for c in sorted(codes, key=lambda c: c.userid) if c.kind == "staff" and c.config_id),
+                     None)
+        group = next((c.config_id for c in codes if c.kind == "group" and c.config_id), None)
         if staff is None:
             return None
-        sb = self.sandbox
-        new = sb.scan_contact_way(staff.config_id, name="扫码的新顾客")
+        new = sb.scan_contact_way(staff, name="扫码的新顾客")
         if group is not None:
-            sb.join_group_via_way(group.config_id, external_userid=new["external_userid"])
+            sb.join_group_via_way(group, external_userid=new["external_userid"])
         sb.admin_create_tag("演示标签", group_name="用户分层")
         return (f"a new customer scanned {store.name}'s staff QR code (tagged 门店/{store.name}, welcomed with "
                 f"the group card){' and joined its group' if group else ''}; an operator added a tag")
 
     def wait_applied(self, timeout: float = 30.0) -> None:
+        if self.broker is None or self.worker is None:
+            raise RuntimeError("the stack is not running")
         self.broker.join("callbacks", timeout=int(timeout * 1000))
         self.worker.join()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self.scheduler:
             self.scheduler.shutdown(wait=False)
         if self.worker:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import structlog
 
@@ -34,7 +35,7 @@ class _TeeLogger:
             self._echo.write(message + "\n")
             self._echo.flush()
 
-    def __getattr__(self, level: str):
+    def __getattr__(self, level: str) -> Callable[[str], None]:
         echo = level in _ECHOED
         return lambda message: self._write(message, echo)
 
@@ -48,7 +49,7 @@ def configure_logging(level: str = "INFO", json: bool = False, *, file: Path | N
         root.removeHandler(handler)
     if file is None:
         logging.basicConfig(stream=sys.stderr, level=numeric, format="%(message)s")
-        logger_factory = structlog.PrintLoggerFactory(sys.stderr)
+        logger_factory: Callable[..., Any] = structlog.PrintLoggerFactory(sys.stderr)
     else:
         file.parent.mkdir(parents=True, exist_ok=True)
         stream = _file_stream = open(file, "a", encoding="utf-8")  # noqa: SIM115 - lives as long as the process
@@ -60,7 +61,8 @@ def configure_logging(level: str = "INFO", json: bool = False, *, file: Path | N
         for handler in (to_file, to_console):
             handler.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
             root.addHandler(handler)
-        logger_factory = lambda *args: _TeeLogger(stream, sys.stderr)  # noqa: E731
+        def logger_factory(*args: object) -> _TeeLogger:
+            return _TeeLogger(stream, sys.stderr)
     # httpx logs request URLs at INFO, and WeCom URLs carry access_token: never log them.
     # Alembic announces every plugin and migration at INFO: scrm reports the outcome itself.
     for name in _QUIET_LIBRARIES:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from scrm.callbacks.dispatch import Processor
 from scrm.config import Settings, get_settings
 from scrm.db import get_engine
 from scrm.redisserver import get_redis, redis_url
 from scrm.wecom.client import WeComClient
 from scrm.wecom.crypto import CallbackCrypto
+
+if TYPE_CHECKING:
+    from scrm.sop.sender import SopSender
 
 
 def build_client(settings: Settings | None = None) -> WeComClient:
@@ -46,7 +51,7 @@ def build_crypto(settings: Settings | None = None) -> CallbackCrypto:
     )
 
 
-def build_sop_sender(settings: Settings | None = None):
+def build_sop_sender(settings: Settings | None = None) -> SopSender:
     """The SOP sender; templates are re-read from disk (lint-checked) on every batch."""
     from pathlib import Path
     from zoneinfo import ZoneInfo

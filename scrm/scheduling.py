@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -20,7 +21,7 @@ log = get_logger(__name__)
 LOCK_KEY = "scrm:scheduler:lock"
 
 
-def relay_job(settings: Settings, send) -> int:
+def relay_job(settings: Settings, send: Callable[[int], None]) -> int:
     return relay_pending(
         get_engine(settings.database_url()),
         send,
@@ -36,7 +37,7 @@ def sop_plan_job(settings: Settings) -> None:
     plan_ahead(get_engine(settings.database_url()), settings.sop)
 
 
-def sop_fire_job(settings: Settings, enqueue_sop) -> None:
+def sop_fire_job(settings: Settings, enqueue_sop: Callable[[list[int]], None]) -> None:
     from pathlib import Path
     from zoneinfo import ZoneInfo
 
@@ -74,7 +75,8 @@ def store_codes_job(settings: Settings) -> None:
                             cap=settings.routing.group_qr_cap, room_base_id=settings.routing.room_base_id)
 
 
-def make_scheduler(settings: Settings, send, enqueue_sop=None) -> BackgroundScheduler:
+def make_scheduler(settings: Settings, send: Callable[[int], None],
+                   enqueue_sop: Callable[[list[int]], None] | None = None) -> BackgroundScheduler:
     sched = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30})
     sched.add_job(relay_job, "interval", seconds=settings.pipeline.relay_interval_seconds, args=[settings, send],
                   id="inbox_relay")
@@ -98,6 +100,12 @@ def run_scheduler(settings: Settings) -> None:
     setup_broker(url=url)
     from workers.actors import process_callback, send_sop_posts
 
+    def send_callback(inbox_id: int) -> None:
+        process_callback.send(inbox_id)
+
+    def send_posts(post_ids: list[int]) -> None:
+        send_sop_posts.send(post_ids)
+
     r = get_redis(url)
     me = f"{socket.gethostname()}:{os.getpid()}"
     ttl = 30
@@ -105,7 +113,10 @@ def run_scheduler(settings: Settings) -> None:
     try:
         while True:
             try:
-                held = r.set(LOCK_KEY, me, nx=True, ex=ttl) or (r.get(LOCK_KEY) or b"").decode() == me
+                held = bool(r.set(LOCK_KEY, me, nx=True, ex=ttl))
+                if not held:
+                    holder = r.get(LOCK_KEY)
+                    held = (holder.decode() if isinstance(holder, bytes) else holder) == me
                 if held:
                     r.expire(LOCK_KEY, ttl)
             except Exception as exc:
@@ -113,8 +124,7 @@ def run_scheduler(settings: Settings) -> None:
                 held = False
             if held and sched is None:
                 log.info("scheduler_active", holder=me)
-                sched = make_scheduler(settings, lambda i: process_callback.send(i),
-                                       lambda ids: send_sop_posts.send(ids))
+                sched = make_scheduler(settings, send_callback, send_posts)
                 sched.start()
             elif not held and sched is not None:
                 log.warning("scheduler_lock_lost", holder=me)

@@ -17,13 +17,17 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import case, func, select
 from sqlalchemy.engine import Engine
 
 from scrm.groups.models import GroupMember
 from scrm.routing.nearest import NearestStoreIndex, StorePoint, haversine_km
-from scrm.stores.models import Store, StoreCode
+from scrm.stores.models import CodeStatus, Store, StoreCode, StoreStatus
+
+if TYPE_CHECKING:
+    from scrm.config import RoutingSettings
 
 NEAREST, CITY, DEFAULT, NONE = "nearest", "city", "default", "none"
 
@@ -76,16 +80,16 @@ class StoreLocator:
     def __init__(self, engine: Engine, *, check_every: float = 30.0):
         self.engine, self.check_every = engine, check_every
         self._lock = threading.Lock()
-        self._version = None
+        self._version: tuple[Any, ...] | None = None
         self._checked = 0.0
         self.index = NearestStoreIndex([])
         self.open_codes: set[str] = set()
 
-    def _current_version(self):
+    def _current_version(self) -> tuple[Any, ...]:
         t = Store.__table__.c
         with self.engine.connect() as conn:
             return tuple(conn.execute(select(
-                func.count(), func.max(t.updated_at), func.sum(case((t.status == "open", 1), else_=0)),
+                func.count(), func.max(t.updated_at), func.sum(case((t.status == StoreStatus.open, 1), else_=0)),
                 func.sum(t.latitude), func.sum(t.longitude),
             )).one())
 
@@ -98,7 +102,8 @@ class StoreLocator:
             version = self._current_version()
             if force or version != self._version:
                 with self.engine.connect() as conn:
-                    rows = conn.execute(select(Store.__table__).where(Store.__table__.c.status == "open")).all()
+                    rows = conn.execute(select(Store.__table__)
+                                        .where(Store.__table__.c.status == StoreStatus.open)).all()
                 self.open_codes = {r.code for r in rows}
                 points = [StorePoint(r.code, r.latitude, r.longitude, r.city or "")
                           for r in rows if r.latitude is not None and r.longitude is not None]
@@ -106,7 +111,8 @@ class StoreLocator:
                 self._version = version
             return self.index
 
-    def route(self, lat: float | None, lng: float | None, *, city: str | None, settings) -> RouteDecision:
+    def route(self, lat: float | None, lng: float | None, *, city: str | None,
+              settings: RoutingSettings) -> RouteDecision:
         index = self.refresh()
         candidates: list[str] = []
         if city and settings.city_stores.get(city) not in self.open_codes:
@@ -120,19 +126,19 @@ class StoreLocator:
         st, sc = Store.__table__.c, StoreCode.__table__.c
         q = (select(st.code, st.city, st.latitude, st.longitude, sc.chat_ids)
              .join(StoreCode.__table__, sc.store_code == st.code)
-             .where(st.city == city, st.status == "open", sc.kind == "group", sc.status == "active",
+             .where(st.city == city, st.status == StoreStatus.open, sc.kind == "group", sc.status == CodeStatus.active,
                     sc.qr_code.is_not(None)))
         with self.engine.connect() as conn:
             rows = conn.execute(q).all()
             chats = {c for r in rows for c in (r.chat_ids or [])}
             gm = GroupMember.__table__.c
-            counts = dict(conn.execute(select(gm.chat_id, func.count()).where(
-                gm.state == "member", gm.chat_id.in_(chats)).group_by(gm.chat_id)).all()) if chats else {}
+            counts: dict[str, int] = dict(conn.execute(select(gm.chat_id, func.count()).where(
+                gm.state == "member", gm.chat_id.in_(chats)).group_by(gm.chat_id)).tuples().all()) if chats else {}
         return [GroupStore(r.code, r.city or "", r.latitude, r.longitude,
                            sum(max(0, cap - counts.get(c, 0)) for c in (r.chat_ids or [])))
                 for r in rows]
 
-    def cities(self, settings) -> list[str]:
+    def cities(self, settings: RoutingSettings) -> list[str]:
         """The cities a customer can pick: those with an open store that has a group, and those
         the operator routed to an open store."""
         self.refresh()
@@ -140,8 +146,8 @@ class StoreLocator:
         with self.engine.connect() as conn:
             found = set(conn.execute(
                 select(st.city).distinct().join(StoreCode.__table__, sc.store_code == st.code)
-                .where(st.status == "open", st.city != "", sc.kind == "group", sc.status == "active",
-                       sc.qr_code.is_not(None))).scalars())
+                .where(st.status == StoreStatus.open, st.city != "", sc.kind == "group",
+                       sc.status == CodeStatus.active, sc.qr_code.is_not(None))).scalars())
         found |= {c for c, code in settings.city_stores.items() if code in self.open_codes}
         return sorted(found)
 
@@ -154,8 +160,9 @@ class StoreLocator:
         if not others:
             return None
         if store.latitude is not None and store.longitude is not None:
-            placed = [g for g in others if g.latitude is not None and g.longitude is not None]
+            here = (store.latitude, store.longitude)
+            placed = [(g.code, g.latitude, g.longitude) for g in others
+                      if g.latitude is not None and g.longitude is not None]
             if placed:
-                return min(placed, key=lambda g: (haversine_km(store.latitude, store.longitude,
-                                                               g.latitude, g.longitude), g.code)).code
+                return min(placed, key=lambda g: (haversine_km(*here, g[1], g[2]), g[0]))[0]
         return rank_city_candidates(others)[0]

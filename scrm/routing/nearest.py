@@ -87,12 +87,12 @@ def _coordinate_problem(lat: Any, lng: Any) -> str | None:
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             return f"{name} {value!r} is not a number"
         try:
-            finite = math.isfinite(value)
+            number = float(value)
         except OverflowError:  # an int too large for a float
-            finite = False
-        if not finite:
+            number = math.inf
+        if not math.isfinite(number):
             return f"{name} {value!r} is not a finite number"
-        if not -limit <= value <= limit:
+        if not -limit <= number <= limit:
             return f"{name} {value!r} is outside [{-limit:g}, {limit:g}]"
     return None
 
@@ -112,11 +112,14 @@ def _radius_chord(radius_km: Any) -> float:
         return _MAX_CHORD
     if type(radius_km) in (float, int) and 0 <= radius_km < math.pi * EARTH_RADIUS_KM:
         return 2.0 * math.sin(radius_km / EARTH_RADIUS_KM / 2.0) + _CHORD_TOL
-    if isinstance(radius_km, bool) or not isinstance(radius_km, numbers.Real) or math.isnan(radius_km):
+    if isinstance(radius_km, bool) or not isinstance(radius_km, numbers.Real):
         raise ValueError(f"radius_km {radius_km!r} is not a number")
-    if radius_km < 0:
+    radius = float(radius_km)  # an int too large for a float raises OverflowError, as math would
+    if math.isnan(radius):
+        raise ValueError(f"radius_km {radius_km!r} is not a number")
+    if radius < 0:
         raise ValueError(f"radius_km {radius_km!r} is negative")
-    angle = radius_km / EARTH_RADIUS_KM
+    angle = radius / EARTH_RADIUS_KM
     if angle >= math.pi:
         return _MAX_CHORD
     return 2.0 * math.sin(angle / 2.0) + _CHORD_TOL
@@ -150,7 +153,8 @@ def _screen(pts: tuple[StorePoint, ...]) -> tuple[np.ndarray, np.ndarray, list[t
     lats = [p.latitude for p in pts]
     lngs = [p.longitude for p in pts]
     suspects: Iterable[int] = range(n)
-    lat = lng = None
+    lat: np.ndarray | None = None
+    lng: np.ndarray | None = None
     if {type(v) for v in lats} | {type(v) for v in lngs} <= {float, int}:
         try:
             lat = np.array(lats, dtype=np.float64)
@@ -166,7 +170,7 @@ def _screen(pts: tuple[StorePoint, ...]) -> tuple[np.ndarray, np.ndarray, list[t
         problem = _coordinate_problem(lats[j], lngs[j])
         if problem:
             problems[j] = problem
-    if lat is None:  # slow path: every value was checked above; convert the valid ones only
+    if lat is None or lng is None:  # slow path: every value was checked above; convert the valid ones only
         lat = np.array([math.nan if j in problems else float(v) for j, v in enumerate(lats)], dtype=np.float64)
         lng = np.array([math.nan if j in problems else float(v) for j, v in enumerate(lngs)], dtype=np.float64)
     codes = [p.code for p in pts]
@@ -211,7 +215,7 @@ class NearestStoreIndex:
         if problems:
             keep = np.ones(len(pts), dtype=bool)
             keep[[j for j, _ in problems]] = False
-            pts = tuple(p for p, ok in zip(pts, keep.tolist()) if ok)
+            pts = tuple(p for p, ok in zip(pts, keep.tolist(), strict=True) if ok)
             lat, lng = lat[keep], lng[keep]
         index = cls.__new__(cls)
         index._setup(pts, lat, lng)

@@ -80,11 +80,12 @@ class CallbackPoster:
 
     def _deliver(self, d: Delivery) -> None:
         d.held = False
-        if not self.enabled:
+        crypto = self.crypto
+        if crypto is None or not self.enabled:
             d.attempts.append("no-callback-configured")
             return
         for _ in range(self.tries):
-            params, body = self.crypto.seal(d.plaintext, agent_id=self.agent_id)
+            params, body = crypto.seal(d.plaintext, agent_id=self.agent_id)
             try:
                 resp = self._client().post(
                     self.url, params=params, content=body.encode("utf-8"),

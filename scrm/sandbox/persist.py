@@ -100,7 +100,7 @@ def restore_corp(state: CorpState, data: Any, source: Path | str = "<data>") -> 
         for tag in tags.values():
             if tag.group_id not in tag_groups:
                 raise ValueError(f"tag {tag.id} is in unknown tag group {tag.group_id}")
-        for key, follow in follows.items():
+        for key in follows:
             if key[0] not in members or key[1] not in customers:
                 raise ValueError(f"follow {key} names an unknown member or customer")
     except (KeyError, TypeError, ValueError, AttributeError) as exc:

@@ -192,7 +192,8 @@ def create_sandbox_app(sandbox: Sandbox) -> FastAPI:
                         f"<p>以下面的身份登录 <span class='note'>{html.escape(redirect_uri)}</span>：</p>"
                         f"<ul>{links}</ul>"
                         f"<p><a class='pick' href='?{visitor}'>不是企业成员的微信用户</a></p>"
-                        "<p class='note'>这是本地沙箱：在企业微信里打开时，企业微信已经知道你是谁，不会出现这一页。</p>")
+                        "<p class='note'>这是本地沙箱：在企业微信里打开时，"
+                        "企业微信已经知道你是谁，不会出现这一页。</p>")
         try:
             if q.get("userid"):
                 code = sandbox.oauth_code(q["userid"])
@@ -251,15 +252,15 @@ def create_sandbox_app(sandbox: Sandbox) -> FastAPI:
             return unknown_qr(request)
         cid = html.escape(config_id)
         if kind == "contact_way":
-            way = sandbox.contact_ways[config_id]
-            title, action = "「联系我」二维码（沙箱）", "scan_contact_way"
-            who_line = "扫码后添加为好友的成员：" + "、".join(who(u) for u in way.user)
+            contact_way = sandbox.contact_ways[config_id]
+            title, action, remark_text = "「联系我」二维码（沙箱）", "scan_contact_way", contact_way.remark
+            who_line = "扫码后添加为好友的成员：" + "、".join(who(u) for u in contact_way.user)
         else:
-            way = sandbox.join_ways[config_id]
-            title, action = "「加入群聊」二维码（沙箱）", "join_group_via_way"
-            names = [sandbox.groups[c].name for c in way.chat_id_list if c in sandbox.groups]
+            join_way = sandbox.join_ways[config_id]
+            title, action, remark_text = "「加入群聊」二维码（沙箱）", "join_group_via_way", join_way.remark
+            names = [sandbox.groups[c].name for c in join_way.chat_id_list if c in sandbox.groups]
             who_line = "扫码后加入的群：" + "、".join(html.escape(n) for n in names)
-        remark = f"<p>{html.escape(way.remark)}</p>" if way.remark else ""
+        remark = f"<p>{html.escape(remark_text)}</p>" if remark_text else ""
         api_hint = html.escape(f'POST /sandbox/actions/{action} {{"config_id": "{config_id}"}}')
         return page(title,
                     f"<img src='{cid}.png' alt='二维码' width='240' height='240'>{remark}<p>{who_line}</p>"

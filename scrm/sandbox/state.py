@@ -12,7 +12,7 @@ import json
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -368,7 +368,7 @@ class CorpState:
             self._changed()
             return f
 
-    def create_group(self, owner: str, name: str, members: list[str] = (), *, chat_id: str | None = None) -> Group:
+    def create_group(self, owner: str, name: str, members: Sequence[str] = (), *, chat_id: str | None = None) -> Group:
         with self.lock:
             self.member(owner)
             now = self.now()
@@ -397,7 +397,8 @@ class CorpState:
                 if grp is None:
                     raise SandboxError(40068, f"invalid group_id: {group_id}")
             else:
-                _param(bool(group_name) and len(group_name) <= 30, "group_name must be 1..30 characters")
+                if not group_name or len(group_name) > 30:
+                    raise SandboxError(40058, "group_name must be 1..30 characters")
                 grp = next((g for g in self.tag_groups.values() if g.group_name == group_name), None)
                 if grp is None:
                     grp = TagGroup(_rand("et", 22), group_name, self.now())
@@ -632,7 +633,8 @@ class CorpState:
 
     def _follow_json(self, f: Follow) -> dict:
         out = {"userid": f.userid, "remark": f.remark, "description": f.description, "createtime": f.createtime,
-               "tags": [self._tag_json(t) for t in f.tag_ids if t in self.tags], "remark_mobiles": list(f.remark_mobiles),
+               "tags": [self._tag_json(t) for t in f.tag_ids if t in self.tags],
+               "remark_mobiles": list(f.remark_mobiles),
                "oper_userid": f.oper_userid, "add_way": f.add_way}
         if f.state:
             out["state"] = f.state
@@ -714,14 +716,16 @@ class CorpState:
 
     def api_batch_get_by_user(self, b: dict) -> dict:
         userids = b.get("userid_list")
-        _param(isinstance(userids, list) and 1 <= len(userids) <= 100, "userid_list must hold 1..100 userids")
+        if not isinstance(userids, list) or not 1 <= len(userids) <= 100:
+            raise SandboxError(40058, "userid_list must hold 1..100 userids")
         limit = self._limit(b.get("limit"), 50, 100)
         valid = [u for u in userids if u in self.members]
         if not valid:
             raise SandboxError(40003, "invalid userid")
         items = []
         for u in valid:
-            for f in sorted((f for (uu, _), f in self.follows.items() if uu == u), key=lambda f: (f.createtime, f.external_userid)):
+            for f in sorted((f for (uu, _), f in self.follows.items() if uu == u),
+                            key=lambda f: (f.createtime, f.external_userid)):
                 info = {"userid": f.userid, "remark": f.remark, "description": f.description,
                         "createtime": f.createtime, "tag_id": [t for t in f.tag_ids if t in self.tags],
                         "remark_mobiles": list(f.remark_mobiles), "oper_userid": f.oper_userid, "add_way": f.add_way}
@@ -769,7 +773,8 @@ class CorpState:
 
     def api_add_corp_tag(self, b: dict) -> dict:
         tags = b.get("tag")
-        _param(isinstance(tags, list) and tags, "tag list is required")
+        if not isinstance(tags, list) or not tags:
+            raise SandboxError(40058, "tag list is required")
         for t in tags:
             _param(isinstance(t, dict) and bool(t.get("name")) and len(str(t["name"])) <= 30,
                    "tag name must be 1..30 characters")
@@ -778,11 +783,12 @@ class CorpState:
         if group_id is None:
             _param(bool(group_name), "group_id or group_name is required")
         new_ids = []
-        grp = None
+        grp: TagGroup | None = None
         for t in tags:
             tag, grp, _ = self.create_tag(str(t["name"]), group_id=group_id or (grp.group_id if grp else None),
                                           group_name=group_name, order=int(t.get("order") or 0))
             new_ids.append(tag.id)
+        assert grp is not None  # tags is a non-empty list
         if b.get("order") is not None:
             grp.order = int(b["order"])
         return {"tag_group": self._tag_group_json(grp, new_ids)}
@@ -792,6 +798,7 @@ class CorpState:
         name = b.get("name")
         if name is not None:
             _param(bool(name) and len(str(name)) <= 30, "name must be 1..30 characters")
+        obj: Tag | TagGroup
         if tid in self.tags:
             obj = self.tags[tid]
             if name is not None:
@@ -839,8 +846,10 @@ class CorpState:
 
     def api_add_contact_way(self, b: dict) -> dict:
         typ, scene = b.get("type"), b.get("scene")
-        _param(typ in (1, 2), "type must be 1 or 2")
-        _param(scene in (1, 2), "scene must be 1 or 2")
+        if typ not in (1, 2):
+            raise SandboxError(40058, "type must be 1 or 2")
+        if scene not in (1, 2):
+            raise SandboxError(40058, "scene must be 1 or 2")
         self._validate_way_common(b)
         users = b.get("user") or []
         self._validate_users(users)
@@ -903,8 +912,8 @@ class CorpState:
             _param(b.get("scene") in (1, 2), "scene must be 1 or 2")
         if not partial or "chat_id_list" in b:
             chats = b.get("chat_id_list")
-            _param(isinstance(chats, list) and 1 <= len(chats) <= MAX_JOIN_WAY_CHATS,
-                   "chat_id_list must hold 1..5 chat ids")
+            if not isinstance(chats, list) or not 1 <= len(chats) <= MAX_JOIN_WAY_CHATS:
+                raise SandboxError(40058, "chat_id_list must hold 1..5 chat ids")
             for c in chats:
                 self.group(c)
         if b.get("state") is not None:
@@ -1017,12 +1026,14 @@ class CorpState:
         chat_type = b.get("chat_type")
         _param(chat_type in ("single", "group"), "chat_type is required")
         start, end = b.get("start_time"), b.get("end_time")
-        _param(isinstance(start, int) and isinstance(end, int) and start <= end, "start_time/end_time required")
+        if not isinstance(start, int) or not isinstance(end, int) or start > end:
+            raise SandboxError(40058, "start_time/end_time required")
         _param(end - start <= 31 * 86400, "time range exceeds one month")
         limit = self._limit(b.get("limit"), 50, 100)
         creator = b.get("creator")
         items = [t for t in sorted(self.templates.values(), key=lambda t: (t.create_time, t.msgid))
-                 if t.chat_type == chat_type and start <= t.create_time <= end and (not creator or t.creator == creator)]
+                 if t.chat_type == chat_type and start <= t.create_time <= end
+                 and (not creator or t.creator == creator)]
         page, nxt = self._page(items, self._cursor(b.get("cursor")), limit)
         out = []
         for t in page:
@@ -1113,7 +1124,8 @@ class CorpState:
         that WeCom would make silently."""
         if msgtype == "textcard":
             card = b.get("textcard")
-            _param(isinstance(card, dict), "textcard is required")
+            if not isinstance(card, dict):
+                raise SandboxError(40058, "textcard is required")
             title, desc, url = (str(card.get(k) or "") for k in ("title", "description", "url"))
             _param(bool(title), "textcard.title is required")
             _param(len(title.encode()) <= TEXTCARD_TITLE_MAX_BYTES,
@@ -1149,7 +1161,8 @@ class CorpState:
             raise SandboxError(40008, f"invalid message type: {msgtype} (the sandbox sends text and textcard)")
         _param(not b.get("toparty") and not b.get("totag"), "the sandbox sends to touser only (no toparty/totag)")
         touser = b.get("touser")
-        _param(isinstance(touser, str) and bool(touser.strip()), "touser is required")
+        if not isinstance(touser, str) or not touser.strip():
+            raise SandboxError(40058, "touser is required")
         content = self._message_body(msgtype, b)
         if touser.strip() == "@all":
             wanted = list(self.members)

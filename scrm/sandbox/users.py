@@ -6,7 +6,7 @@ callback delivery went.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,7 +61,8 @@ class Sandbox(CorpState):
         **kwargs: Any,
     ):
         super().__init__(corp_id, secret, clock=clock, **kwargs)
-        crypto = CallbackCrypto(callback_token, encoding_aes_key, corp_id) if callback_token and encoding_aes_key else None
+        crypto = (CallbackCrypto(callback_token, encoding_aes_key, corp_id)
+                  if callback_token and encoding_aes_key else None)
         self.poster = CallbackPoster(crypto, callback_url, http=callback_http, timeout=callback_timeout,
                                      tries=callback_tries, agent_id=agent_id)
         self.agent_id = agent_id
@@ -189,7 +190,8 @@ class Sandbox(CorpState):
         return self._result({"userid": userid, "external_userid": external_userid},
                             [(CONTACT, "del_follow_user", {"UserID": userid, "ExternalUserID": external_userid})])
 
-    def employee_deletes_customer(self, userid: str, external_userid: str, *, by_transfer: bool = False) -> ActionResult:
+    def employee_deletes_customer(self, userid: str, external_userid: str, *,
+                                  by_transfer: bool = False) -> ActionResult:
         """The member deletes the customer: the relation is gone (del_external_contact)."""
         with self.lock:
             self.follow(userid, external_userid)
@@ -217,7 +219,8 @@ class Sandbox(CorpState):
                                     {"UserID": userid, "ExternalUserID": external_userid})])
 
     # -- tags (admin console) --------------------------------------------------------------------
-    def admin_create_tag(self, name: str, *, group_name: str | None = None, group_id: str | None = None) -> ActionResult:
+    def admin_create_tag(self, name: str, *, group_name: str | None = None,
+                         group_id: str | None = None) -> ActionResult:
         """An admin adds a tag in the console; a new group fires one tag_group event."""
         with self.lock:
             tag, grp, created = self.create_tag(name, group_name=group_name, group_id=group_id)
@@ -253,7 +256,7 @@ class Sandbox(CorpState):
                             [(TAG, "delete", {"Id": id, "TagType": kind})])
 
     # -- groups ------------------------------------------------------------------------------------
-    def employee_creates_group(self, owner: str, name: str, members: list[str] = ()) -> ActionResult:
+    def employee_creates_group(self, owner: str, name: str, members: Sequence[str] = ()) -> ActionResult:
         with self.lock:
             g = self.create_group(owner, name, list(members))
         return self._result({"chat_id": g.chat_id}, [(CHAT, "create", {"ChatId": g.chat_id})])
@@ -282,7 +285,8 @@ class Sandbox(CorpState):
         with self.lock:
             way = self.join_way(config_id)
             c = self.customer(external_userid) if external_userid else self.add_customer(name, **customer_kw)
-            live = [self.groups[cid] for cid in way.chat_id_list if cid in self.groups and not self.groups[cid].dismissed]
+            live = [self.groups[cid] for cid in way.chat_id_list
+                    if cid in self.groups and not self.groups[cid].dismissed]
             target = next((g for g in live if len(g.members) < self.group_qr_cap), None)
             created = None
             if target is None:
@@ -380,7 +384,7 @@ class Sandbox(CorpState):
                     continue
                 tpl.tasks[uid] = {"status": 2, "send_time": now}
                 for r in tpl.results[uid]:
-                    target = r.get("chat_id") or r.get("external_userid")
+                    target = str(r.get("chat_id") or r.get("external_userid") or "")
                     if "chat_id" in r:
                         g = self.groups.get(target)
                         ok = g is not None and not g.dismissed

@@ -131,7 +131,11 @@ def _float_or_clock(loader: _Loader, node: ScalarNode) -> Any:
 
 _Loader.add_constructor("tag:yaml.org,2002:int", _int_or_clock)
 _Loader.add_constructor("tag:yaml.org,2002:float", _float_or_clock)
-_Loader.add_constructor("tag:yaml.org,2002:timestamp", lambda loader, node: loader.construct_scalar(node))
+def _as_text(loader: _Loader, node: ScalarNode) -> Any:
+    return loader.construct_scalar(node)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:timestamp", _as_text)
 
 
 def _line(node: Node) -> int:
@@ -264,7 +268,7 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _message(err: dict) -> tuple[tuple, str]:
+def _message(err: Mapping[str, Any]) -> tuple[tuple, str]:
     """(where, what) for one pydantic error, in an operator's words."""
     loc, kind, msg = tuple(err["loc"]), err["type"], err["msg"]
     msg = msg.removeprefix("Value error, ")
@@ -308,13 +312,14 @@ def _duplicate_step_loc(data: Any, msg: str) -> tuple:
 def _validation_problems(path: str, root: Node, data: Any, exc: ValidationError) -> list[Problem]:
     problems: list[Problem] = []
     reported_attachments: set[tuple] = set()
-    for err in exc.errors():
+    for error in exc.errors():
+        err: Mapping[str, Any] = error
         loc = tuple(err["loc"])
-        tag_at = next((i for i, part in enumerate(loc) if part in _UNION_TAGS), None)
+        tag_at = next((i for i, part in enumerate(loc) if isinstance(part, str) and part in _UNION_TAGS), None)
         if tag_at is not None:
             # An attachment is tried as each kind in turn; keep only the errors of the kind it
             # declares (its key), or say once that it declares none or several.
-            att_loc, tag = loc[:tag_at], loc[tag_at]
+            att_loc, tag = loc[:tag_at], str(loc[tag_at])
             raw = _data_at(data, att_loc)
             kinds = [k for k in _ATTACHMENT_KINDS if isinstance(raw, dict) and k in raw]
             if len(kinds) == 1:
@@ -483,7 +488,7 @@ def _step_problems(path: str, root: Node, steps: list[Any], quiet_hours: tuple[s
         clock = _readable_clock(step)
         if clock is not None:
             shown = clock.strftime("%H:%M")
-            if quiet and _in_quiet_hours(clock, *quiet):
+            if quiet_hours and quiet and _in_quiet_hours(clock, *quiet):
                 at(("steps", i, "at"), f"{shown} is inside quiet hours ({quiet_hours[0]}-{quiet_hours[1]}), "
                                        "when no posts are sent; move it")
             if clock in first_at:
@@ -530,7 +535,7 @@ def check_template(item: LoadedTemplate, *, quiet_hours: tuple[str, str] | None 
     timing, WeCom page paths, store fields for groups without a store)."""
     template, path, root = item.template, item.path, item.root
     steps = [step.model_dump() for step in template.steps]
-    problems = []
+    problems: list[Problem] = []
     for i, step in enumerate(template.steps):
         source_errors = check_step_sources(step, i)
         problems.extend(_render_problem(path, root, exc) for exc in source_errors)

@@ -434,7 +434,7 @@ def parse_assignments(data: str | bytes) -> AssignmentParseResult:
         records = _records(text)
         header = next(records, None)
         names = [_clean(c).lower() for c in header[1]] if header else []
-        if not any(names):
+        if header is None or not any(names):
             errors.append(RowError(1, None, f"the file is empty: {expected}" if header is None
                                    else f"line 1 is empty: {expected}"))
             return AssignmentParseResult([], errors, encoding, notes)
@@ -505,8 +505,9 @@ def import_assignments(engine: Engine, rows: Iterable[AssignmentRow], *, dry_run
     store exists and is open), per line: any problem raises :class:`GroupAssignmentError` whose
     problems carry the file line and column, and nothing is written. A line that changes nothing
     is never refused, so a kept sheet (or an :func:`export_assignments`) imports again after some
-    of its groups were dismissed or stores closed, and reports everything unchanged. ``rows`` should come from a :func:`parse_assignments` without
-    errors; the same chat id twice with different stores raises ValueError.
+    of its groups were dismissed or stores closed, and reports everything unchanged. ``rows`` should
+    come from a :func:`parse_assignments` without errors; the same chat id twice with different
+    stores raises ValueError.
     """
     by_chat: dict[str, AssignmentRow] = {}
     for row in rows:

@@ -14,14 +14,15 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from sqlalchemy import func
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
-from scrm.db import utcnow
+from scrm.db import SessionFactory, utcnow
 from scrm.groups.models import CustomerGroup, GroupMember
 from scrm.logs import get_logger
 from scrm.routing.state import group_state, parse_state, staff_state
 from scrm.stores.models import CodeStatus, Store, StoreCode, StoreStaff, StoreStatus
 from scrm.tags.models import Tag, TagGroup
+from scrm.wecom.api import ContactWayAPI, CorpTagAPI, JoinWayAPI
 from scrm.wecom.errors import WeComAPIError
 
 log = get_logger(__name__)
@@ -40,38 +41,43 @@ class CodesReport:
 
 # -- staff "contact me" codes -------------------------------------------------------------------
 
-def ensure_staff_codes(session_factory, client, *, store_codes: list[str] | None = None) -> CodesReport:
+def ensure_staff_codes(session_factory: SessionFactory, client: ContactWayAPI, *,
+                       store_codes: list[str] | None = None) -> CodesReport:
     """Every store staff member has an active contact-way code carrying the store; codes of
     staff who left the store are deleted in WeCom."""
     report = CodesReport()
     with session_factory() as s:
         q = select(StoreStaff)
         if store_codes:
-            q = q.where(StoreStaff.store_code.in_(store_codes))
+            q = q.where(col(StoreStaff.store_code).in_(store_codes))
         staff = {(r.store_code, r.userid) for r in s.exec(q)}
         stores = {st.code: st for st in s.exec(select(Store))}
         codes = {(c.store_code, c.userid): c for c in s.exec(select(StoreCode).where(StoreCode.kind == "staff"))
                  if not store_codes or c.store_code in store_codes}
-        todo = []
+        todo: list[StoreCode] = []
         for key in sorted(staff):
             code = codes.get(key)
             if code and code.status == CodeStatus.active and code.config_id:
                 report.unchanged += 1
                 continue
             if code is None:
-                code = StoreCode(store_code=key[0], kind="staff", userid=key[1], state=f"pending:{key[0]}:{key[1]}"[:30])
+                code = StoreCode(store_code=key[0], kind="staff", userid=key[1],
+                                 state=f"pending:{key[0]}:{key[1]}"[:30])
                 s.add(code)
                 s.flush()
+                assert code.id is not None  # the flush gave it its id
                 code.state = staff_state(key[0], code.id)
             todo.append(code)
-        gone = [c for key, c in codes.items() if key not in staff and c.status == "active"]
+        gone = [c for key, c in codes.items() if key not in staff and c.status == CodeStatus.active]
         s.commit()
         for code in todo:
             store = stores.get(code.store_code)
             try:
                 made = client.add_contact_way(type=1, scene=2, state=code.state, user=[code.userid],
-                                              remark=(store.name if store else code.store_code)[:30], skip_verify=True)
-                code.config_id, code.qr_code, code.status, code.error = made["config_id"], made.get("qr_code"), CodeStatus.active, None
+                                              remark=(store.name if store else code.store_code)[:30],
+                                              skip_verify=True)
+                code.config_id, code.qr_code = made["config_id"], made.get("qr_code")
+                code.status, code.error = CodeStatus.active, None
                 report.created += 1
             except WeComAPIError as exc:  # e.g. 41054 the member is not activated for customer contact
                 code.status, code.error = CodeStatus.failed, f"errcode {exc.errcode}: {exc.errmsg}"[:500]
@@ -102,7 +108,7 @@ def store_groups(session: Session, store_code: str) -> list[tuple[CustomerGroup,
                                                       CustomerGroup.status == "active")).all()
     counts = dict(session.exec(
         select(GroupMember.chat_id, func.count())
-        .where(GroupMember.state == "member", GroupMember.chat_id.in_([g.chat_id for g in groups]))
+        .where(GroupMember.state == "member", col(GroupMember.chat_id).in_([g.chat_id for g in groups]))
         .group_by(GroupMember.chat_id)
     ).all()) if groups else {}
     groups = sorted(groups, key=lambda g: (g.created_at is None, g.created_at or utcnow(), g.chat_id))
@@ -118,7 +124,8 @@ def choose_join_way_chats(groups: list[tuple[CustomerGroup, int]], cap: int) -> 
     return [groups[-1][0].chat_id] if groups else []
 
 
-def refresh_group_code(session_factory, client, store_code: str, *, cap: int = 200, room_base_id: int = 1) -> str:
+def refresh_group_code(session_factory: SessionFactory, client: JoinWayAPI, store_code: str, *, cap: int = 200,
+                       room_base_id: int = 1) -> str:
     """Create or update the store's group live code; returns created|updated|unchanged|no_groups|failed."""
     with session_factory() as s:
         store = s.get(Store, store_code)
@@ -130,10 +137,11 @@ def refresh_group_code(session_factory, client, store_code: str, *, cap: int = 2
             return "no_groups"
         if code and code.status == CodeStatus.active and code.config_id and code.chat_ids == chats:
             return "unchanged"
+        state = group_state(store_code)
         body = dict(scene=2, remark=store.name[:30], auto_create_room=1, room_base_name=f"{store.name}福利群"[:40],
-                    room_base_id=room_base_id, chat_id_list=chats, state=group_state(store_code))
+                    room_base_id=room_base_id, chat_id_list=chats, state=state)
         if code is None:
-            code = StoreCode(store_code=store_code, kind="group", userid="", state=body["state"])
+            code = StoreCode(store_code=store_code, kind="group", userid="", state=state)
         try:
             if code.config_id:
                 client.update_join_way(code.config_id, **body)
@@ -155,7 +163,8 @@ def refresh_group_code(session_factory, client, store_code: str, *, cap: int = 2
         return outcome
 
 
-def refresh_all_group_codes(session_factory, client, *, cap: int = 200, room_base_id: int = 1) -> dict[str, int]:
+def refresh_all_group_codes(session_factory: SessionFactory, client: JoinWayAPI, *, cap: int = 200,
+                            room_base_id: int = 1) -> dict[str, int]:
     with session_factory() as s:
         codes = [st.code for st in s.exec(select(Store).where(Store.status == StoreStatus.open))]
     outcomes: dict[str, int] = defaultdict(int)
@@ -173,7 +182,7 @@ def attribute_group_to_store(session: Session, chat_id: str) -> str | None:
     if group is None or group.store_code:
         return group.store_code if group else None
     for state in session.exec(select(GroupMember.join_state).where(GroupMember.chat_id == chat_id,
-                                                                   GroupMember.join_state.is_not(None))):
+                                                                   col(GroupMember.join_state).is_not(None))):
         ref = parse_state(state)
         if ref and session.get(Store, ref.store_code):
             group.store_code = ref.store_code
@@ -185,10 +194,11 @@ def attribute_group_to_store(session: Session, chat_id: str) -> str | None:
 
 # -- the store tag -------------------------------------------------------------------------------
 
-def store_tag_id(session_factory, client, store: Store) -> str:
+def store_tag_id(session_factory: SessionFactory, client: CorpTagAPI, store: Store) -> str:
     """The corp tag 门店/<store name>, created in WeCom the first time it is needed."""
     with session_factory() as s:
-        group = s.exec(select(TagGroup).where(TagGroup.name == STORE_TAG_GROUP, TagGroup.deleted == False)).first()  # noqa: E712
+        group = s.exec(select(TagGroup).where(TagGroup.name == STORE_TAG_GROUP,
+                                              TagGroup.deleted == False)).first()  # noqa: E712
         if group:
             tag = s.exec(select(Tag).where(Tag.group_id == group.group_id, Tag.name == store.name,
                                            Tag.deleted == False)).first()  # noqa: E712

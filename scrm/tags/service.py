@@ -22,7 +22,8 @@ def apply_tag_library(session: Session, tag_groups: list[dict]) -> int:
             seen_tags.add(t["id"])
             tag = session.get(Tag, t["id"]) or Tag(tag_id=t["id"], group_id=gid, name=t.get("name", ""))
             tag.group_id, tag.name, tag.order = gid, t.get("name", tag.name), t.get("order", 0) or 0
-            tag.created_at, tag.deleted, tag.updated_at = from_unix(t.get("create_time")), bool(t.get("deleted")), utcnow()
+            tag.created_at, tag.deleted = from_unix(t.get("create_time")), bool(t.get("deleted"))
+            tag.updated_at = utcnow()
             session.add(tag)
     for row in session.exec(select(TagGroup).where(TagGroup.deleted == False)):  # noqa: E712
         if row.group_id not in seen_groups:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 
 from sqlalchemy import func
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from scrm.contacts.models import Employee
 from scrm.groups.models import CustomerGroup
@@ -24,26 +25,27 @@ def find_store(s: Session, code: str) -> Store | None:
 
 def store_codes(s: Session, store_code: str) -> tuple[StoreCode | None, list[StoreCode]]:
     """The store's group live code and its staff codes (by userid), removed ones left out."""
-    rows = s.exec(select(StoreCode).where(StoreCode.store_code == store_code, StoreCode.status != CodeStatus.removed)).all()
+    rows = s.exec(select(StoreCode).where(StoreCode.store_code == store_code,
+                                          StoreCode.status != CodeStatus.removed)).all()
     group = next((c for c in rows if c.kind == "group"), None)
     return group, sorted((c for c in rows if c.kind == "staff"), key=lambda c: c.userid)
 
 
-def employee_names(s: Session, userids) -> dict[str, str]:
+def employee_names(s: Session, userids: Iterable[str | None]) -> dict[str, str]:
     """userid -> the employee's name, for those that have one."""
-    userids = [u for u in set(userids) if u]
-    if not userids:
+    wanted = [u for u in set(userids) if u]
+    if not wanted:
         return {}
-    return {e.userid: e.name for e in s.exec(select(Employee).where(Employee.userid.in_(userids))) if e.name}
+    return {e.userid: e.name for e in s.exec(select(Employee).where(col(Employee.userid).in_(wanted))) if e.name}
 
 
-def group_owner_names(s: Session, chat_ids) -> list[str]:
+def group_owner_names(s: Session, chat_ids: Iterable[str] | None) -> list[str]:
     """The names of the owners of these groups (no userids), each once, in order."""
-    chat_ids = list(chat_ids or [])
-    if not chat_ids:
+    wanted = list(chat_ids or [])
+    if not wanted:
         return []
-    owners = [g.owner_userid for g in s.exec(select(CustomerGroup).where(CustomerGroup.chat_id.in_(chat_ids))
-                                             .order_by(CustomerGroup.chat_id))]
+    owners = [g.owner_userid for g in s.exec(select(CustomerGroup).where(col(CustomerGroup.chat_id).in_(wanted))
+                                             .order_by(col(CustomerGroup.chat_id)))]
     names = employee_names(s, owners)
     return list(dict.fromkeys(names[o] for o in owners if o in names))
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, HTTPException, Query, Request
@@ -18,7 +19,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from sqlmodel import Session
 
 from scrm.routing.locate import StoreLocator
-from scrm.stores.models import Store
+from scrm.stores.models import Store, StoreCode
 from scrm.web.lookups import employee_names, find_store, group_owner_names, open_stores, store_codes
 from scrm.web.operator import REALM, OperatorAccess
 from scrm.web.templating import templates
@@ -139,11 +140,14 @@ def store_pages(engine, routing_settings, *, tz: dt.tzinfo | None = None,
         if (lat is None) != (lng is None):
             raise HTTPException(422, "give both lat and lng, or neither")
         decision = locator.route(lat, lng, city=city or None, settings=routing_settings)
-        body: dict = {"reason": decision.reason, "distance_km": decision.distance_km, "store": None}
+        body: dict[str, Any] = {"reason": decision.reason, "distance_km": decision.distance_km, "store": None}
+        store: Store | None = None
+        group: StoreCode | None = None
         if decision.store_code:
             with Session(engine) as s:
                 store = s.get(Store, decision.store_code)
                 group, _ = store_codes(s, decision.store_code)
+        if store is not None:  # None also for a store deleted since the index was built
             body.update(
                 store={"code": store.code, "name": store.name, "address": store.address, "city": store.city},
                 group_page=f"/g/{store.code}", qr_code=group.qr_code if group else None,

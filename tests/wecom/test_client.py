@@ -95,7 +95,8 @@ def test_server_always_answering_40014_raises_token_error_after_two_calls_and_on
     def handler(request: httpx.Request) -> httpx.Response:
         if request.url.path.endswith("/gettoken"):
             counts["gettoken"] += 1
-            return httpx.Response(200, json={"errcode": 0, "access_token": f"T{counts['gettoken']}", "expires_in": 7200})
+            return httpx.Response(200, json={"errcode": 0, "access_token": f"T{counts['gettoken']}",
+                                             "expires_in": 7200})
         counts["api"] += 1
         return httpx.Response(200, json={"errcode": 40014, "errmsg": "invalid access_token"})
 

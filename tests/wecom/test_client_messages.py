@@ -151,7 +151,8 @@ def test_agent_ticket_is_fetched_once_and_shared_through_real_redis(sandbox, htt
     assert calls(sandbox, "ticket/get") == 1
     assert sandbox.api_calls.count(("GET", "ticket/get")) == 1
     key = a.agent_ticket_key
-    assert key == b.agent_ticket_key == f"scrm:wecom:agent_ticket:{CORP}:{hashlib.sha256(SECRET.encode()).hexdigest()[:12]}"
+    app = hashlib.sha256(SECRET.encode()).hexdigest()[:12]
+    assert key == b.agent_ticket_key == f"scrm:wecom:agent_ticket:{CORP}:{app}"
     assert SECRET not in key and key != a.token_key
     assert real_redis.get(key).decode() == first["ticket"]
     assert 7200 - 300 - 5 <= real_redis.ttl(key) <= 7200 - 300  # a bit under expires_in

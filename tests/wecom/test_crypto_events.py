@@ -81,16 +81,20 @@ HEAD = ("<xml><ToUserName><![CDATA[toUser]]></ToUserName><FromUserName><![CDATA[
         "<CreateTime>1403610513</CreateTime><MsgType><![CDATA[event]]></MsgType>")
 
 SAMPLES = {
-    "add_external_contact": HEAD + "<Event><![CDATA[change_external_contact]]></Event><ChangeType><![CDATA[add_external_contact]]></ChangeType>"
+    "add_external_contact": HEAD + "<Event><![CDATA[change_external_contact]]></Event>"
+    "<ChangeType><![CDATA[add_external_contact]]></ChangeType>"
     "<UserID><![CDATA[zhangsan]]></UserID><ExternalUserID><![CDATA[woAJ2GCAAAXtWyujaWJHDDGi0mAAAA]]></ExternalUserID>"
     "<State><![CDATA[teststate]]></State><WelcomeCode><![CDATA[WELCOMECODE]]></WelcomeCode></xml>",
-    "del_external_contact": HEAD + "<Event><![CDATA[change_external_contact]]></Event><ChangeType><![CDATA[del_external_contact]]></ChangeType>"
+    "del_external_contact": HEAD + "<Event><![CDATA[change_external_contact]]></Event>"
+    "<ChangeType><![CDATA[del_external_contact]]></ChangeType>"
     "<UserID><![CDATA[zhangsan]]></UserID><ExternalUserID><![CDATA[woAJ2GCAAAXtWyujaWJHDDGi0mACAAAA]]></ExternalUserID>"
     "<Source><![CDATA[DELETE_BY_TRANSFER]]></Source></xml>",
-    "transfer_fail": HEAD + "<Event><![CDATA[change_external_contact]]></Event><ChangeType><![CDATA[transfer_fail]]></ChangeType>"
+    "transfer_fail": HEAD + "<Event><![CDATA[change_external_contact]]></Event>"
+    "<ChangeType><![CDATA[transfer_fail]]></ChangeType>"
     "<FailReason><![CDATA[customer_refused]]></FailReason><UserID><![CDATA[zhangsan]]></UserID>"
     "<ExternalUserID><![CDATA[woAJ2GCAAAXtWyujaWJHDDGi0mAAAA]]></ExternalUserID></xml>",
-    "chat_update": "<xml><ToUserName><![CDATA[ww55ca070cb9b7eb22]]></ToUserName><FromUserName><![CDATA[sys]]></FromUserName>"
+    "chat_update": "<xml><ToUserName><![CDATA[ww55ca070cb9b7eb22]]></ToUserName>"
+    "<FromUserName><![CDATA[sys]]></FromUserName>"
     "<CreateTime>1403610513</CreateTime><MsgType><![CDATA[event]]></MsgType><Event><![CDATA[change_external_chat]]></Event>"
     "<ChatId><![CDATA[wrx7HUARsKwGRaQBVKPBTcEyzdHA4HrQ]]></ChatId><ChangeType><![CDATA[update]]></ChangeType>"
     "<UpdateDetail><![CDATA[add_member]]></UpdateDetail><JoinScene>1</JoinScene><QuitScene>0</QuitScene>"
@@ -134,7 +138,8 @@ def test_chat_event_samples_parse_member_lists_in_both_forms():
     assert isinstance(upd, ChatEvent)
     assert (upd.update_detail, upd.join_scene, upd.quit_scene, upd.mem_change_cnt) == ("add_member", 1, 0, 10)
     assert upd.mem_change_list == ("Jack", "Rose")
-    assert (upd.last_mem_ver, upd.cur_mem_ver) == ("9c3f97c2ada667dfb5f6d03308d963e1", "71217227bbd112ecfe3a49c482195cb4")
+    assert upd.last_mem_ver == "9c3f97c2ada667dfb5f6d03308d963e1"
+    assert upd.cur_mem_ver == "71217227bbd112ecfe3a49c482195cb4"
     single = parse_event(render_event("ww1", "change_external_chat", "update", 1, ChatId="wr", MemChangeList=["only"]))
     assert single.mem_change_list == ("only",)
     assert parse_event(SAMPLES["chat_csv"]).mem_change_list == ("id1", "id2")

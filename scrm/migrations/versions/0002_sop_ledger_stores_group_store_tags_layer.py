@@ -47,7 +47,8 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id', name=op.f('pk_sop_posts')),
     sa.UniqueConstraint('chat_id', 'day', 'mass_seq', name=op.f('uq_sop_posts_chat_id_day_mass_seq')),
     sa.UniqueConstraint('chat_id', 'day', 'slot', name=op.f('uq_sop_posts_chat_id_day_slot')),
-    sa.UniqueConstraint('chat_id', 'day', 'template_id', 'step_key', name=op.f('uq_sop_posts_chat_id_day_template_id_step_key'))
+    sa.UniqueConstraint('chat_id', 'day', 'template_id', 'step_key',
+                        name=op.f('uq_sop_posts_chat_id_day_template_id_step_key'))
     )
     with op.batch_alter_table('sop_posts', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_sop_posts_chat_id'), ['chat_id'], unique=False)
