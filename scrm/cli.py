@@ -33,6 +33,10 @@ from scrm.stores.cli import stores_app  # noqa: E402
 
 app.add_typer(stores_app, name="stores")
 
+from scrm.callbacks.inbox_cli import inbox_app  # noqa: E402
+
+app.add_typer(inbox_app, name="inbox")
+
 
 def _setup_logging() -> None:
     from scrm.logs import configure_logging
