@@ -13,6 +13,7 @@ from scrm.contacts.models import ChurnAlert, Customer, FollowRelation, WelcomeSe
 from scrm.groups.models import CustomerGroup, GroupMember
 from scrm.tags.models import Tag
 from tests.pipeline_harness import harness
+from tests.waiting import run_threads
 
 pytestmark = pytest.mark.filterwarnings("ignore:You should not use the 'timeout' argument")
 
@@ -148,9 +149,9 @@ def test_full_sync_loads_demo_corp_and_is_safe_to_rerun(engine, redis_url):
 
 
 def test_two_workers_racing_on_one_callback_apply_it_once(engine, redis_url):
-    """Redelivery can hand the same inbox row to two workers at once; the claim lets only one write."""
-    import threading
-
+    """Redelivery can hand the same inbox row to two workers at once; the claim lets only one write.
+    An exception in a racing thread fails the test (run_threads re-raises it). Tried: raising in
+    Processor.process for the second caller failed the test (a plain Thread only warned)."""
     with harness(engine, redis_url) as h:
         h.sandbox.add_member("staff", "店员")
         h.sandbox.hold_callbacks(True)  # stored by the receiver, but we drive processing by hand
@@ -161,19 +162,8 @@ def test_two_workers_racing_on_one_callback_apply_it_once(engine, redis_url):
         h.sandbox.flush_callbacks()
         h.broker.flush_all()  # nothing is consumed from the queue in this test
         ids = [r.id for r in rows(h.engine, CallbackInbox)]
-        barrier = threading.Barrier(8)
-
-        def race(inbox_id):
-            barrier.wait()
-            h.processor.process(inbox_id)
-
         for inbox_id in ids:
-            barrier.reset()
-            threads = [threading.Thread(target=race, args=(inbox_id,)) for _ in range(8)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
+            run_threads([lambda inbox_id=inbox_id: h.processor.process(inbox_id)] * 8)
         assert len(rows(h.engine, ChurnAlert)) == 1
         assert all(r.status == "done" and r.attempts == 1 for r in rows(h.engine, CallbackInbox))
         assert len(rows(h.engine, FollowRelation)) == 1
