@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -25,6 +25,10 @@ from pydantic_settings import (
 EMBEDDED = "embedded"
 # The WeCom sandbox's corp: simulated sends and demo data are only ever allowed for this corp.
 SANDBOX_CORP_ID = "ww0000sandboxcorp"
+# Customer-group mass sends (add_msg_template, chat_type group) WeCom delivers to one group a day
+# (WeCom's add_msg_template doc: "每位客户/每个客户群每天可接收1条群发消息"; a second one ends as
+# get_groupmsg_send_result status 3, "already received another mass message").
+WECOM_MASS_SENDS_PER_GROUP_PER_DAY = 1
 
 
 def _data_dir() -> Path:
@@ -135,8 +139,8 @@ class SopSettings(BaseModel):
     timezone: str = "Asia/Shanghai"
     default_channel: str = "mass_send"  # mass_send | owner_task | group_robot
     max_posts_per_group_per_day: int = Field(default=3, ge=1, le=3)
-    # WeCom delivers about one mass send a day to a group (quota = days in the month).
-    max_mass_sends_per_group_per_day: int = Field(default=1, ge=0, le=3)
+    # 0 or 1: WeCom delivers at most one customer-group mass send a group a day (see the validator).
+    max_mass_sends_per_group_per_day: int = 1
     max_groups_per_bot: int = Field(default=200, ge=1, le=200)
     quiet_hours_start: str = "22:00"
     quiet_hours_end: str = "08:00"
@@ -150,6 +154,21 @@ class SopSettings(BaseModel):
     plan_interval_seconds: float = 600.0
     poll_interval_seconds: float = 300.0
     plan_days_ahead: int = Field(default=1, ge=0, le=14)
+
+    @field_validator("max_mass_sends_per_group_per_day")
+    @classmethod
+    def _mass_sends_within_wecom(cls, v: int) -> int:
+        """WeCom's customer-group mass send (add_msg_template, chat_type group) reaches a group at
+        most once a day (older docs: 4 a month; the current quota, the days of the month, can be
+        set to 1 a day by the admin). A second send that day is refused per group (send_result
+        status 3), so a setting above the limit only plans posts that end as over_quota."""
+        if not 0 <= v <= WECOM_MASS_SENDS_PER_GROUP_PER_DAY:
+            raise ValueError(
+                f"sop.max_mass_sends_per_group_per_day is {v}: WeCom delivers at most "
+                f"{WECOM_MASS_SENDS_PER_GROUP_PER_DAY} customer-group mass send (add_msg_template, chat_type "
+                f"group) to a group a day, so it must be 0 (no mass sends) or {WECOM_MASS_SENDS_PER_GROUP_PER_DAY}; "
+                "the day's other posts go out as owner_task or group_robot")
+        return v
 
 
 class RoutingSettings(BaseModel):
@@ -222,7 +241,21 @@ class ConfigError(RuntimeError):
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings()
+    """The settings; a value that cannot work is a ConfigError naming the setting and why."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    """A pydantic error as one line a person can act on: ``section.key: what is wrong``."""
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        parts.append(message if message.startswith(where) else f"{where}: {message}")
+    return "invalid settings: " + "; ".join(parts)
 
 
 def reset_settings_cache() -> None:

@@ -25,9 +25,10 @@ import datetime as dt
 import hashlib
 import json
 from collections import Counter, defaultdict
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Collection, Iterable, Mapping, Sequence
 
+from scrm.config import WECOM_MASS_SENDS_PER_GROUP_PER_DAY
 from scrm.sop.render import uses_store_fields
 from scrm.sop.template import Channel, SopTemplate, parse_clock
 
@@ -40,6 +41,11 @@ BOT_OVER_CAPACITY = "bot_over_capacity"
 NO_SENDER = "no_sender"
 NO_STORE = "no_store"  # the template prints store fields and the group has no store
 TOO_LATE = "too_late"  # the post's window had already ended when the day was planned
+# Drops made when the plan is written into the ledger (scrm.sop.service.fit_to_ledger): the
+# ledger's rows left no free slot, or no free mass sequence number, for a post the planner chose.
+LEDGER_FULL = "ledger_full"
+LEDGER_MASS_TAKEN = "ledger_mass_taken"
+LEDGER_REASONS = (LEDGER_FULL, LEDGER_MASS_TAKEN)
 
 DETAIL_ALL_BELOW = 5000  # below this many groups every drop is listed, above only counted
 
@@ -80,9 +86,12 @@ class Limits:
             raise ValueError("max_posts_per_group_per_day must be 1..3 (WeCom-safe)")
         if not 1 <= self.max_groups_per_bot <= 200:
             raise ValueError("max_groups_per_bot must be 1..200 (WeCom-safe)")
+        if not 0 <= self.max_mass_sends_per_group_per_day <= WECOM_MASS_SENDS_PER_GROUP_PER_DAY:
+            raise ValueError(f"max_mass_sends_per_group_per_day must be 0..{WECOM_MASS_SENDS_PER_GROUP_PER_DAY} "
+                             "(WeCom delivers one customer-group mass send a group a day)")
 
     @classmethod
-    def from_settings(cls, sop) -> "Limits":
+    def from_settings(cls, sop) -> Limits:
         return cls(
             max_posts_per_group_per_day=sop.max_posts_per_group_per_day,
             max_mass_sends_per_group_per_day=sop.max_mass_sends_per_group_per_day,
