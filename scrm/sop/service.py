@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import zlib
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
@@ -25,7 +25,19 @@ from scrm.db import utcnow
 from scrm.groups.models import CustomerGroup
 from scrm.logs import get_logger
 from scrm.sop.models import HARD_MAX_POSTS_PER_DAY, PostStatus, SopPost
-from scrm.sop.planner import DayPlan, FixedPost, GroupIndex, GroupInfo, Limits, plan_day, window_end_seconds
+from scrm.sop.planner import (
+    LEDGER_FULL,
+    LEDGER_MASS_TAKEN,
+    LEDGER_REASONS,
+    DayPlan,
+    Dropped,
+    FixedPost,
+    GroupIndex,
+    GroupInfo,
+    Limits,
+    plan_day,
+    window_end_seconds,
+)
 from scrm.sop.template import Channel, SopTemplate
 from scrm.stores.models import Store
 
@@ -41,6 +53,15 @@ class ReplanResult:
     inserted: int = 0
     removed: int = 0
     conflicts: int = 0  # rows another scheduler wrote first
+
+    @property
+    def dropped(self) -> Counter:
+        """Candidate posts not written, by reason: the planner's drops and the ledger's
+        (:data:`~scrm.sop.planner.LEDGER_FULL`, :data:`~scrm.sop.planner.LEDGER_MASS_TAKEN`)."""
+        out: Counter = Counter()
+        for (_, _, reason), n in self.plan.dropped_counts.items():
+            out[reason] += n
+        return out
 
 
 def load_groups(conn: Connection) -> list[GroupInfo]:
@@ -63,7 +84,7 @@ def load_groups(conn: Connection) -> list[GroupInfo]:
 
 def local_window(day: dt.date, tz: ZoneInfo) -> tuple[dt.datetime, dt.datetime]:
     start = dt.datetime.combine(day, dt.time(0, 0), tzinfo=tz)
-    return start.astimezone(dt.timezone.utc), (start + dt.timedelta(days=1)).astimezone(dt.timezone.utc)
+    return start.astimezone(dt.UTC), (start + dt.timedelta(days=1)).astimezone(dt.UTC)
 
 
 def local_now(now: dt.datetime, tz: ZoneInfo) -> dt.datetime:
@@ -76,7 +97,7 @@ def _window_end(at_local: dt.datetime, limits: Limits, tz: ZoneInfo) -> dt.datet
     first (the planner's rule, so it never plans a post whose window has already ended)."""
     midnight = dt.datetime.combine(at_local.date(), dt.time(0, 0))
     seconds = window_end_seconds(int((at_local - midnight).total_seconds()), limits)
-    return (midnight + dt.timedelta(seconds=seconds)).replace(tzinfo=tz).astimezone(dt.timezone.utc)
+    return (midnight + dt.timedelta(seconds=seconds)).replace(tzinfo=tz).astimezone(dt.UTC)
 
 
 @dataclass
@@ -104,6 +125,73 @@ def read_day(conn: Connection, day: dt.date, *, now: dt.datetime, tz: ZoneInfo) 
             if r.mass_seq is not None:
                 ledger.used_mass[r.chat_id].add(r.mass_seq)
     return ledger
+
+
+@dataclass
+class LedgerFit:
+    """What writing a plan into a day's ledger means: replaceable rows kept as they are, rows the
+    plan no longer wants, and new rows (each with its slot and, for a mass send, its mass_seq)."""
+
+    kept: list[int]
+    stale: list[int]
+    new_rows: list[dict]
+
+
+def fit_to_ledger(plan: DayPlan, ledger: DayLedger, limits: Limits, *, tz: ZoneInfo) -> LedgerFit:
+    """Match ``plan`` against ``ledger`` and hand out slots and mass sequence numbers.
+
+    A planned post that finds no free slot, or no free mass sequence number for a mass send (the
+    ledger holds rows the planner counted differently), is not written: it is taken out of
+    ``plan.posts`` and counted in ``plan.dropped_counts`` (and listed in ``plan.dropped``) as
+    :data:`LEDGER_FULL` or :data:`LEDGER_MASS_TAKEN`, like every other drop. Writes nothing, so
+    the dry run (`scrm sop plan`) reports the same drops as the scheduler."""
+    used_slots = defaultdict(set, {k: set(v) for k, v in ledger.used_slots.items()})
+    used_mass = defaultdict(set, {k: set(v) for k, v in ledger.used_mass.items()})
+    desired = {}
+    for p in plan.posts:
+        desired[(p.chat_id, p.template_id, p.step_key)] = (p, p.at.replace(tzinfo=tz).astimezone(dt.UTC))
+    fit = LedgerFit(kept=[], stale=[], new_rows=[])
+    for key, r in ledger.replaceable.items():
+        want = desired.get(key)
+        if want and (r.template_digest, r.channel, r.sender, r.scheduled_for) == (
+            want[0].digest, want[0].channel, want[0].sender, want[1]
+        ):
+            desired.pop(key)
+            used_slots[r.chat_id].add(r.slot)
+            if r.mass_seq is not None:
+                used_mass[r.chat_id].add(r.mass_seq)
+            fit.kept.append(r.id)
+        else:
+            fit.stale.append(r.id)
+
+    not_written: set[int] = set()
+    for (chat_id, _, _), (p, at_utc) in sorted(desired.items()):
+        slot = next((s for s in range(1, HARD_MAX_POSTS_PER_DAY + 1) if s not in used_slots[chat_id]), None)
+        mass_seq = None
+        reason = None
+        if slot is None:
+            reason = LEDGER_FULL
+        elif p.channel == Channel.mass_send.value:
+            mass_seq = next((s for s in range(1, limits.max_mass_sends_per_group_per_day + 1)
+                             if s not in used_mass[chat_id]), None)
+            if mass_seq is None:
+                reason = LEDGER_MASS_TAKEN
+        if reason:
+            plan.dropped_counts[(p.template_id, p.step_key, reason)] += 1
+            plan.dropped.append(Dropped(chat_id, p.template_id, p.step_key, p.nominal, reason))
+            not_written.add(id(p))
+            continue
+        used_slots[chat_id].add(slot)
+        if mass_seq is not None:
+            used_mass[chat_id].add(mass_seq)
+        fit.new_rows.append(dict(
+            day=plan.day, chat_id=chat_id, slot=slot, mass_seq=mass_seq, template_id=p.template_id,
+            step_key=p.step_key, template_digest=p.digest, channel=p.channel, sender=p.sender,
+            priority=p.priority, scheduled_for=at_utc, window_ends_at=_window_end(p.at, limits, tz),
+        ))
+    if not_written:
+        plan.posts[:] = [p for p in plan.posts if id(p) not in not_written]
+    return fit
 
 
 def _lock_day(conn: Connection, day: dt.date) -> None:
@@ -136,62 +224,31 @@ def replan_day(
         if groups is None:
             groups = load_groups(conn)
         ledger = read_day(conn, day, now=now, tz=tz)
-        fixed, replaceable = ledger.fixed, ledger.replaceable
-        used_slots, used_mass = ledger.used_slots, ledger.used_mass
-
-        plan = plan_day(day, templates, GroupIndex(groups), limits, fixed=fixed, now=local_now(now, tz))
+        plan = plan_day(day, templates, GroupIndex(groups), limits, fixed=ledger.fixed, now=local_now(now, tz))
         result = ReplanResult(day=day, plan=plan)
 
-        desired = {}
-        for p in plan.posts:
-            at_utc = p.at.replace(tzinfo=tz).astimezone(dt.timezone.utc)
-            desired[(p.chat_id, p.template_id, p.step_key)] = (p, at_utc)
-        stale = []
-        for key, r in replaceable.items():
-            want = desired.get(key)
-            if want and (r.template_digest, r.channel, r.sender, r.scheduled_for) == (
-                want[0].digest, want[0].channel, want[0].sender, want[1]
-            ):
-                desired.pop(key)
-                used_slots[r.chat_id].add(r.slot)
-                if r.mass_seq is not None:
-                    used_mass[r.chat_id].add(r.mass_seq)
-                result.kept += 1
-            else:
-                stale.append(r.id)
-        for i in range(0, len(stale), 500):
+        fitted = fit_to_ledger(plan, ledger, limits, tz=tz)
+        result.kept = len(fitted.kept)
+        for i in range(0, len(fitted.stale), 500):
             result.removed += conn.execute(
-                delete(table).where(c.id.in_(stale[i:i + 500]), c.status == PostStatus.planned)
+                delete(table).where(c.id.in_(fitted.stale[i:i + 500]), c.status == PostStatus.planned)
             ).rowcount
 
-        new_rows = []
         stamp = utcnow()
-        for (chat_id, _, _), (p, at_utc) in sorted(desired.items()):
-            slot = next((s for s in range(1, HARD_MAX_POSTS_PER_DAY + 1) if s not in used_slots[chat_id]), None)
-            mass_seq = None
-            if p.channel == Channel.mass_send.value:
-                mass_seq = next((s for s in range(1, limits.max_mass_sends_per_group_per_day + 1)
-                                 if s not in used_mass[chat_id]), None)
-                if mass_seq is None:
-                    continue
-                used_mass[chat_id].add(mass_seq)
-            if slot is None:
-                continue
-            used_slots[chat_id].add(slot)
-            new_rows.append(dict(
-                day=day, chat_id=chat_id, slot=slot, mass_seq=mass_seq, template_id=p.template_id,
-                step_key=p.step_key, template_digest=p.digest, channel=p.channel, sender=p.sender,
-                priority=p.priority, scheduled_for=at_utc,
-                window_ends_at=_window_end(p.at, limits, tz),
-                status=PostStatus.planned, attempts=0, created_at=stamp, updated_at=stamp,
-            ))
+        new_rows = [dict(row, status=PostStatus.planned, attempts=0, created_at=stamp, updated_at=stamp)
+                    for row in fitted.new_rows]
         for i in range(0, len(new_rows), 1000):
             chunk = new_rows[i:i + 1000]
             written = conn.execute(insert(table).on_conflict_do_nothing().returning(c.id), chunk).all()
             result.inserted += len(written)
             result.conflicts += len(chunk) - len(written)
+    in_ledger = {reason: result.dropped[reason] for reason in LEDGER_REASONS if result.dropped[reason]}
     log.info("sop_replanned", day=str(day), kept=result.kept, inserted=result.inserted, removed=result.removed,
-             conflicts=result.conflicts, dropped=sum(plan.dropped_counts.values()))
+             conflicts=result.conflicts, dropped=sum(result.dropped.values()), **in_ledger)
+    if in_ledger:
+        # The planner counted the ledger one way and the ledger's slots said otherwise: say which groups.
+        log.warning("sop_replan_ledger_drops", day=str(day), **in_ledger,
+                    chat_ids=sorted({d.chat_id for d in plan.dropped if d.reason in LEDGER_REASONS})[:20])
     return result
 
 
