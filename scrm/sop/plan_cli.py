@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import List, Optional
 from zoneinfo import ZoneInfo
 
 import typer
@@ -18,7 +17,6 @@ from rich.table import Table
 
 from scrm.config import get_settings
 from scrm.sop.cli import sop_app
-
 
 
 def _fail(console, message: str):
@@ -35,7 +33,7 @@ def _day(console, date: str | None, tz) -> dt.date:
     except ValueError:
         _fail(console, f"--date {date!r} is not a date (YYYY-MM-DD)")
 
-REASONS = {
+REASONS = {  # every drop reason of scrm.sop.planner, in words
     "daily_limit": "group's day full",
     "mass_send_quota": "mass-send quota",
     "spacing": "too close to another post",
@@ -44,16 +42,18 @@ REASONS = {
     "no_sender": "group has no owner",
     "no_store": "group has no store",
     "too_late": "time already passed",
+    "ledger_full": "no free slot in the ledger (its rows hold the day's 3)",
+    "ledger_mass_taken": "the ledger already holds the day's mass send",
 }
 
 
 @sop_app.command("plan")
 def plan_command(
-    date: Optional[str] = typer.Option(None, "--date", help="First day, YYYY-MM-DD (default: today)"),
+    date: str | None = typer.Option(None, "--date", help="First day, YYYY-MM-DD (default: today)"),
     days: int = typer.Option(1, "--days", min=1, max=31, help="How many days"),
-    group: List[str] = typer.Option([], "--group", help="Show these groups' posts and drops (repeatable)"),
+    group: list[str] = typer.Option([], "--group", help="Show these groups' posts and drops (repeatable)"),
     show_all: bool = typer.Option(False, "--all", help="List every planned post (long for many groups)"),
-    path: Optional[Path] = typer.Option(None, "--path", help="Template folder (default: sop.templates_dir)"),
+    path: Path | None = typer.Option(None, "--path", help="Template folder (default: sop.templates_dir)"),
 ) -> None:
     """Which group gets which post from which bot at what time, and what was dropped and why."""
     from rich.console import Console
@@ -65,7 +65,7 @@ def plan_command(
     from scrm.groups.models import CustomerGroup
     from scrm.sop.lint import errors_in, lint
     from scrm.sop.planner import GroupIndex, Limits, plan_day
-    from scrm.sop.service import load_groups, local_now, read_day
+    from scrm.sop.service import fit_to_ledger, load_groups, local_now, read_day
 
     s = get_settings()
     tz = ZoneInfo(s.sop.timezone)
@@ -96,6 +96,7 @@ def plan_command(
             ledger = read_day(conn, day, now=now, tz=tz)
             plan = plan_day(day, templates, index, limits, fixed=ledger.fixed, explain=group,
                             now=local_now(now, tz))
+            fit_to_ledger(plan, ledger, limits, tz=tz)  # what writing it would drop, as the scheduler does
             _print_day(console, plan, templates, names, ledger, group, show_all, len(groups))
 
 
@@ -157,93 +158,76 @@ def _print_day(console, plan, templates, names, ledger, chosen, show_all, n_grou
 
 @sop_app.command("budget")
 def budget_command(
-    date: Optional[str] = typer.Option(None, "--date", help="The day, YYYY-MM-DD (default: today)"),
-    group: List[str] = typer.Option([], "--group", help="Only these groups (repeatable)"),
+    date: str | None = typer.Option(None, "--date", help="The day, YYYY-MM-DD (default: today)"),
+    group: list[str] = typer.Option([], "--group", help="Only these groups (repeatable)"),
     limit: int = typer.Option(50, "--limit", min=0, help="Groups to list (0: all)"),
 ) -> None:
     """Per group and per sending account: what the day's ledger has planned, used and left, by channel."""
     from rich.console import Console
-    from sqlalchemy import select
 
     from scrm.db import get_engine
-    from scrm.groups.models import CustomerGroup
-    from scrm.sop.models import SopPost
+    from scrm.sop.budget import day_budget
+    from scrm.sop.planner import Limits
 
     console = Console(soft_wrap=True, highlight=False)
     s = get_settings()
-    tz = ZoneInfo(s.sop.timezone)
-    day = _day(console, date, tz)
-    max_posts, max_mass = s.sop.max_posts_per_group_per_day, s.sop.max_mass_sends_per_group_per_day
-    engine = get_engine(s.database_url())
-    c = SopPost.__table__.c
-    with engine.connect() as conn:
-        q = select(c.chat_id, c.channel, c.status, c.sender).where(c.day == day)
-        if group:
-            q = q.where(c.chat_id.in_(group))
-        rows = conn.execute(q).all()
-        names = dict(conn.execute(select(CustomerGroup.chat_id, CustomerGroup.name)).all())
-    used_statuses = ("sent", "confirmed")
-    per_group: dict[str, Counter] = defaultdict(Counter)
-    owner: dict[str, str] = {}
-    for r in rows:
-        counts = per_group[r.chat_id]
-        counts["rows"] += 1
-        counts[f"{r.channel}:{'used' if r.status in used_statuses else r.status}"] += 1
-        counts[r.status] += 1
-        if r.channel == "mass_send":
-            counts["mass"] += 1
-        owner[r.chat_id] = r.sender
-    console.print(f"[bold]{day}[/bold]: {len(rows)} posts in the ledger for {len(per_group)} groups "
+    day = _day(console, date, ZoneInfo(s.sop.timezone))
+    limits = Limits.from_settings(s.sop)
+    budget = day_budget(get_engine(s.database_url()), day, limits, chat_ids=group)
+    _print_budget(console, budget, limit)
+
+
+def _channel_cell(counts) -> str:
+    return ", ".join(f"{n} {label}" for label, n in sorted((counts or {}).items())) or "-"
+
+
+def _problem(status, n: int) -> str:
+    from scrm.sop.models import PostStatus
+
+    if status == PostStatus.over_quota:
+        return "[red]over WeCom's quota[/red]"
+    if status == PostStatus.unconfirmed:
+        return f"{n} unconfirmed (maybe sent)"
+    return f"{n} {status}"
+
+
+def _problems_cell(problems) -> str:
+    return ", ".join(_problem(status, n) for status, n in problems.items()) or "-"
+
+
+def _print_budget(console, budget, limit: int) -> None:
+    max_posts, max_mass = budget.limits.max_posts_per_group_per_day, budget.limits.max_mass_sends_per_group_per_day
+    console.print(f"[bold]{budget.day}[/bold]: {budget.posts} posts in the ledger for {len(budget.groups)} groups "
                   f"(limits: {max_posts} a group, {max_mass} mass send a group)")
-    if not rows:
+    if not budget.groups:
         console.print("  nothing planned for this day (run `scrm sop plan` to see why, or let the scheduler plan it)")
         return
     table = Table()
     for col in ("group", "owner", "posts used/planned/left", "mass_send", "owner_task", "group_robot", "problems"):
         table.add_column(col)
-    def channel_cell(counts: Counter, channel: str) -> str:
-        parts = [f"{n} {k.split(':', 1)[1]}" for k, n in sorted(counts.items()) if k.startswith(channel + ":")]
-        return ", ".join(parts) or "-"
-    shown = sorted(per_group.items(), key=lambda kv: (names.get(kv[0], ""), kv[0]))
-    for chat_id, counts in (shown[:limit] if limit else shown):
-        used = sum(counts[st] for st in used_statuses)
-        open_ = sum(counts[st] for st in ("planned", "due", "sending"))
-        problems = []
-        if counts["over_quota"]:
-            problems.append("[red]over WeCom's quota[/red]")
-        if counts["failed"]:
-            problems.append(f"{counts['failed']} failed")
-        if counts["expired"]:
-            problems.append(f"{counts['expired']} expired")
-        table.add_row(escape(f"{names.get(chat_id, '')} {chat_id}"), escape(owner[chat_id]),
-                      f"{used}/{open_}/{max(0, max_posts - counts['rows'])}",
-                      f"{channel_cell(counts, 'mass_send')} (of {max_mass})", channel_cell(counts, "owner_task"),
-                      channel_cell(counts, "group_robot"), ", ".join(problems) or "-")
+    shown = budget.groups[:limit] if limit else budget.groups
+    for g in shown:
+        table.add_row(escape(f"{g.name} {g.chat_id}"), escape(g.owner), f"{g.used}/{g.open}/{g.left}",
+                      f"{_channel_cell(g.channels.get('mass_send'))} (of {max_mass})",
+                      _channel_cell(g.channels.get("owner_task")), _channel_cell(g.channels.get("group_robot")),
+                      _problems_cell(g.problems))
     console.print(table)
-    if limit and len(shown) > limit:
-        console.print(f"  … and {len(shown) - limit} more groups (--limit 0 lists all, --group picks some)")
+    if limit and len(budget.groups) > limit:
+        console.print(f"  … and {len(budget.groups) - limit} more groups (--limit 0 lists all, --group picks some)")
     accounts = Table(title="sending accounts")
     for col in ("account", "groups", "posts", "sent", "waiting", "failed/expired/over quota"):
         accounts.add_column(col)
-    by_owner: dict[str, Counter] = defaultdict(Counter)
-    for chat_id, counts in per_group.items():
-        acc = by_owner[owner[chat_id]]
-        acc["groups"] += 1
-        acc["posts"] += counts["rows"]
-        acc["sent"] += sum(counts[st] for st in used_statuses)
-        acc["waiting"] += sum(counts[st] for st in ("planned", "due", "sending"))
-        acc["bad"] += counts["failed"] + counts["expired"] + counts["over_quota"]
-    for name, acc in sorted(by_owner.items()):
-        flag = f" [red](over {s.sop.max_groups_per_bot})[/red]" if acc["groups"] > s.sop.max_groups_per_bot else ""
-        accounts.add_row(escape(name), f"{acc['groups']}{flag}", str(acc["posts"]), str(acc["sent"]),
-                         str(acc["waiting"]), str(acc["bad"]))
+    for acc in budget.accounts:
+        flag = f" [red](over {budget.limits.max_groups_per_bot})[/red]" if acc.over_capacity else ""
+        accounts.add_row(escape(acc.account), f"{acc.groups}{flag}", str(acc.posts), str(acc.sent),
+                         str(acc.waiting), str(acc.bad))
     console.print(accounts)
 
 
 @sop_app.command("robot")
 def robot_command(
     chat_id: str = typer.Argument(..., help="The customer group"),
-    webhook: Optional[str] = typer.Option(None, "--webhook", help="The robot's webhook URL (…/webhook/send?key=KEY) or its key"),
+    webhook: str | None = typer.Option(None, "--webhook", help="The robot's webhook URL (…/webhook/send?key=KEY) or its key"),
     remove: bool = typer.Option(False, "--remove", help="Forget the group's robot"),
 ) -> None:
     """Give a group's group_robot steps a robot to post through (else the owner sends them)."""
