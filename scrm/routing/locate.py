@@ -132,8 +132,8 @@ class StoreLocator:
             rows = conn.execute(q).all()
             chats = {c for r in rows for c in (r.chat_ids or [])}
             gm = GroupMember.__table__.c
-            counts: dict[str, int] = dict(conn.execute(select(gm.chat_id, func.count()).where(
-                gm.state == "member", gm.chat_id.in_(chats)).group_by(gm.chat_id)).tuples().all()) if chats else {}
+            counts: dict[str, int] = {chat_id: n for chat_id, n in conn.execute(select(gm.chat_id, func.count()).where(
+                gm.state == "member", gm.chat_id.in_(chats)).group_by(gm.chat_id)).all()} if chats else {}
         return [GroupStore(r.code, r.city or "", r.latitude, r.longitude,
                            sum(max(0, cap - counts.get(c, 0)) for c in (r.chat_ids or [])))
                 for r in rows]

@@ -103,6 +103,10 @@ class ReadAPI(Protocol):
     def get_group_chat(self, chat_id: str, *, need_name: bool = True) -> dict[str, Any]: ...
 
 
+class SyncAPI(ReadAPI, CorpTagAPI, Protocol):
+    """What the full sync calls: members, customers, groups and the tag library."""
+
+
 class CallbackAPI(ReadAPI, CorpTagAPI, WelcomeAPI, Protocol):
     """What the callback worker calls (fetches, the welcome, and store routing's tagging)."""
 
@@ -117,11 +121,11 @@ class ToolbarAPI(Protocol):
     def jsapi_signature(self, ticket: str, noncestr: str, timestamp: int | str, url: str) -> str: ...
 
 
-class WeComAPI(SopSendAPI, AppMessageAPI, StoreCodesAPI, CallbackAPI, ToolbarAPI, Protocol):
+class WeComAPI(SopSendAPI, AppMessageAPI, StoreCodesAPI, SyncAPI, CallbackAPI, ToolbarAPI, Protocol):
     """Everything scrm calls on WeCom."""
 
 
 __all__ = [
     "AppMessageAPI", "CallbackAPI", "ContactWayAPI", "CorpTagAPI", "JoinWayAPI", "MassSendAPI", "ReadAPI",
-    "RobotAPI", "SopSendAPI", "StoreCodesAPI", "ToolbarAPI", "WeComAPI", "WelcomeAPI",
+    "RobotAPI", "SopSendAPI", "StoreCodesAPI", "SyncAPI", "ToolbarAPI", "WeComAPI", "WelcomeAPI",
 ]

@@ -81,7 +81,8 @@ def test_link_attachment_refuses_over_the_byte_limits():
 
 def test_miniprogram_and_image_attachments():
     assert m.miniprogram_attachment("早餐", "wx8bd80126147dfAAA", "/pages/index") == {
-        "msgtype": "miniprogram", "miniprogram": {"title": "早餐", "appid": "wx8bd80126147dfAAA", "page": "/pages/index"}}
+        "msgtype": "miniprogram",
+        "miniprogram": {"title": "早餐", "appid": "wx8bd80126147dfAAA", "page": "/pages/index"}}
     with pytest.raises(m.MessageLimitError, match="miniprogram.title is 66 bytes; WeCom allows at most 64"):
         m.miniprogram_attachment(HAN * 22, "wx1", "/p")
     assert m.image_attachment(media_id="MEDIA") == {"msgtype": "image", "image": {"media_id": "MEDIA"}}
@@ -167,7 +168,8 @@ def test_robot_messages_split_long_text_losing_nothing():
 
 # -- app message textcard (reference §3.8a) --------------------------------------------------------
 def test_textcard_exact_shape():
-    card = m.textcard("有 2 个群的 SOP 内容待发送", "三里屯店福利群1 · 11:54 下午茶", "https://scrm/toolbar", btntxt="去发送")
+    card = m.textcard("有 2 个群的 SOP 内容待发送", "三里屯店福利群1 · 11:54 下午茶", "https://scrm/toolbar",
+                      btntxt="去发送")
     assert card == {"title": "有 2 个群的 SOP 内容待发送", "description": "三里屯店福利群1 · 11:54 下午茶",
                     "url": "https://scrm/toolbar", "btntxt": "去发送"}
     assert m.textcard_message("zhangsan", card) == {"touser": "zhangsan", "msgtype": "textcard", "textcard": card}
