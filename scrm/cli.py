@@ -8,12 +8,11 @@ import secrets
 import signal
 import threading
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn
 from rich.markup import escape
+from rich.progress import BarColumn, Progress, TaskID, TextColumn
 from rich.table import Table
 
 from scrm.config import ConfigError, get_settings, reset_settings_cache
@@ -75,7 +74,8 @@ def explain_failure(exc: BaseException) -> str | None:
         return f"cannot reach Redis ({s.redis.url}): {exc}"
     if isinstance(exc, OperationalError):
         detail = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-        hint = " (run `scrm init` to create the schema?)" if "no such table" in detail or "does not exist" in detail else ""
+        missing = "no such table" in detail or "does not exist" in detail
+        hint = " (run `scrm init` to create the schema?)" if missing else ""
         return f"database error ({s.database_url()}): {detail}{hint}"
     if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
         return f"{exc.strerror}: another program (another `scrm run`?) is using the port; stop it or pick another port"
@@ -141,9 +141,9 @@ def show_config() -> None:
 @app.command()
 def serve(host: str = typer.Option(None), port: int = typer.Option(None), workers: int = 1) -> None:
     """Run the web app (callback receiver, health, metrics)."""
-    import uvicorn
-
     import os
+
+    import uvicorn
 
     if port:  # links the app builds (web.public_url unset) name the port it really listens on
         os.environ["SCRM_WEB__PORT"] = str(port)
@@ -201,7 +201,8 @@ def scheduler() -> None:
 def sandbox(seed: bool = typer.Option(True, help="Load the demo corp (a store chain), kept in the data dir")) -> None:
     """Run the local fake WeCom server (API + scripted users posting callbacks)."""
     from scrm.embedded import SANDBOX_CORP_FILE
-    from scrm.sandbox import Sandbox, serve as serve_sandbox
+    from scrm.sandbox import Sandbox
+    from scrm.sandbox import serve as serve_sandbox
     from scrm.sandbox.persist import load_or_seed
 
     _setup_logging()
@@ -240,7 +241,7 @@ def _run_sync(engine, client):
 
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   console=console) as progress:
-        tasks: dict[str, int] = {}
+        tasks: dict[str, TaskID] = {}
 
         def report(stage: str, done: int, total: int | None) -> None:
             if stage not in tasks:
@@ -266,8 +267,8 @@ def run(
     demo: bool = typer.Option(True, help="Play a short scripted scenario through the sandbox (first run only)"),
     exit_after_demo: bool = typer.Option(False, "--exit-after-demo", help="Stop once the start-up and demo are done"),
     sandbox_enabled: bool = typer.Option(True, "--sandbox/--no-sandbox", help="Start the WeCom sandbox"),
-    port: Optional[int] = typer.Option(None, "--port", min=1, max=65535, help="Web port (default web.port: 8000)"),
-    sandbox_port: Optional[int] = typer.Option(None, "--sandbox-port", min=1, max=65535,
+    port: int | None = typer.Option(None, "--port", min=1, max=65535, help="Web port (default web.port: 8000)"),
+    sandbox_port: int | None = typer.Option(None, "--sandbox-port", min=1, max=65535,
                                                help="Sandbox port (default sandbox.port: 8899)"),
 ) -> None:
     """The whole service on embedded defaults: SQLite, a private Redis, the sandbox, web and a worker."""
@@ -338,7 +339,8 @@ def _announce_sandbox(stack) -> None:
     if stack.sandbox_seeded:
         what = f"demo corp created and saved in {stack.sandbox_file}"
     else:
-        what = f"demo corp loaded from {stack.sandbox_file} (delete it, and {stack.settings.data_dir}/scrm.db, to start over)"
+        what = (f"demo corp loaded from {stack.sandbox_file} "
+                f"(delete it, and {stack.settings.data_dir}/scrm.db, to start over)")
     console.print(f"WeCom sandbox: {stack.sandbox_url} ({escape(what)})")
 
 
@@ -387,7 +389,7 @@ def _print_sop_plan(engine) -> None:
     from scrm.sop.plan_cli import REASONS
 
     today = results[0]
-    why = Counter()
+    why: Counter[str] = Counter()
     for (_, _, reason), n in today.plan.dropped_counts.items():
         why[reason] += n
     dropped = ", ".join(f"{n} {REASONS.get(r, r)}" for r, n in sorted(why.items()))

@@ -90,8 +90,8 @@ def test_burst_of_scans_at_once_applies_every_callback_once(h):
 
 def test_group_join_and_leave_update_members_with_attribution(h):
     group = h.sandbox.create_group("store_a_staff", "A店福利群")
-    config_id = h.client.add_join_way(scene=2, chat_id_list=[group.chat_id], state="store:A", room_base_name="A店福利群",
-                                      room_base_id=2)
+    config_id = h.client.add_join_way(scene=2, chat_id_list=[group.chat_id], state="store:A",
+                                      room_base_name="A店福利群", room_base_id=2)
     joined = h.sandbox.join_group_via_way(config_id, name="李先生")
     other = h.sandbox.join_group_via_way(config_id, name="赵女士")
     h.drain()

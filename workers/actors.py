@@ -88,4 +88,4 @@ def send_sop_posts(post_ids: list[int]) -> None:
     get_sop_sender().send(post_ids)
 
 
-ALL = [process_callback, fan_out_callbacks, send_sop_posts]
+ALL: list[dramatiq.Actor] = [process_callback, fan_out_callbacks, send_sop_posts]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy import case, update
 from sqlalchemy.engine import Engine
@@ -85,7 +85,7 @@ class Processor:
         with self._session() as s:
             # The claim: only one worker turns the row done (a re-driven row was set back to
             # pending first, so it is applied once more, once).
-            claimed = s.execute(
+            claimed = s.connection().execute(
                 update(T)
                 .where(T.c.id == inbox_id, T.c.status != InboxStatus.done)
                 .values(status=InboxStatus.done, done_at=utcnow(), attempts=T.c.attempts + 1, last_error=None)
@@ -95,7 +95,7 @@ class Processor:
                 return
             note = self._apply(s, inbox_id, event, fetched)
             if note:
-                s.execute(update(T).where(T.c.id == inbox_id).values(last_error=note[:500]))
+                s.connection().execute(update(T).where(T.c.id == inbox_id).values(last_error=note[:500]))
             s.commit()
         if note:
             self._warn_refused(inbox_id, event, fetched, note)
@@ -132,7 +132,7 @@ class Processor:
     def _fetch(self, inbox_id: int, event: ev.Event):
         if isinstance(event, ev.ContactEvent) and event.change_type in FETCH_CONTACT:
             if event.welcome_code and event.change_type in ("add_external_contact", "add_half_external_contact"):
-                self._welcome(inbox_id, event)
+                self._welcome(inbox_id, event, event.welcome_code)
             if self.router and event.change_type in ADD_CONTACT:
                 self.router.on_new_contact(event.user_id, event.external_user_id, event.state)
             try:
@@ -161,7 +161,7 @@ class Processor:
             return self.client.get_corp_tags()
         return None
 
-    def _welcome(self, inbox_id: int, event: ev.ContactEvent) -> None:
+    def _welcome(self, inbox_id: int, event: ev.ContactEvent, welcome_code: str) -> None:
         age = time.time() - event.create_time
         factory = self._session
         if not contacts.claim_welcome(factory, inbox_id=inbox_id, userid=event.user_id,
@@ -173,7 +173,7 @@ class Processor:
         text, attachments = (self.router.welcome_for(event.state) if self.router
                              else (self.welcome_text, []))
         try:
-            self.client.send_welcome_msg(event.welcome_code, text=text, attachments=attachments or None)
+            self.client.send_welcome_msg(welcome_code, text=text, attachments=attachments or None)
             contacts.record_welcome(factory, inbox_id, "sent")
         except WelcomeCodeUsed as exc:
             contacts.record_welcome(factory, inbox_id, "refused", exc.errcode)
@@ -185,7 +185,7 @@ class Processor:
     def _apply(self, s: Session, inbox_id: int, event: ev.Event, fetched) -> str | None:
         """Write what the event and its fetch say; returns a note for ``last_error`` when WeCom's
         refusal limited what could be applied."""
-        at = datetime.fromtimestamp(event.create_time, timezone.utc)
+        at = datetime.fromtimestamp(event.create_time, UTC)
         if isinstance(event, ev.ContactEvent):
             if event.change_type in FETCH_CONTACT:
                 if isinstance(fetched, Refused):
@@ -204,8 +204,8 @@ class Processor:
                                            external_userid=event.external_user_id, at=at, detail=event.fail_reason)
         elif isinstance(event, ev.ChatEvent):
             if isinstance(fetched, Refused):
-                status = groups.mark_missing(s, event.chat_id, fetched.errcode)
-                what = f"group marked {status}" if status else "group not stored, nothing to mark"
+                group_status = groups.mark_missing(s, event.chat_id, fetched.errcode)
+                what = f"group marked {group_status}" if group_status else "group not stored, nothing to mark"
                 return f"{fetched.error}; {what}; job ended without retry"
             if event.change_type == "dismiss":
                 groups.mark_dismissed(s, event.chat_id)
@@ -224,4 +224,5 @@ class Processor:
         contacts.apply_contact_event(s, userid=event.user_id, external_userid=event.external_user_id,
                                      state=event.state, at=at, added=event.change_type in ADD_CONTACT)
         state = f" state={event.state}" if event.state else ""
-        return f"{refused.error}; stored from the event only: follow relation {event.user_id} -> {event.external_user_id}{state}"
+        relation = f"{event.user_id} -> {event.external_user_id}{state}"
+        return f"{refused.error}; stored from the event only: follow relation {relation}"

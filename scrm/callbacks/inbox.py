@@ -10,9 +10,9 @@ conditional UPDATE) still applies each re-driven row once.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Callable, Iterable
 
 from sqlalchemy import and_, func, select, update
 from sqlalchemy.engine import Connection, Engine
@@ -169,7 +169,8 @@ def redrive(engine: Engine, send: Callable[[list[int]], None], ids: Iterable[int
             for r in conn.execute(select(*_COLUMNS).where(T.c.status == InboxStatus.failed)):
                 found.setdefault(r.id, _row(r))
         chosen = [found[i] for i in sorted(found)]
-        redriven, skipped = [], []
+        redriven: list[InboxRow] = []
+        skipped: list[InboxRow] = []
         for row in chosen:
             changed = conn.execute(
                 update(T).where(T.c.id == row.id, T.c.status == row.status)

@@ -6,10 +6,10 @@ The commands only parse and print; the queries and the re-drive are in :mod:`scr
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
-from typing import NoReturn, Optional
+from datetime import UTC, datetime, timedelta
+from typing import NoReturn
 
 import typer
 from rich.console import Console
@@ -66,21 +66,22 @@ def _duration(delta: timedelta) -> str:
     seconds = int(delta.total_seconds())
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
-            return f"{seconds // size}{unit}" + (f"{seconds % size // 60}m" if unit == "h" and seconds % size >= 60 else "")
+            minutes = f"{seconds % size // 60}m" if unit == "h" and seconds % size >= 60 else ""
+            return f"{seconds // size}{unit}{minutes}"
     return f"{seconds}s"
 
 
 def _when(at: datetime, now: datetime) -> str:
-    at = at if at.tzinfo else at.replace(tzinfo=timezone.utc)  # SQLite hands back naive UTC
-    return f"{at.astimezone(timezone.utc):%Y-%m-%d %H:%M:%S} ({_duration(now - at)} ago)"
+    at = at if at.tzinfo else at.replace(tzinfo=UTC)  # SQLite hands back naive UTC
+    return f"{at.astimezone(UTC):%Y-%m-%d %H:%M:%S} ({_duration(now - at)} ago)"
 
 
-def _table(console: Console, header: list[str], rows: list[list[str]], right: set[int] = frozenset()) -> None:
+def _table(console: Console, header: list[str], rows: list[list[str]], right: Collection[int] = ()) -> None:
     """Aligned columns, one line per row, the last column unpadded (errors stay whole on one line)."""
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
 
     def line(cells: list[str]) -> str:
-        padded = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))]
+        padded = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=False))]
         return "  ".join([*padded, cells[-1]]).rstrip()
 
     console.print(escape("  " + line(header)))
@@ -101,7 +102,8 @@ def _rows(console: Console, title: str, page: inbox.RowList, now: datetime, *, l
 @inbox_app.callback()
 def show(
     ctx: typer.Context,
-    stuck_after: str = typer.Option("10m", "--stuck-after", help="A pending row older than this is stuck (90s, 10m, 2h)"),
+    stuck_after: str = typer.Option("10m", "--stuck-after",
+                                    help="A pending row older than this is stuck (90s, 10m, 2h)"),
     limit: int = typer.Option(20, "--limit", min=0, help="Rows shown per list"),
     offset: int = typer.Option(0, "--offset", min=0, help="Rows skipped in each list (paging)"),
 ) -> None:
@@ -112,7 +114,7 @@ def show(
     console = _console()
     with _database(console) as engine:
         report = inbox.inbox_report(engine, stuck_after=threshold, limit=limit, offset=offset)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     counts = ", ".join(f"{report.by_status.get(s, 0)} {s}" for s in InboxStatus)
     others = {k: v for k, v in report.by_status.items() if k not in set(InboxStatus)}
     counts += "".join(f", {n} {escape(status)}" for status, n in sorted(others.items()))
@@ -141,7 +143,7 @@ def _send_to_queue(inbox_ids: list[int]) -> None:
 
 @inbox_app.command("redrive")
 def redrive_command(
-    ids: Optional[list[int]] = typer.Argument(None, help="Inbox ids to re-drive", show_default=False),
+    ids: list[int] | None = typer.Argument(None, help="Inbox ids to re-drive", show_default=False),
     failed: bool = typer.Option(False, "--failed", help="Re-drive every failed row"),
     include_done: bool = typer.Option(False, "--include-done",
                                       help="Also re-drive rows that are done (they are applied again)"),
@@ -157,7 +159,8 @@ def redrive_command(
         console.print("nothing to re-drive: no failed rows")
         return
     if result.rows:
-        console.print(f"re-drove {len(result.rows)} row{'' if len(result.rows) == 1 else 's'} (now pending, attempts 0):")
+        rows = f"{len(result.rows)} row{'' if len(result.rows) == 1 else 's'}"
+        console.print(f"re-drove {rows} (now pending, attempts 0):")
         _table(console, ["id", "was", "event", "change_type", "attempts", "last_error"],
                [[str(r.id), r.status, r.event, r.change_type, str(r.attempts), r.last_error or "-"]
                 for r in result.rows], right={0, 4})

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import anyio
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -87,7 +87,8 @@ def store_batch(engine: Engine, rows: list[dict]) -> list[int | None]:
     with engine.begin() as conn:
         inserted = dict(
             (key, inbox_id)
-            for inbox_id, key in conn.execute(_insert_statement(engine.dialect.name), [{**row, "received_at": now} for row in rows])
+            for inbox_id, key in conn.execute(_insert_statement(engine.dialect.name),
+                                              [{**row, "received_at": now} for row in rows])
         )
     return [inserted.pop(row["dedup_key"], None) for row in rows]
 
@@ -102,17 +103,19 @@ class InboxWriter:
 
     def __init__(self, engine: Engine, enqueue: Callable[[list[int]], None], *, max_batch: int = 256):
         self.engine, self.enqueue, self.max_batch = engine, enqueue, max_batch
-        self._loop = None
-        self._queue = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: asyncio.Queue | None = None
 
     async def store(self, row: dict) -> int | None:
         """The new inbox id, or None when the callback was stored before (a WeCom retry)."""
         loop = asyncio.get_running_loop()
-        if self._loop is not loop:  # first use, or a new event loop (tests)
-            self._loop, self._queue = loop, asyncio.Queue()
-            loop.create_task(self._run(self._queue))
+        queue = self._queue
+        if self._loop is not loop or queue is None:  # first use, or a new event loop (tests)
+            queue = asyncio.Queue()
+            self._loop, self._queue = loop, queue
+            loop.create_task(self._run(queue))
         future = loop.create_future()
-        await self._queue.put((row, future))
+        await queue.put((row, future))
         return await future
 
     async def _run(self, queue) -> None:
@@ -129,13 +132,13 @@ class InboxWriter:
                     if not future.done():
                         future.set_exception(exc)
                 continue
-            for (_, future), result in zip(batch, results):
+            for (_, future), result in zip(batch, results, strict=True):
                 if not future.done():
                     future.set_result(result)
 
     def _write(self, rows: list[dict]) -> list[int | None]:
         ids = store_batch(self.engine, rows)
-        for row, inbox_id in zip(rows, ids):
+        for row, inbox_id in zip(rows, ids, strict=True):
             if inbox_id is None:
                 log.info("callback_duplicate", dedup_key=row["dedup_key"][:16], event_type=row["event"],
                          change_type=row["change_type"])

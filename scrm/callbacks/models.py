@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
+from typing import ClassVar
 
-from sqlalchemy import Index, Text
+from sqlalchemy import Index, Table, Text
 from sqlmodel import Field, SQLModel
 
 from scrm.db import utcnow
-
 
 
 class InboxStatus(StrEnum):
@@ -21,6 +21,8 @@ class InboxStatus(StrEnum):
 
 class CallbackInbox(SQLModel, table=True):
     __tablename__ = "callback_inbox"
+    # SQLModel sets __table__ but does not declare it: declared so the type checker knows the columns.
+    __table__: ClassVar[Table]
     __table_args__ = (Index("ix_callback_inbox_status_enqueued", "status", "enqueued_at"),)
 
     id: int | None = Field(default=None, primary_key=True)

@@ -5,8 +5,8 @@ Covers Redis outages at ingest time and workers that died holding a message.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Callable
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.engine import Engine

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import ClassVar
 
-from sqlalchemy import JSON, Column, UniqueConstraint
+from sqlalchemy import JSON, Column, Table, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from scrm.db import utcnow
@@ -12,6 +13,8 @@ from scrm.db import utcnow
 
 class Employee(SQLModel, table=True):
     __tablename__ = "employees"
+    # SQLModel sets __table__ but does not declare it: declared so the type checker knows the columns.
+    __table__: ClassVar[Table]
 
     userid: str = Field(primary_key=True, max_length=64)
     name: str = Field(default="", max_length=128)
@@ -24,6 +27,7 @@ class Employee(SQLModel, table=True):
 
 class Customer(SQLModel, table=True):
     __tablename__ = "customers"
+    __table__: ClassVar[Table]
 
     external_userid: str = Field(primary_key=True, max_length=64)
     name: str = Field(default="", max_length=128)
@@ -44,6 +48,7 @@ class FollowRelation(SQLModel, table=True):
     """Employee x customer. Tags in WeCom are per relation, so they live here."""
 
     __tablename__ = "follow_relations"
+    __table__: ClassVar[Table]
     __table_args__ = (UniqueConstraint("userid", "external_userid"),)
 
     id: int | None = Field(default=None, primary_key=True)
@@ -68,6 +73,7 @@ class ChurnAlert(SQLModel, table=True):
     """Raised when a customer deletes an employee (or a transfer fails): someone should follow up."""
 
     __tablename__ = "churn_alerts"
+    __table__: ClassVar[Table]
 
     id: int | None = Field(default=None, primary_key=True)
     # One alert per callback, however often the callback is redelivered.
@@ -86,6 +92,7 @@ class WelcomeSend(SQLModel, table=True):
     callback never sends a second welcome (WeCom would refuse it with 41051 anyway)."""
 
     __tablename__ = "welcome_sends"
+    __table__: ClassVar[Table]
 
     id: int | None = Field(default=None, primary_key=True)
     inbox_id: int = Field(unique=True)

@@ -10,7 +10,6 @@ from sqlmodel import Session, select
 from scrm.contacts.models import ChurnAlert, Customer, Employee, FollowRelation, WelcomeSend
 from scrm.db import from_unix, utcnow
 
-
 WELCOME_WINDOW_SECONDS = 20
 
 
@@ -50,7 +49,8 @@ def _relation(session: Session, userid: str, external_userid: str) -> FollowRela
     return rel
 
 
-def upsert_follow(session: Session, external_userid: str, follow: dict, *, as_of: datetime | None = None) -> FollowRelation:
+def upsert_follow(session: Session, external_userid: str, follow: dict, *,
+                  as_of: datetime | None = None) -> FollowRelation:
     """``follow`` is a follow_user item (externalcontact/get) or follow_info (batch/get_by_user).
 
     A removal we learned from a callback is not undone by older news: an add event processed late
@@ -120,7 +120,8 @@ def _refresh_status(session: Session, cust: Customer) -> None:
 
 def mark_removed(session: Session, userid: str, external_userid: str, *, status: str, at: datetime) -> None:
     rel = _relation(session, userid, external_userid)
-    rel.status, rel.removed_at, rel.removed_by, rel.updated_at = status, at, status.removeprefix("deleted_by_"), utcnow()
+    rel.status, rel.removed_at, rel.updated_at = status, at, utcnow()
+    rel.removed_by = status.removeprefix("deleted_by_")
     session.flush()
     cust = session.get(Customer, external_userid)
     if cust is not None:
@@ -128,10 +129,12 @@ def mark_removed(session: Session, userid: str, external_userid: str, *, status:
 
 
 def raise_churn_alert(
-    session: Session, *, inbox_id: int, kind: str, userid: str, external_userid: str, at: datetime, detail: str | None = None
+    session: Session, *, inbox_id: int, kind: str, userid: str, external_userid: str, at: datetime,
+    detail: str | None = None,
 ) -> None:
     session.add(
-        ChurnAlert(inbox_id=inbox_id, kind=kind, userid=userid, external_userid=external_userid, occurred_at=at, detail=detail)
+        ChurnAlert(inbox_id=inbox_id, kind=kind, userid=userid, external_userid=external_userid, occurred_at=at,
+                   detail=detail)
     )
 
 

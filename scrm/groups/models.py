@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
+from typing import ClassVar
 
-from sqlalchemy import JSON, Column, UniqueConstraint
+from sqlalchemy import JSON, Column, Table, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from scrm.db import utcnow
@@ -19,6 +20,8 @@ class GroupStatus(StrEnum):
 
 class CustomerGroup(SQLModel, table=True):
     __tablename__ = "customer_groups"
+    # SQLModel sets __table__ but does not declare it: declared so the type checker knows the columns.
+    __table__: ClassVar[Table]
 
     chat_id: str = Field(primary_key=True, max_length=64)
     name: str = Field(default="", max_length=128)
@@ -42,6 +45,7 @@ class CustomerGroup(SQLModel, table=True):
 
 class GroupMember(SQLModel, table=True):
     __tablename__ = "group_members"
+    __table__: ClassVar[Table]
     __table_args__ = (UniqueConstraint("chat_id", "member_id"),)
 
     id: int | None = Field(default=None, primary_key=True)

@@ -10,8 +10,8 @@ keeps their relations as they were.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from sqlalchemy import bindparam, update
 from sqlalchemy.engine import Engine
@@ -108,9 +108,10 @@ def full_sync(engine: Engine, client: WeComClient, progress: Progress = lambda *
         listed = set(chat_ids)
         unlisted = [c for c in s.exec(select(CustomerGroup.chat_id).where(CustomerGroup.status == GroupStatus.active))
                     if c not in listed]
+        g = CustomerGroup.__table__
         for i in range(0, len(unlisted), 500):
-            report.groups_gone += s.exec(
-                update(CustomerGroup).where(CustomerGroup.chat_id.in_(unlisted[i:i + 500]))
+            report.groups_gone += s.connection().execute(
+                update(g).where(g.c.chat_id.in_(unlisted[i:i + 500]))
                 .values(status=GroupStatus.gone, updated_at=utcnow())).rowcount
         s.commit()
 

@@ -15,7 +15,7 @@ Beyond the drain limit (or when the client waits for ``100 Continue``) nothing m
 
 from __future__ import annotations
 
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qsl
 
 from scrm.callbacks.ingest import open_callback
@@ -64,7 +64,9 @@ class CallbackEndpoint:
         status, text, close = await self._handle(scope, receive)
         body = text.encode("utf-8")
         headers = [_TEXT, (b"content-length", str(len(body)).encode("ascii"))]
-        await send({"type": "http.response.start", "status": status, "headers": [*headers, _CLOSE] if close else headers})
+        if close:
+            headers.append(_CLOSE)
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
     async def _handle(self, scope, receive) -> tuple[int, str, bool]:
@@ -110,10 +112,11 @@ class CallbackEndpoint:
             elif name == b"expect" and value.lower() == b"100-continue":
                 expects_continue = True
         over = declared is not None and declared > self.max_body_bytes
-        if over and (expects_continue or declared > self.drain_limit_bytes):
+        if declared is not None and over and (expects_continue or declared > self.drain_limit_bytes):
             # Nothing sent yet (the client waits for 100 Continue), or too much to drain.
             raise BodyTooLarge(read=0, close=True)
-        chunks, size = [], 0
+        chunks: list[bytes] = []
+        size = 0
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":

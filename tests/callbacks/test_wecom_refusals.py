@@ -108,7 +108,8 @@ def test_40050_marks_the_group_gone_and_ends_the_job_after_one_attempt(h, caplog
     # One warning naming corp, chat and inbox row; no traceback from the worker.
     [(event, fields)] = h.log.at("warning")
     assert event == "callback_ended_by_wecom"
-    assert (fields["corp_id"], fields["chat_id"], fields["inbox_id"], fields["errcode"]) == (CORP, chat_id, row.id, 40050)
+    assert (fields["corp_id"], fields["chat_id"], fields["inbox_id"], fields["errcode"]) == (
+        CORP, chat_id, row.id, 40050)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
 
 
