@@ -2,20 +2,22 @@
 
 plan_ahead: re-plan today and the next days from the templates on disk. Broken templates are
 refused as a whole: the existing plan stays as it was until the operator fixes the files.
-fire: expire posts whose window ended, claim due posts, queue the mass sends.
+fire: expire posts whose window ended, report owner claims whose lease lapsed (unconfirmed), claim
+due posts, queue the mass sends.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 from zoneinfo import ZoneInfo
 
 from sqlalchemy.engine import Engine
 
 from scrm.db import utcnow
 from scrm.logs import get_logger
+from scrm.sop.owner_posts import lapse_claims
 from scrm.sop.planner import Limits
 from scrm.sop.service import ReplanResult, claim_due, expire_overdue, replan_day, requeue_stuck
 from scrm.sop.template import Channel, SopTemplate
@@ -63,17 +65,21 @@ def plan_ahead(engine: Engine, sop, *, now: dt.datetime | None = None,
 
 def fire(engine: Engine, enqueue_sends: Callable[[list[int]], None], *, now: dt.datetime | None = None,
          chunk: int = 200, remind: Callable[[dt.datetime], dict] | None = None) -> dict[str, int]:
-    """Expire, claim and queue; returns counts. A chunk of claimed mass and robot posts is one
-    worker job, which groups mass sends by sender and content into add_msg_template calls. ``remind(now)`` sends the
-    owners their reminders for posts that fell due (one app message per owner)."""
+    """Expire, lapse owner claims, claim and queue; returns counts (``unconfirmed``: owner claims
+    whose lease passed without a confirmation, never offered again as unsent). A chunk of claimed
+    mass and robot posts is one worker job, which groups mass sends by sender and content into
+    add_msg_template calls. ``remind(now)`` sends the owners their reminders for posts that fell
+    due (one app message per owner)."""
     now = now or utcnow()
     expired = expire_overdue(engine, now)
+    lapsed = lapse_claims(engine, now)
     claimed = claim_due(engine, now)
     stuck = requeue_stuck(engine, now)
     for_workers = claimed.get(Channel.mass_send.value, []) + claimed.get(Channel.group_robot.value, []) + stuck
     for i in range(0, len(for_workers), chunk):
         enqueue_sends(for_workers[i:i + chunk])
-    counts = {"expired": expired, "requeued": len(stuck), **{channel: len(ids) for channel, ids in claimed.items()}}
+    counts = {"expired": expired, "unconfirmed": len(lapsed), "requeued": len(stuck),
+              **{channel: len(ids) for channel, ids in claimed.items()}}
     if remind is not None:
         counts["reminders"] = remind(now).get("sent", 0)
     if any(counts.values()):

@@ -234,4 +234,5 @@ def toolbar_from_settings(settings, redis):
         authorize_url=settings.web.oauth_authorize_url,
         tz=ZoneInfo(sop.timezone),
         templates=templates,
+        sandbox=settings.wecom.is_sandbox,  # simulated sends: the sandbox corp only
     ))

@@ -8,12 +8,12 @@ import re
 import shutil
 import socket
 import threading
-import time
 
 import pytest
 import uvicorn
 
 from tests.conftest import REQUIRE
+from tests.waiting import wait_until
 from tests.web.shop import make_app, seed
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -35,7 +35,8 @@ LAYOUT = """(cardSel) => {
     const r = el.getBoundingClientRect();
     if (r.width && r.right > vw + 1) bad.push(el.tagName + '.' + el.className + ' ends at ' + r.right);
   });
-  if (document.documentElement.scrollWidth > vw) bad.push('page scrolls sideways: ' + document.documentElement.scrollWidth);
+  const sw = document.documentElement.scrollWidth;
+  if (sw > vw) bad.push('page scrolls sideways: ' + sw);
   return {bad: bad, qrs: document.querySelectorAll('img.qr').length};
 }"""
 
@@ -60,8 +61,7 @@ def site(tmp_path_factory):
     server = uvicorn.Server(uvicorn.Config(make_app(engine), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    while not server.started:
-        time.sleep(0.02)
+    wait_until(lambda: server.started, timeout=20, what="the web server to start")
     try:
         yield f"http://127.0.0.1:{port}"
     finally:

@@ -91,22 +91,33 @@ def test_errors_the_owner_can_read_are_chinese(toolbar, sqlite_engine):
     web.get("/toolbar", params={"code": sandbox.oauth_code("zhangsan")})
     with Session(sqlite_engine) as s:
         s.add(CustomerGroup(chat_id="chat_other", name="别人的群", owner_userid="lisi"))
-        at = dt.datetime(2026, 11, 24, 4, tzinfo=dt.timezone.utc)
+        at = dt.datetime(2026, 11, 24, 4, tzinfo=dt.UTC)
         post = SopPost(chat_id="chat_other", template_id="t", step_key="0", template_digest="d", slot=1,
                        day=dt.date(2026, 11, 24), scheduled_for=at, window_ends_at=at, channel="owner_task",
                        sender="lisi", status="due")
         s.add(post)
         s.commit()
         post_id = post.id
-    url = f"/toolbar/api/posts/{post_id}/sent"
+    wecom = {"X-Requested-With": "scrm-toolbar", "User-Agent": "Mozilla/5.0 wxwork/4.1.30 MicroMessenger/7.0.1"}
+    url = f"/toolbar/api/posts/{post_id}"
     answers = [
-        web.post(url, json={"chat_id": "chat_other"}),  # no X-Requested-With
-        web.post(url, content=b"not json", headers={"X-Requested-With": "scrm-toolbar"}),
-        web.post(url, json={"chat_id": "chat_other"}, headers={"X-Requested-With": "scrm-toolbar"}),
-        web.post("/toolbar/api/posts/999999/sent", json={"chat_id": "x"}, headers={"X-Requested-With": "scrm-toolbar"}),
+        web.post(f"{url}/claim", json={"chat_id": "chat_other"}),  # no X-Requested-With
+        web.post(f"{url}/claim", content=b"not json", headers=wecom),
+        web.post(f"{url}/claim", json={"chat": "chat_other"}, headers=wecom),  # no chat_id
+        web.post(f"{url}/claim", json={"chat_id": "chat_other"}, headers=wecom),  # lisi's post
+        web.post(f"{url}/claim", json={"chat_id": "chat_other"},  # outside WeCom on a real corp
+                 headers={"X-Requested-With": "scrm-toolbar"}),
+        web.post("/toolbar/api/posts/999999/claim", json={"chat_id": "x"}, headers=wecom),
+        web.post(f"{url}/confirm", json={}, headers=wecom),  # not zhangsan's claim
+        web.post(f"{url}/confirm", json={"partial": {"sent": "one"}}, headers=wecom),
+        web.post(f"{url}/release", json={"reason": "because"}, headers=wecom),
         web.get("/toolbar/api/agent-config", params={"url": "http://elsewhere/"}),
     ]
-    assert [r.status_code for r in answers] == [400, 400, 403, 404, 400]
+    assert [r.status_code for r in answers] == [400, 400, 400, 403, 403, 404, 403, 400, 400, 400]
+    assert "企业微信" in answers[4].json()["detail"] and "别的群主" in answers[3].json()["detail"]
     for r in answers:
         detail = r.json()["detail"]
-        assert CJK.search(detail) and not re.search(r"[A-Za-z]{4,}", detail.replace("X-Requested-With", "")), detail
+        assert CJK.search(detail) and not re.search(r"[A-Za-z]{4,}", detail), detail
+    with Session(sqlite_engine) as s:
+        p = s.get(SopPost, post_id)
+        assert (p.status, p.sent_by, p.claimed_by) == ("due", None, None)  # none of it changed the ledger
