@@ -4,6 +4,8 @@ room and later joiners land there. Real Redis broker and worker; SQLite and Post
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from sqlmodel import Session, select
 
@@ -180,3 +182,62 @@ def test_route_falls_back_to_the_city_store_then_the_default_store():
     assert (far.store_code, far.reason) == ("A", "city")
     assert decide(index, None, None, city="杭州", **kw).reason == "default"  # the city's store is closed
     assert decide(index, None, None, city=None, **{**kw, "default_store": ""}).reason == "none"
+
+
+def km_north(lat: float, lng: float, km: float) -> tuple[float, float]:
+    """The point ``km`` due north (negative: south) on the sphere the index uses."""
+    from scrm.routing.nearest import EARTH_RADIUS_KM
+
+    return lat + math.degrees(km / EARTH_RADIUS_KM), lng
+
+
+CUSTOMER = (31.2304, 121.4737)
+
+
+def stores_around() -> list:
+    """Four stores at known distances north and south of the customer; their codes sort in
+    another order than their distances, so neither input order nor code order gives the answer."""
+    from scrm.routing.nearest import StorePoint
+
+    return [StorePoint("A-MID", *km_north(*CUSTOMER, -2.0), "上海"), StorePoint("Z-NEAR", *km_north(*CUSTOMER, 1.2), "上海"),
+            StorePoint("M-FAR", *km_north(*CUSTOMER, 3.5), "上海"), StorePoint("B-OUT", *km_north(*CUSTOMER, -6.0), "上海")]
+
+
+def test_of_several_stores_within_the_radius_the_nearest_one_wins():
+    """Three stores inside the 5 km radius (1.2, 2.0 and 3.5 km) and one outside: the customer goes
+    to the 1.2 km one, with its distance. Tried: decide taking the 2nd nearest (k=2, found[-1])."""
+    from scrm.routing.locate import decide
+    from scrm.routing.nearest import NearestStoreIndex
+
+    points = stores_around()
+    kw = dict(city=None, city_stores={}, default_store="", open_codes={p.code for p in points})
+    for order in (points, points[::-1]):
+        decision = decide(NearestStoreIndex(order), *CUSTOMER, radius_km=5.0, **kw)
+        assert (decision.store_code, decision.reason) == ("Z-NEAR", "nearest")
+        assert decision.distance_km == pytest.approx(1.2, abs=1e-6)
+    # Without the nearest, the next one (2.0 km) wins; a radius of 1 km leaves none of them.
+    others = NearestStoreIndex([p for p in points if p.code != "Z-NEAR"])
+    assert decide(others, *CUSTOMER, radius_km=5.0, **kw).store_code == "A-MID"
+    assert decide(NearestStoreIndex(points), *CUSTOMER, radius_km=1.0, **kw).reason == "none"
+
+
+def test_the_locator_routes_to_the_nearest_open_store_from_the_database(engine):
+    """The same through StoreLocator, reading the stores from the database: the nearest open store
+    wins, and when it closes, the next nearest."""
+    from scrm.config import RoutingSettings
+    from scrm.routing.locate import StoreLocator
+
+    with Session(engine) as s:
+        for p in stores_around():
+            s.add(Store(code=p.code, name=p.code, city="上海", latitude=p.latitude, longitude=p.longitude))
+        s.commit()
+    locator = StoreLocator(engine, check_every=0)
+    decision = locator.route(*CUSTOMER, city=None, settings=RoutingSettings(radius_km=5.0))
+    assert decision.store_code == "Z-NEAR" and decision.distance_km == pytest.approx(1.2, abs=1e-6)
+    with Session(engine) as s:
+        near = s.get(Store, "Z-NEAR")
+        near.status = "closed"
+        s.add(near)
+        s.commit()
+    decision = locator.route(*CUSTOMER, city=None, settings=RoutingSettings(radius_km=5.0))
+    assert decision.store_code == "A-MID" and decision.distance_km == pytest.approx(2.0, abs=1e-6)
