@@ -211,7 +211,7 @@ def test_callback_connection_failure_and_timeout_are_retried(sandbox):
     sandbox.poster.http = httpx.Client(transport=httpx.MockTransport(handler))
     d = sandbox.add_employee("lisi").deliveries[0]
     assert d.attempts == ["ConnectError", "ReadTimeout", 200] and d.delivered
-    assert seen == [5.0, 5.0]  + [5.0]
+    assert seen == [5.0, 5.0, 5.0]  # each try with the callback timeout
 
 
 def test_same_event_delivered_twice_has_same_plaintext_but_new_ciphertext(sandbox, receiver):
@@ -315,6 +315,8 @@ def test_api_errors_use_wecom_codes(sandbox, clock):
 
 # -- HTTP admin endpoints, seed, serve -------------------------------------------------------------------
 def test_admin_endpoints_drive_actions_and_show_state(sandbox, receiver):
+    """Tried: /sandbox/tokens/expire doing nothing (the old test called it and asserted nothing),
+    and a seed with one group fewer: both fail here."""
     seeded = seed_demo(sandbox)
     api = TestClient(create_sandbox_app(sandbox), base_url="http://sandbox")
     store = seeded["stores"][0]
@@ -339,7 +341,13 @@ def test_admin_endpoints_drive_actions_and_show_state(sandbox, receiver):
     n = len(receiver.events)
     assert len(api.post("/sandbox/callbacks/flush").json()["delivered"]) == 1 and len(receiver.events) == n + 1
     assert api.get(f"/sandbox/qr/{store['contact_way']['config_id']}").status_code == 200
-    api.post("/sandbox/tokens/expire")
+    # Expiring tokens: the token in use gets 42001 (as WeCom's expired token), and a new one works.
+    token = api.get("/cgi-bin/gettoken", params={"corpid": CORP, "corpsecret": SECRET}).json()["access_token"]
+    assert api.get("/cgi-bin/user/list", params={"access_token": token}).json()["errcode"] == 0
+    assert api.post("/sandbox/tokens/expire").json() == {"expired": True}
+    assert api.get("/cgi-bin/user/list", params={"access_token": token}).json()["errcode"] == 42001
+    fresh = api.get("/cgi-bin/gettoken", params={"corpid": CORP, "corpsecret": SECRET}).json()["access_token"]
+    assert fresh != token and api.get("/cgi-bin/user/list", params={"access_token": fresh}).json()["errcode"] == 0
 
 
 def test_serve_runs_a_real_server_the_client_can_use(receiver):

@@ -16,6 +16,7 @@ from scrm.wecom.client import WeComClient
 from scrm.wecom.events import ContactEvent
 
 from tests.sandbox.test_sandbox import AES, CORP, SECRET, TOKEN, Receiver
+from tests.waiting import run_threads
 
 pytestmark = pytest.mark.filterwarnings("ignore:You should not use the 'timeout' argument")
 
@@ -147,25 +148,19 @@ def test_an_unreadable_file_is_named(tmp_path, clock):
 
 
 def test_concurrent_actions_leave_the_newest_corp_on_disk(tmp_path, clock):
-    """Threads act at once (as uvicorn's do): whichever save lands last, the file holds every change."""
-    import threading
-
+    """Threads act at once (as uvicorn's do): whichever save lands last, the file holds every change.
+    A thread's exception fails the test (run_threads; tried: a scan raising in one thread, which a
+    plain thread only reported as a warning)."""
     path = tmp_path / "sandbox-corp.json"
     sb = new_sandbox(clock)
     demo = load_or_seed(sb, path)
     ways = [s["contact_way"]["config_id"] for s in demo["stores"]]
-    start = threading.Barrier(4)
 
     def scan_many(way):
-        start.wait()
         for _ in range(10):
             sb.scan_contact_way(way)
 
-    threads = [threading.Thread(target=scan_many, args=(w,)) for w in ways[:4]]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_threads([lambda w=w: scan_many(w) for w in ways[:4]])
     reloaded = new_sandbox(clock)
     load_or_seed(reloaded, path)
     assert set(reloaded.customers) == set(sb.customers) and len(sb.customers) == len(demo["stores"]) * 4 + 40
@@ -173,7 +168,8 @@ def test_concurrent_actions_leave_the_newest_corp_on_disk(tmp_path, clock):
 
 
 def test_an_older_snapshot_is_never_written_over_a_newer_one(tmp_path, clock, monkeypatch):
-    """Two saves race: the one that took its snapshot first but reaches the file last is dropped."""
+    """Two saves race: the one that took its snapshot first but reaches the file last is dropped.
+    Both actions run through run_threads, so an exception in either fails the test."""
     import threading
 
     path = tmp_path / "sandbox-corp.json"
@@ -195,12 +191,15 @@ def test_an_older_snapshot_is_never_written_over_a_newer_one(tmp_path, clock, mo
             return real_dumps(*args, **kwargs)
 
     monkeypatch.setattr("scrm.sandbox.state.json", FirstSaveIsSlow)
-    slow = threading.Thread(target=lambda: sb.add_employee("zhangsan", name="先到"))
-    slow.start()
-    assert first_serialised.wait(5)
-    sb.add_employee("zhangsan", name="后到")  # its save (both customers) is written first
-    go_on.set()
-    slow.join(5)
+
+    def second():
+        assert first_serialised.wait(5), "the first save never started"
+        try:
+            sb.add_employee("zhangsan", name="后到")  # its save (both customers) is written first
+        finally:
+            go_on.set()
+
+    run_threads([lambda: sb.add_employee("zhangsan", name="先到"), second], timeout=30)
     reloaded = new_sandbox(clock)
     load_or_seed(reloaded, path)
     assert sorted(c.name for c in reloaded.customers.values()) == ["先到", "后到"]
