@@ -114,6 +114,8 @@ def test_a_group_that_changed_owner_is_not_sent_by_either(ledger):
 
 
 def test_a_second_claim_two_tabs_at_once_and_a_claim_of_another_chat_change_nothing(ledger):
+    """Four tabs tap at once: one claim. (Mutation tried: the UPDATE without its status and
+    claimed_by conditions; several threads then claim and this fails.)"""
     post_id = add_post(ledger)
     results = run_threads([lambda: _try_claim(ledger, post_id)] * 4)
     assert sorted(results) == ["claimed", "refused", "refused", "refused"]  # two tabs: one send
@@ -144,6 +146,8 @@ def _try_claim(engine, post_id):
     (PostStatus.sending, "mass_send", "群发助手"),
 ])
 def test_a_post_that_is_not_due_is_refused_with_its_status_in_chinese(ledger, status, channel, words):
+    """Mutation tried: claim's UPDATE without ``status == due``: planned, sent, expired and
+    unconfirmed posts were then claimed, and this failed."""
     post_id = add_post(ledger, status=status, channel=channel)
     before = snapshot(ledger, post_id)
     with pytest.raises(PostNotSendable, match=words) as refused:
@@ -180,6 +184,8 @@ def test_unknown_posts_are_not_found(ledger):
 
 
 def test_confirm_records_the_claimed_post_sent_once_by_its_owner(ledger):
+    """Mutation tried: confirm's UPDATE without ``claimed_by == owner``: owner_b then recorded
+    owner_a's claim as sent, and this failed."""
     post_id = add_post(ledger)
     owner_posts.claim(ledger, post_id, "owner_a", "chat_a", now=NOW)
     # Another owner cannot confirm someone else's claim.
@@ -252,6 +258,8 @@ def test_release_after_the_window_ended_expires_the_post(ledger):
 
 
 def test_a_lapsed_claim_becomes_unconfirmed_and_is_never_offered_as_unsent(ledger):
+    """Mutation tried: lapse_claims putting the post back to ``due`` (as a worker's requeue
+    would): it was offered again as unsent, and this failed."""
     post_id = add_post(ledger)
     owner_posts.claim(ledger, post_id, "owner_a", "chat_a", now=NOW)
     assert owner_posts.lapse_claims(ledger, NOW + LEASE - dt.timedelta(seconds=1)) == []  # lease still holds

@@ -278,7 +278,9 @@ def owner_task_due(h, sop, clock, hour) -> None:
 
 @pytest.mark.parametrize("corp_is_sandbox", [True])
 def test_a_day_of_three_posts_per_group_ends_with_each_sent_exactly_once(day, browser, corp_is_sandbox):
-    """The sandbox corp: sends are simulated, and the page says so."""
+    """The sandbox corp: sends are simulated, and the page says so. Another owner's claim of a
+    *due* post is 403 with the row unchanged (mutation tried: claim() without its owner check;
+    owner_b then got 409, or the post, and this failed)."""
     h, sop, clock, chats, base, sandbox_url = day
     jobs.plan_ahead(h.engine, sop, now=clock["now"])
     assert len(ledger(h.engine)) == 9
@@ -359,6 +361,8 @@ def test_a_day_of_three_posts_per_group_ends_with_each_sent_exactly_once(day, br
 @pytest.mark.parametrize(("reply", "words"), [("sendChatMessage:fail", "没有发出：企业微信没有完成发送"),
                                               ("sendChatMessage:cancel", "已取消")])
 def test_in_wecom_a_failed_or_cancelled_send_leaves_the_post_due_and_offers_send_again(day, browser, reply, words):
+    """Mutation tried: the page not releasing when the first message does not go (the post
+    stayed held, no Send offered), and this failed."""
     h, sop, clock, chats, base, sandbox_url = day
     owner_task_due(h, sop, clock, 15)
     flash = the_post(h, chats[0], "flash")
@@ -497,6 +501,9 @@ def test_an_owner_who_says_a_lapsed_post_did_not_go_can_send_it_again(day, brows
 
 @pytest.mark.parametrize("where", ["a plain browser", "JS-SDK scripts blocked", "agentConfig refused"])
 def test_on_a_real_corp_outside_wecom_nothing_can_be_marked_sent(day, browser, where):
+    """Mutations tried: the page simulating whenever the JS-SDK is missing (the old behaviour:
+    all three cases failed), and claim() without its outside-WeCom check (the plain browser's
+    direct claim was accepted and this failed)."""
     h, sop, clock, chats, base, sandbox_url = day
     owner_task_due(h, sop, clock, 15)
     flash = the_post(h, chats[0], "flash")
