@@ -7,6 +7,7 @@ file line and column and says what to do. Importing is all-or-nothing; export im
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 
 import pytest
@@ -289,14 +290,25 @@ SZ0001,瑞幸咖啡(深圳湾店),,深圳,,,,liuyang
     assert again == ImportReport(created=0, updated=0, unchanged=4, staff_added=0, staff_removed=0)
 
 
-def test_staff_change_alone_counts_as_an_update_and_bumps_updated_at(engine):
-    import_stores(engine, parse_stores(sheet("SH01,a,,,,,,x1;x2")).stores)
-    with Session(engine) as session:
-        before = session.get(Store, "SH01").updated_at
-    report = import_stores(engine, parse_stores(sheet("SH01,a,,,,,,x1")).stores)
-    assert (report.updated, report.staff_removed) == (1, 1)
-    with Session(engine) as session:
-        assert session.get(Store, "SH01").updated_at >= before
+def test_staff_change_alone_counts_as_an_update_and_bumps_updated_at(engine, monkeypatch):
+    """The import's clock is set: a store whose staff changed gets the second import's time, one
+    that did not change keeps the first's. Tried: the update not writing updated_at, and every
+    row of the file bumped: both fail here (``updated_at >= before`` passed on the first)."""
+    first, second = dt.datetime(2026, 11, 1, 9, 0, tzinfo=dt.UTC), dt.datetime(2026, 11, 2, 9, 0, tzinfo=dt.UTC)
+    clock = {"now": first}
+    monkeypatch.setattr("scrm.stores.csvio.utcnow", lambda: clock["now"])
+    import_stores(engine, parse_stores(sheet("SH01,a,,,,,,x1;x2", "SH02,b,,,,,,y1")).stores)
+    clock["now"] = second
+    report = import_stores(engine, parse_stores(sheet("SH01,a,,,,,,x1", "SH02,b,,,,,,y1")).stores)
+    assert (report.updated, report.unchanged, report.staff_removed) == (1, 1, 1)
+
+    def stamp(code):
+        with Session(engine) as session:
+            at = session.get(Store, code).updated_at
+        return at if at.tzinfo else at.replace(tzinfo=dt.UTC)  # SQLite keeps it naive, in UTC
+
+    assert stamp("SH01") == second, "the changed store's updated_at moved to the second import"
+    assert stamp("SH02") == first, "the unchanged store kept its updated_at"
 
 
 def test_columns_the_file_does_not_have_are_left_alone(engine):
