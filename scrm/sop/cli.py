@@ -8,8 +8,9 @@ printed one a line as ``file:line: message`` without wrapping.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from pathlib import Path
-from typing import NoReturn, Optional
+from typing import Any, NoReturn
 from zoneinfo import ZoneInfo
 
 import typer
@@ -47,7 +48,7 @@ def _plural(n: int, word: str) -> str:
 
 @sop_app.command("lint")
 def lint_command(
-    path: Optional[Path] = typer.Argument(None, help="A template file or directory (default: sop.templates_dir)"),
+    path: Path | None = typer.Argument(None, help="A template file or directory (default: sop.templates_dir)"),
     strict: bool = typer.Option(False, "--strict", help="Exit 1 on warnings too"),
 ) -> None:
     """Check templates: YAML, keys, times, variables, WeCom limits. Every problem is listed in one
@@ -76,9 +77,9 @@ def lint_command(
 def preview_command(
     template_id: str = typer.Argument(..., help="The template's id"),
     group: str = typer.Option(..., "--group", help="The group's chat_id"),
-    date: Optional[str] = typer.Option(None, "--date", help="YYYY-MM-DD (default: today in sop.timezone)"),
-    step: Optional[str] = typer.Option(None, "--step", help="Only this step (its id, or 1, 2, ... by position)"),
-    path: Optional[Path] = typer.Option(
+    date: str | None = typer.Option(None, "--date", help="YYYY-MM-DD (default: today in sop.timezone)"),
+    step: str | None = typer.Option(None, "--step", help="Only this step (its id, or 1, 2, ... by position)"),
+    path: Path | None = typer.Option(
         None, "--path", help="Template file or directory (default: sop.templates_dir)"),
 ) -> None:
     """Render a template for one group from the database and print it as the group would see it."""
@@ -162,7 +163,7 @@ def preview_command(
         raise typer.Exit(2)
 
 
-def _print_payload(console: Console, payload: dict) -> None:
+def _print_payload(console: Console, payload: Mapping[str, Any]) -> None:
     """The message as the group sees it: text, then each attachment as a card."""
     if "text" in payload:
         console.print(payload["text"]["content"], markup=False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from collections import Counter, defaultdict
 from pathlib import Path
+from typing import NoReturn
 from zoneinfo import ZoneInfo
 
 import typer
@@ -19,7 +20,7 @@ from scrm.config import get_settings
 from scrm.sop.cli import sop_app
 
 
-def _fail(console, message: str):
+def _fail(console, message: str) -> NoReturn:
     console.print(f"[red]error:[/red] {escape(message)}")
     raise typer.Exit(2)
 
@@ -84,7 +85,8 @@ def plan_command(
     now = utcnow()
     with engine.connect() as conn:
         groups = load_groups(conn)
-        names = dict(conn.execute(select(CustomerGroup.chat_id, CustomerGroup.name)).all())
+        g = CustomerGroup.__table__.c
+        names: dict[str, str] = {r.chat_id: r.name for r in conn.execute(select(g.chat_id, g.name))}
         if not groups:
             _fail(console, "no active customer groups in the database: run `scrm sync` first")
         unknown = [g for g in group if g not in names]
@@ -227,7 +229,8 @@ def _print_budget(console, budget, limit: int) -> None:
 @sop_app.command("robot")
 def robot_command(
     chat_id: str = typer.Argument(..., help="The customer group"),
-    webhook: str | None = typer.Option(None, "--webhook", help="The robot's webhook URL (…/webhook/send?key=KEY) or its key"),
+    webhook: str | None = typer.Option(None, "--webhook",
+                                       help="The robot's webhook URL (…/webhook/send?key=KEY) or its key"),
     remove: bool = typer.Option(False, "--remove", help="Forget the group's robot"),
 ) -> None:
     """Give a group's group_robot steps a robot to post through (else the owner sends them)."""

@@ -283,7 +283,7 @@ def _candidates(template: SopTemplate, limits: Limits, needs_store: bool) -> lis
 def plan_day(
     day: dt.date,
     templates: Sequence[SopTemplate],
-    groups: Iterable[GroupInfo],
+    groups: Iterable[GroupInfo] | GroupIndex,
     limits: Limits = Limits(),
     *,
     fixed: Mapping[str, Sequence[FixedPost]] | None = None,
@@ -378,13 +378,14 @@ def plan_day(
             detail = detail_all or chat_id in explain
             g = index.groups[chat_id]
             if chat_id not in served:
-                reason = BOT_OVER_CAPACITY if g.owner else NO_SENDER
+                unserved = BOT_OVER_CAPACITY if g.owner else NO_SENDER
                 for c in every:
-                    counts[(c.template_id, c.step_key, reason)] += 1
+                    counts[(c.template_id, c.step_key, unserved)] += 1
                     if detail:
-                        plan.dropped.append(Dropped(chat_id, c.template_id, c.step_key, c.nominal, reason))
+                        plan.dropped.append(Dropped(chat_id, c.template_id, c.step_key, c.nominal, unserved))
                 continue
             offset = offsets[chat_id]
+            sender = g.owner or ""  # served: every served group has an owner
             taken: list[tuple[int, str]] = []  # (second of day, channel)
             done: set[tuple[str, str]] = set()
             for f in fixed.get(chat_id, ()):
@@ -411,7 +412,7 @@ def plan_day(
                     else:
                         tail_from[i] += 1
                     break
-                reason = None
+                reason: str | None = None
                 at = c.nominal_seconds + (offset if offset < c.max_offset else c.max_offset)
                 if c.quiet:
                     reason = QUIET_HOURS
@@ -435,7 +436,7 @@ def plan_day(
                 when = clock.get(at)
                 if when is None:
                     when = clock[at] = midnight + dt.timedelta(seconds=at)
-                posts.append(PlannedPost(day, chat_id, g.owner, c.template_id, c.step_key, c.channel,
+                posts.append(PlannedPost(day, chat_id, sender, c.template_id, c.step_key, c.channel,
                                          c.priority, when, c.nominal, c.digest))
         # Expand the bulk tail counts: a group full at candidate i drops every later one.
         running_total = 0

@@ -14,6 +14,7 @@ import datetime as dt
 import zlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import delete, select, text, update
@@ -35,6 +36,7 @@ from scrm.sop.planner import (
     GroupIndex,
     GroupInfo,
     Limits,
+    PlannedPost,
     plan_day,
     window_end_seconds,
 )
@@ -106,7 +108,7 @@ class DayLedger:
     that a new plan may replace."""
 
     fixed: dict[str, list[FixedPost]]
-    replaceable: dict[tuple[str, str, str], object]
+    replaceable: dict[tuple[str, str, str], Any]  # sop_posts rows
     used_slots: dict[str, set[int]]
     used_mass: dict[str, set[int]]
 
@@ -165,22 +167,24 @@ def fit_to_ledger(plan: DayPlan, ledger: DayLedger, limits: Limits, *, tz: ZoneI
             fit.stale.append(r.id)
 
     not_written: set[int] = set()
+
+    def drop(p: PlannedPost, reason: str) -> None:
+        plan.dropped_counts[(p.template_id, p.step_key, reason)] += 1
+        plan.dropped.append(Dropped(p.chat_id, p.template_id, p.step_key, p.nominal, reason))
+        not_written.add(id(p))
+
     for (chat_id, _, _), (p, at_utc) in sorted(desired.items()):
         slot = next((s for s in range(1, HARD_MAX_POSTS_PER_DAY + 1) if s not in used_slots[chat_id]), None)
-        mass_seq = None
-        reason = None
         if slot is None:
-            reason = LEDGER_FULL
-        elif p.channel == Channel.mass_send.value:
+            drop(p, LEDGER_FULL)
+            continue
+        mass_seq = None
+        if p.channel == Channel.mass_send.value:
             mass_seq = next((s for s in range(1, limits.max_mass_sends_per_group_per_day + 1)
                              if s not in used_mass[chat_id]), None)
             if mass_seq is None:
-                reason = LEDGER_MASS_TAKEN
-        if reason:
-            plan.dropped_counts[(p.template_id, p.step_key, reason)] += 1
-            plan.dropped.append(Dropped(chat_id, p.template_id, p.step_key, p.nominal, reason))
-            not_written.add(id(p))
-            continue
+                drop(p, LEDGER_MASS_TAKEN)
+                continue
         used_slots[chat_id].add(slot)
         if mass_seq is not None:
             used_mass[chat_id].add(mass_seq)
@@ -286,7 +290,8 @@ def claim_due(engine: Engine, now: dt.datetime | None = None, *, limit: int = 20
             for by_worker in (True, False):
                 rows = conn.execute(
                     update(table)
-                    .where(c.id.in_(chunk), c.status == PostStatus.planned, worker_sends if by_worker else ~worker_sends)
+                    .where(c.id.in_(chunk), c.status == PostStatus.planned,
+                           worker_sends if by_worker else ~worker_sends)
                     .values(status=PostStatus.sending if by_worker else PostStatus.due,
                             attempts=c.attempts + (1 if by_worker else 0), updated_at=now)
                     .returning(c.id, c.channel)

@@ -66,7 +66,7 @@ def queries(draw, stores: list[StorePoint]) -> tuple[float, float]:
 
 def assert_same(got, want):
     assert [p.code for p, _ in got] == [p.code for p, _ in want]
-    for (_, d1), (_, d2) in zip(got, want):
+    for (_, d1), (_, d2) in zip(got, want, strict=True):
         assert abs(d1 - d2) <= TOL_KM
 
 
@@ -99,7 +99,7 @@ def test_radius_filter_matches_brute_force(data, stores):
         radius = data.draw(st.one_of(
             st.floats(0, 25_000),
             st.sampled_from([0.0, 1e-9, 0.5, 5.0, math.pi * EARTH_RADIUS_KM, math.inf]),
-            st.sampled_from(stores).map(lambda s: haversine_km(lat, lng, s.latitude, s.longitude)),
+            st.sampled_from(stores).map(lambda s, lat=lat, lng=lng: haversine_km(lat, lng, s.latitude, s.longitude)),
         ))
         want_all = brute_force_nearest(stores, lat, lng, radius_km=radius, k=len(stores))
         got = index.within(lat, lng, radius)

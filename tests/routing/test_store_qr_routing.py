@@ -199,8 +199,8 @@ def stores_around() -> list:
     another order than their distances, so neither input order nor code order gives the answer."""
     from scrm.routing.nearest import StorePoint
 
-    return [StorePoint("A-MID", *km_north(*CUSTOMER, -2.0), "上海"), StorePoint("Z-NEAR", *km_north(*CUSTOMER, 1.2), "上海"),
-            StorePoint("M-FAR", *km_north(*CUSTOMER, 3.5), "上海"), StorePoint("B-OUT", *km_north(*CUSTOMER, -6.0), "上海")]
+    return [StorePoint(code, *km_north(*CUSTOMER, km), "上海")
+            for code, km in (("A-MID", -2.0), ("Z-NEAR", 1.2), ("M-FAR", 3.5), ("B-OUT", -6.0))]
 
 
 def test_of_several_stores_within_the_radius_the_nearest_one_wins():

@@ -34,7 +34,8 @@ def api(sandbox):
 
 @pytest.fixture
 def q(sandbox):
-    return {"access_token": sandbox.handle("GET", "gettoken", {"corpid": CORP, "corpsecret": SECRET}, None)["access_token"]}
+    token = sandbox.handle("GET", "gettoken", {"corpid": CORP, "corpsecret": SECRET}, None)["access_token"]
+    return {"access_token": token}
 
 
 def textcard(touser="zhangsan", **kw):
@@ -60,7 +61,8 @@ def test_message_send_validates_like_wecom(sandbox, q):
     assert send(textcard(description="字" * 171))["errcode"] == 40058  # 513 bytes
     assert send(textcard(url=None))["errcode"] == 40058
     assert send({"touser": "zhangsan", "msgtype": "textcard", "agentid": AGENT})["errcode"] == 40058
-    assert send({"touser": "zhangsan", "msgtype": "text", "agentid": AGENT, "text": {"content": ""}})["errcode"] == 44004
+    empty = {"touser": "zhangsan", "msgtype": "text", "agentid": AGENT, "text": {"content": ""}}
+    assert send(empty)["errcode"] == 44004
     assert send({"touser": "zhangsan", "msgtype": "text", "agentid": AGENT,
                  "text": {"content": "x" * 2049}})["errcode"] == 40058
     assert send({**textcard("|".join(f"u{i}" for i in range(1001)))})["errcode"] == 40058
@@ -212,8 +214,8 @@ def test_admin_surface_shows_app_messages_and_mints_oauth_codes(sandbox, api, q)
     assert "oauth_code" in api.get("/sandbox/actions").json()["actions"]
     msgs = api.get("/sandbox/app_messages").json()["app_messages"]
     assert [(m["touser"], m["textcard"]["title"]) for m in msgs] == [("zhangsan", "今日待发"), ("lisi", "今日待发")]
-    assert [m["touser"] for m in api.get("/sandbox/app_messages", params={"touser": "lisi"}).json()["app_messages"]] == [
-        "lisi"]
+    to_lisi = api.get("/sandbox/app_messages", params={"touser": "lisi"}).json()["app_messages"]
+    assert [m["touser"] for m in to_lisi] == ["lisi"]
     assert api.get("/sandbox/state").json()["app_messages"] == msgs
     r = api.post("/sandbox/actions/oauth_code", json={"userid": "zhangsan"})
     assert r.status_code == 200

@@ -14,7 +14,6 @@ from scrm.sandbox import Sandbox, SandboxStateError, create_sandbox_app, load_or
 from scrm.sandbox.persist import corp_to_dict
 from scrm.wecom.client import WeComClient
 from scrm.wecom.events import ContactEvent
-
 from tests.sandbox.test_sandbox import AES, CORP, SECRET, TOKEN, Receiver
 from tests.waiting import run_threads
 

@@ -21,7 +21,7 @@ from tests.waiting import run_threads
 
 TZ = ZoneInfo("Asia/Shanghai")
 DAY = dt.date(2026, 11, 24)
-EARLY = dt.datetime(2026, 11, 23, 20, 0, tzinfo=dt.timezone.utc)  # 04:00 local on DAY
+EARLY = dt.datetime(2026, 11, 23, 20, 0, tzinfo=dt.UTC)  # 04:00 local on DAY
 
 
 def templates(variant: int) -> list[SopTemplate]:
@@ -74,7 +74,7 @@ def test_two_schedulers_planning_at_once_never_exceed_the_limits(groups):
 def test_two_schedulers_firing_at_once_claim_each_post_once(groups):
     engine = groups
     replan_day(engine, templates(0), DAY, Limits(), tz=TZ, now=EARLY)
-    late = dt.datetime(2026, 11, 24, 9, 30, tzinfo=dt.timezone.utc)  # 17:30 local
+    late = dt.datetime(2026, 11, 24, 9, 30, tzinfo=dt.UTC)  # 17:30 local
     t = SopPost.__table__.c
     with engine.connect() as conn:
         eligible = {r.id for r in conn.execute(
@@ -111,7 +111,7 @@ def test_the_database_refuses_a_fourth_post_or_a_second_mass_send(groups):
         s.commit()
 
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 def statuses(engine) -> dict[int, tuple[str, int]]:

@@ -38,7 +38,7 @@ def local(hour, minute=0, day=dt.date(2026, 11, 24)):
 def clock(monkeypatch):
     """The time `scrm sop plan` plans as of (posts whose window has ended are not planned)."""
     now = {"now": local(0, 0, dt.date(2026, 11, 23))}
-    monkeypatch.setattr("scrm.db.utcnow", lambda: now["now"].astimezone(dt.timezone.utc))
+    monkeypatch.setattr("scrm.db.utcnow", lambda: now["now"].astimezone(dt.UTC))
     return now
 
 
@@ -135,15 +135,14 @@ def test_plan_explains_one_group_and_refuses_broken_templates(cli):
 def test_budget_shows_used_planned_left_by_channel_and_a_group_over_wecom_quota(cli, tmp_path):
     import datetime as dt
 
-    from scrm.sop.models import SopPost
-
     from scrm.cli import app
+    from scrm.sop.models import SopPost
 
     def run(*args):
         return CliRunner().invoke(app, ["sop", *args])
 
     engine = make_engine(f"sqlite:///{tmp_path / 'scrm.db'}")
-    at = dt.datetime(2026, 11, 24, 0, 0, tzinfo=dt.timezone.utc)
+    at = dt.datetime(2026, 11, 24, 0, 0, tzinfo=dt.UTC)
     base = dict(day=dt.date(2026, 11, 24), template_digest="d", sender="owner_a", scheduled_for=at,
                 window_ends_at=at + dt.timedelta(hours=3), step_key="1")
     with Session(engine) as s:
@@ -207,7 +206,7 @@ def test_day_budget_counts_each_group_and_account_from_the_ledger(engine):
     from scrm.sop.planner import Limits
 
     day = dt.date(2026, 11, 24)
-    at = dt.datetime(2026, 11, 24, 0, 0, tzinfo=dt.timezone.utc)
+    at = dt.datetime(2026, 11, 24, 0, 0, tzinfo=dt.UTC)
     rows = [  # chat, channel, status, sender
         ("wr0", "mass_send", S.over_quota, "owner_a"), ("wr0", "owner_task", S.sent, "owner_a"),
         ("wr0", "owner_task", S.planned, "owner_a"),
@@ -264,7 +263,7 @@ def test_plan_names_a_post_the_ledger_has_no_mass_send_for(cli, tmp_path):
 
     run, folder = cli
     engine = make_engine(f"sqlite:///{tmp_path / 'scrm.db'}")
-    noon = local(12, 0).astimezone(dt.timezone.utc)
+    noon = local(12, 0).astimezone(dt.UTC)
     with Session(engine) as s:
         s.add(SopPost(day=dt.date(2026, 11, 24), chat_id="wr0", slot=1, mass_seq=1, template_id="old", step_key="1",
                       template_digest="d", channel="owner_task", sender="owner_a", status=PostStatus.sent,

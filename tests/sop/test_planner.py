@@ -66,7 +66,8 @@ def test_only_one_mass_send_a_day_the_rest_of_the_day_runs_on_other_channels():
         template("flash", [step("15:00", "owner_task")], priority=70),
     ]
     plan = plan_day(DAY, ts, [group(1)])
-    assert sorted((p.template_id, p.channel) for p in plan.posts) == [("breakfast", "mass_send"), ("flash", "owner_task")]
+    assert sorted((p.template_id, p.channel) for p in plan.posts) == [("breakfast", "mass_send"),
+                                                                       ("flash", "owner_task")]
     assert [(d.template_id, d.reason) for d in plan.dropped] == [("lunch", MASS_SEND_QUOTA)]
 
 
@@ -104,8 +105,8 @@ def test_posts_already_in_the_ledger_count_against_the_day():
 
 
 def test_a_template_printing_store_fields_skips_groups_without_a_store():
-    breakfast = template("breakfast", [step("08:00", "mass_send", text="{{ weekday }}早安☀️ {{ store.name }}的早餐已经备好啦～")],
-                         priority=90)
+    text = "{{ weekday }}早安☀️ {{ store.name }}的早餐已经备好啦～"
+    breakfast = template("breakfast", [step("08:00", "mass_send", text=text)], priority=90)
     recipe = template("recipe", [step("10:30", text="周末咖啡小课堂：{{ group.name }}")], priority=40)
     gs = [group(1, store_code="SH01"), group(2), group(3, store_code="GONE", store_missing=True),
           group(4, owner=None)]
@@ -213,7 +214,7 @@ def test_one_slot_is_spread_over_the_window_so_a_bot_never_bursts():
     assert all(dt.time(8, 0) <= p.at.time() < dt.time(8, 20) for p in plan.posts)
     for bot in ("bot0", "bot1", "bot2"):
         ats = sorted(p.at for p in plan.posts if p.sender == bot)
-        assert min(b - a for a, b in zip(ats, ats[1:])) == dt.timedelta(seconds=6)  # 1,200 s / 200
+        assert min(b - a for a, b in zip(ats, ats[1:], strict=False)) == dt.timedelta(seconds=6)  # 1,200 s / 200
 
 
 def test_planning_100_groups_x_20_templates_is_all_accounted_for():
@@ -339,7 +340,7 @@ def test_no_plan_ever_breaks_a_limit(templates, groups, limits):
         assert len(posts) <= limits.max_posts_per_group_per_day
         assert sum(p.channel == "mass_send" for p in posts) <= limits.max_mass_sends_per_group_per_day
         ats = sorted(p.at for p in posts)
-        assert all(b - a >= limits.min_spacing for a, b in zip(ats, ats[1:]))
+        assert all(b - a >= limits.min_spacing for a, b in zip(ats, ats[1:], strict=False))
         assert len({(p.template_id, p.step_key) for p in posts}) == len(posts)
         for p in posts:
             assert p.sender == owner[chat_id] is not None
@@ -375,7 +376,8 @@ def test_no_plan_ever_breaks_a_limit(templates, groups, limits):
         assert d.reason != QUIET_HOURS or in_quiet, d
         assert not in_quiet or d.reason in (QUIET_HOURS, NO_SENDER, BOT_OVER_CAPACITY, DAILY_LIMIT), d
     # A post dropped for the daily limit lost to posts of at least its priority.
-    priority = {(t.id, t.step_key(i)): (t.steps[i].priority or t.priority) for t in templates for i in range(len(t.steps))}
+    priority = {(t.id, t.step_key(i)): (t.steps[i].priority or t.priority)
+                for t in templates for i in range(len(t.steps))}
     for d in plan.dropped:
         if d.reason == DAILY_LIMIT:
             assert all(p.priority >= priority[(d.template_id, d.step_key)] for p in by_group[d.chat_id])

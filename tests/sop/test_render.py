@@ -62,7 +62,8 @@ def test_store_and_date_variables_fill_in():
     t = make({"at": "15:00", "text": "{{ weekday }} {{ time }} {{ store.name }}（{{ store.address }}）{{ date }} "
                                      "{{ template.name }}"})
     payload = render_step(t, 0, ctx(t, at="15:00"))
-    assert payload["text"]["content"] == "周二 15:00 瑞幸咖啡(南京西路店)（上海市静安区南京西路1266号）2026-12-01 测试模板"
+    assert payload["text"]["content"] == ("周二 15:00 瑞幸咖啡(南京西路店)（上海市静安区南京西路1266号）"
+                                          "2026-12-01 测试模板")
 
 
 def test_filters_and_conditions_operators_use():

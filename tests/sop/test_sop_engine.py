@@ -56,7 +56,7 @@ FLASH = """\
 
 
 def local(hour, minute=0, second=0, day=DAY):
-    return dt.datetime.combine(day, dt.time(hour, minute, second), tzinfo=TZ).astimezone(dt.timezone.utc)
+    return dt.datetime.combine(day, dt.time(hour, minute, second), tzinfo=TZ).astimezone(dt.UTC)
 
 
 def write_templates(folder, **files):
@@ -83,7 +83,7 @@ def setup(engine, redis_url, tmp_path):
         with Session(engine) as s:
             s.add(Store(code="A", name="南京西路店", city="上海"))
             s.add(Store(code="B", name="国贸店", city="北京"))
-            for g, code in zip(groups, "AAB"):
+            for g, code in zip(groups, "AAB", strict=True):
                 row = s.get(CustomerGroup, g.chat_id)
                 row.store_code = code
                 s.add(row)
@@ -215,7 +215,8 @@ def test_template_change_updates_future_posts_and_leaves_sent_ones(setup):
     jobs.plan_ahead(h.engine, sop, now=clock["now"])
     clock["now"] = local(8, 25)
     fire(h, clock)
-    before = {p.chat_id: (p.id, p.msgid) for p in posts(h.engine, SopPost.template_id == "breakfast", SopPost.day == DAY)}
+    breakfast = (SopPost.template_id == "breakfast", SopPost.day == DAY)
+    before = {p.chat_id: (p.id, p.msgid) for p in posts(h.engine, *breakfast)}
     # The operator moves the flash sale to 16:00 and drops store A from it; breakfast text changes too.
     write_templates(folder, flash=FLASH.replace('"15:00"', '"16:00"').replace(
         "priority: 70", "priority: 70\n    targets: {exclude_stores: [A]}"),
@@ -225,7 +226,7 @@ def test_template_change_updates_future_posts_and_leaves_sent_ones(setup):
     assert today.removed == 3 and today.inserted == 1
     flash = posts(h.engine, SopPost.template_id == "flash", SopPost.day == DAY)
     assert [(p.chat_id, p.scheduled_for.astimezone(TZ).hour) for p in flash] == [(chats[2], 16)]
-    after = {p.chat_id: (p.id, p.msgid) for p in posts(h.engine, SopPost.template_id == "breakfast", SopPost.day == DAY)}
+    after = {p.chat_id: (p.id, p.msgid) for p in posts(h.engine, *breakfast)}
     assert after == before  # sent posts stay as they were
 
 

@@ -580,7 +580,8 @@ def store_group(settings_env):
     from scrm.stores.models import Store
 
     with Session(get_engine(get_settings().database_url())) as session:
-        session.add(Store(code="SH0231", name="瑞幸咖啡(南京西路店)", address="上海市静安区南京西路1266号", city="上海"))
+        session.add(Store(code="SH0231", name="瑞幸咖啡(南京西路店)", address="上海市静安区南京西路1266号",
+                          city="上海"))
         session.add(CustomerGroup(chat_id="wrNJXL01", name="南京西路店福利1群", owner_userid="zhangwei",
                                   store_code="SH0231"))
         session.add(CustomerGroup(chat_id="wrNOSTORE", name="内测群", owner_userid=None))

@@ -414,8 +414,8 @@ def write(tmp_path, text: str | bytes, name: str = "stores.csv"):
 def test_cli_import_with_errors_prints_each_at_file_line_exits_1_and_imports_nothing(db, tmp_path):
     import_stores(db, parse_stores(GOOD).stores)
     before = stores_in(db)
-    path = write(tmp_path, sheet("SH0231,改名了,,上海,31.2304,121.4737,open,", "SH0232,徐家汇店,,上海,121.4365,31.1954,,",
-                                 "SH 9,新店,,,,,,"))
+    path = write(tmp_path, sheet("SH0231,改名了,,上海,31.2304,121.4737,open,",
+                                 "SH0232,徐家汇店,,上海,121.4365,31.1954,,", "SH 9,新店,,,,,,"))
     result = runner.invoke(stores_app, ["import", str(path)])
     assert result.exit_code == 1, result.output
     assert result.output.splitlines() == [
@@ -534,7 +534,8 @@ def table_rows(output: str) -> list[list[str]]:
 
 
 def test_cli_list_filters_by_city_and_caps_with_limit(db):
-    import_stores(db, parse_stores(sheet(*(f"SH{i:03d},店{i},,上海,,,," for i in range(7)), "BJ001,国贸,,北京,,,,")).stores)
+    rows = [f"SH{i:03d},店{i},,上海,,,," for i in range(7)]
+    import_stores(db, parse_stores(sheet(*rows, "BJ001,国贸,,北京,,,,")).stores)
     result = runner.invoke(stores_app, ["list", "--city", "上海", "--limit", "5"])
     assert result.exit_code == 0, result.output
     assert "7 stores in 上海" in result.output and "BJ001" not in result.output

@@ -356,7 +356,8 @@ def test_cli_list_is_a_table_with_chinese_names(db):
 def test_cli_list_of_a_store_without_groups_or_unknown(db):
     result = groups("list", "--store", "BJ0101")
     assert result.exit_code == 0
-    assert result.output == "store BJ0101 has no groups yet: add some with `scrm stores groups assign BJ0101 CHAT_ID…`\n"
+    assert result.output == ("store BJ0101 has no groups yet: "
+                             "add some with `scrm stores groups assign BJ0101 CHAT_ID…`\n")
     result = groups("list", "--store", "NOPE")
     assert result.exit_code == 2 and result.output == "error: no store 'NOPE' (see `scrm stores list`)\n"
 
