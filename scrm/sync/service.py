@@ -24,7 +24,7 @@ from scrm.groups import service as groups
 from scrm.groups.models import CustomerGroup, GroupStatus
 from scrm.logs import get_logger
 from scrm.tags import service as tags
-from scrm.wecom.client import WeComClient
+from scrm.wecom.api import SyncAPI
 from scrm.wecom.errors import WeComAPIError
 
 log = get_logger(__name__)
@@ -51,7 +51,7 @@ class SyncReport:
         return self.employees_gone + self.customers_gone + self.follows_gone + self.groups_gone
 
 
-def full_sync(engine: Engine, client: WeComClient, progress: Progress = lambda *a: None) -> SyncReport:
+def full_sync(engine: Engine, client: SyncAPI, progress: Progress = lambda *a: None) -> SyncReport:
     report = SyncReport()
     members = client.list_members()
     listed_members = {m["userid"] for m in members}
