@@ -8,6 +8,7 @@ import secrets
 import signal
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
@@ -16,6 +17,12 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn
 from rich.table import Table
 
 from scrm.config import ConfigError, get_settings, reset_settings_cache
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+    from scrm.sync.service import SyncReport
+    from scrm.wecom.api import SyncAPI
 
 # Never show local variables in a traceback: they hold secrets (corp secret, tokens).
 app = typer.Typer(help="scrm: WeCom SCRM automation for community commerce.", no_args_is_help=True,
@@ -58,9 +65,9 @@ def explain_failure(exc: BaseException) -> str | None:
 
     from scrm.wecom.errors import TransportError, WeComAPIError
 
-    s = get_settings()
-    if isinstance(exc, ConfigError):
+    if isinstance(exc, ConfigError):  # before reading the settings: they are what is wrong
         return str(exc)
+    s = get_settings()
     if isinstance(exc, ModuleNotFoundError):
         return (f"the Python package {exc.name!r} is missing: reinstall scrm (`pip install -e .` in the "
                 "checkout) in the Python you run it with")
@@ -236,7 +243,7 @@ def sync() -> None:
     _run_sync(get_engine(s.database_url()), client)
 
 
-def _run_sync(engine, client):
+def _run_sync(engine: Engine, client: SyncAPI) -> SyncReport:
     from scrm.sync.service import full_sync
 
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
@@ -291,6 +298,8 @@ def run(
     try:
         with EmbeddedStack(get_settings(), with_sandbox=sandbox_enabled, console=console) as stack:
             _announce_sandbox(stack)
+            if stack.client is None:  # the stack sets it on entry; a stack without one cannot sync
+                raise RuntimeError("the embedded stack started without a WeCom client")
             _run_sync(stack.engine, stack.client)
             chain = stack.set_up_demo_chain()
             if chain is not None:

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from scrm.demo import DemoChainReport
     from scrm.sandbox import Sandbox
     from scrm.sandbox.server import SandboxServer
-    from scrm.wecom.client import WeComClient
+    from scrm.wecom.api import WeComAPI
 
 log = get_logger(__name__)
 SANDBOX_CORP_FILE = "sandbox-corp.json"
@@ -99,7 +99,7 @@ class EmbeddedStack:
         self.sandbox_seeded = False  # True when this run created the demo corp (first run)
         self.demo: dict[str, Any] | None = None
         self.broker: dramatiq.Broker | None = None
-        self.client: WeComClient | None = None
+        self.client: WeComAPI | None = None
         self._lock: IO[str] | None = None
         self._web: uvicorn.Server | None = None
         self._web_thread: threading.Thread | None = None

@@ -14,6 +14,7 @@ from scrm.sandbox import Sandbox, create_sandbox_app
 from scrm.web.app import create_app
 from scrm.wecom.client import WeComClient
 from scrm.wecom.crypto import CallbackCrypto
+from tests.waiting import join_worker
 from workers import actors
 from workers.broker import make_redis_broker, setup_broker
 
@@ -58,7 +59,7 @@ class Harness:
     def drain(self, timeout_ms: int = 20_000) -> None:
         self.broker.join("callbacks", timeout=timeout_ms)
         if self.worker:
-            self.worker.join()
+            join_worker(self.worker, timeout=timeout_ms / 1000)
 
     def close(self) -> None:
         if self.worker:

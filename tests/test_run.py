@@ -61,8 +61,8 @@ def test_run_twice_on_one_data_dir_keeps_the_same_corp_and_counts(folder):
     assert "stopping (--exit-after-demo)" in first.stdout and "scrm is running" not in first.stdout
     # Start-up output is what a person needs: no library chatter, no log lines, no tokens.
     for noise in ("setup plugin", "Context impl", "non-transactional DDL", "event=", "access_token="):
-        assert noise not in first.stdout + first.stderr, [l for l in (first.stdout + first.stderr).splitlines()
-                                                          if noise in l]
+        assert noise not in first.stdout + first.stderr, [line for line in (first.stdout + first.stderr).splitlines()
+                                                          if noise in line]
     assert (folder / ".scrm" / "scrm.log").read_text().count("callback_applied") >= 3  # it is in the log
     counts = summary(first.stdout)
     assert counts["customers"] > 0 and counts["customer groups"] >= 6 and counts["stores"] == 6

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 
 def wait_until(condition: Callable[[], Any], *, timeout: float = 10.0, interval: float = 0.02,
@@ -24,6 +25,19 @@ def wait_until(condition: Callable[[], Any], *, timeout: float = 10.0, interval:
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout:.1f}s waiting for {what}")
         time.sleep(interval)
+
+
+def join_worker(worker: Any, timeout: float = 20.0) -> None:
+    """dramatiq's Worker.join has no deadline: run it aside and wait for it with one, so a stuck
+    job fails the test with a message instead of hanging it."""
+    done = threading.Event()
+
+    def join() -> None:
+        worker.join()
+        done.set()
+
+    threading.Thread(target=join, daemon=True).start()
+    wait_until(done.is_set, timeout=timeout, what="the worker to finish its jobs")
 
 
 def run_threads(targets: Iterable[Callable[[], Any]], *, timeout: float = 60.0) -> list[Any]:

@@ -28,7 +28,7 @@ from scrm.groups.models import CustomerGroup
 from scrm.logs import get_logger
 from scrm.tags import service as tags
 from scrm.wecom import events as ev
-from scrm.wecom.api import CallbackAPI
+from scrm.wecom.api import WeComAPI
 from scrm.wecom.errors import WeComAPIError, WelcomeCodeUsed
 
 log = get_logger(__name__)
@@ -50,7 +50,7 @@ class Refused:
 
 
 class Processor:
-    def __init__(self, engine: Engine, client: CallbackAPI, *, welcome_text: str = "", chat_delay_ms: int = 0,
+    def __init__(self, engine: Engine, client: WeComAPI, *, welcome_text: str = "", chat_delay_ms: int = 0,
                  max_attempts: int = 10, router=None):
         self.max_attempts = max_attempts
         # Store routing (scrm.routing.router.StoreRouter): store tags, the welcome's group card,

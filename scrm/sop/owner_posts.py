@@ -20,7 +20,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 from sqlalchemy import select, update
 from sqlalchemy.engine import Connection, Engine
@@ -41,7 +41,7 @@ LEASE = dt.timedelta(minutes=5)
 RELEASE_REASONS = ("cancelled", "failed", "not_sent")
 MAX_MESSAGES = 20  # a post is a text and at most a handful of attachments
 
-STATUS_TEXT = {
+STATUS_TEXT: dict[str, str] = {
     PostStatus.planned: "未到时间", PostStatus.due: "待发送", PostStatus.sending: "发送中",
     PostStatus.sent: "已发送", PostStatus.confirmed: "已送达", PostStatus.failed: "失败",
     PostStatus.expired: "已过期", PostStatus.over_quota: "群发额度已用完", PostStatus.unconfirmed: "待确认是否发出",
@@ -121,6 +121,10 @@ class OwnerDay:
     posts: list[OwnerPost] = field(default_factory=list)
 
 
+@overload
+def _utc(value: dt.datetime) -> dt.datetime: ...
+@overload
+def _utc(value: None) -> None: ...
 def _utc(value: dt.datetime | None) -> dt.datetime | None:
     """Ledger times read back naive from SQLite are UTC."""
     if value is None or value.tzinfo is not None:

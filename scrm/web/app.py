@@ -7,7 +7,7 @@ a way on; the APIs (/api, /toolbar/api, /wecom) keep their JSON or plain-text er
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 from zoneinfo import ZoneInfo
 
 from fastapi import Query, Request, Response

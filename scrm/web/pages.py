@@ -15,6 +15,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.exceptions import StarletteHTTPException
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from sqlmodel import Session
 
@@ -35,7 +36,7 @@ class PageNotFound(HTTPException):
         self.heading, self.suggestion = heading, suggestion
 
 
-def not_found_page(request: Request, exc: HTTPException | None = None) -> Response:
+def not_found_page(request: Request, exc: StarletteHTTPException | None = None) -> Response:
     """The friendly 404: what happened, the way on (the landing page, a guessed store's group).
     Whatever the visitor typed is never shown."""
     heading = getattr(exc, "heading", "") or "这个页面找不到了"

@@ -40,6 +40,7 @@ from scrm.sop import owner_posts
 from scrm.sop.owner_posts import OwnerPostError, Partial
 from scrm.sop.template import SopTemplate
 from scrm.web.templating import templates
+from scrm.wecom.api import ToolbarAPI
 from scrm.wecom.client import NotAMember
 from scrm.wecom.errors import WeComAPIError
 
@@ -52,7 +53,7 @@ HTTP_STATUS = {"not_found": 404, "forbidden": 403, "conflict": 409, "bad_request
 @dataclass
 class ToolbarConfig:
     engine: Engine
-    client: object  # WeComClient: get_user_by_code, get_agent_ticket, jsapi_signature
+    client: ToolbarAPI
     corp_id: str
     agent_id: int
     secret: str  # signs the session cookie

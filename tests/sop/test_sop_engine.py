@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime as dt
 import textwrap
-import threading
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -20,7 +19,7 @@ from scrm.sop.sender import SopSender
 from scrm.stores.models import Store
 from scrm.sync.service import full_sync
 from tests.pipeline_harness import harness
-from tests.waiting import wait_until
+from tests.waiting import join_worker
 from workers import actors
 
 pytestmark = pytest.mark.filterwarnings("ignore:You should not use the 'timeout' argument")
@@ -100,19 +99,6 @@ def setup(engine, redis_url, tmp_path):
             yield h, sop, clock, sender, [g.chat_id for g in groups], folder
         finally:
             actors.set_sop_sender(None)
-
-
-def join_worker(worker, timeout: float = 20.0) -> None:
-    """dramatiq's Worker.join has no deadline: run it aside and wait for it with one, so a stuck
-    job fails the test with a message instead of hanging it."""
-    done = threading.Event()
-
-    def join():
-        worker.join()
-        done.set()
-
-    threading.Thread(target=join, daemon=True).start()
-    wait_until(done.is_set, timeout=timeout, what="the worker to finish its SOP jobs")
 
 
 def fire(h, clock):

@@ -24,7 +24,7 @@ DAY = dt.date(2026, 11, 24)
 
 
 def local(hour, minute=0, day=DAY):
-    return dt.datetime.combine(day, dt.time(hour, minute), tzinfo=TZ).astimezone(dt.timezone.utc)
+    return dt.datetime.combine(day, dt.time(hour, minute), tzinfo=TZ).astimezone(dt.UTC)
 
 
 def templates() -> dict[str, SopTemplate]:
@@ -50,7 +50,7 @@ def add_groups(engine):
 
 def utc(value: dt.datetime) -> dt.datetime:
     """A ledger time as aware UTC (SQLite gives it back naive)."""
-    return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value.astimezone(dt.timezone.utc)
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
 
 
 def ledger(engine) -> dict[tuple[str, str], SopPost]:

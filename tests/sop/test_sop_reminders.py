@@ -19,7 +19,7 @@ from scrm.sop.reminders import pending_reminders, send_reminders
 
 TZ = ZoneInfo("Asia/Shanghai")
 DAY = dt.date(2026, 11, 24)
-NOW = dt.datetime.combine(DAY, dt.time(11, 55), tzinfo=TZ).astimezone(dt.timezone.utc)
+NOW = dt.datetime.combine(DAY, dt.time(11, 55), tzinfo=TZ).astimezone(dt.UTC)
 FLASH = """\
     id: afternoon-flash-sale
     name: 下午茶限时秒杀
@@ -40,7 +40,7 @@ class Client:
 
 
 def add_due_posts(engine, *template_ids: str) -> None:
-    at = dt.datetime.combine(DAY, dt.time(11, 54), tzinfo=TZ).astimezone(dt.timezone.utc)
+    at = dt.datetime.combine(DAY, dt.time(11, 54), tzinfo=TZ).astimezone(dt.UTC)
     with Session(engine) as s:
         for i, template_id in enumerate(template_ids):
             chat_id = f"wrSLT{i}"
@@ -69,7 +69,8 @@ def test_reminder_lines_name_the_template_not_its_file_slug(engine, tmp_path):
     assert counts == {"sent": 1, "posts": 2}
     [message] = client.messages
     # A template removed since the post was planned gets neutral words, not its id.
-    assert message["textcard"]["description"] == "三里屯店福利群1 · 11:54 下午茶限时秒杀\n三里屯店福利群2 · 11:54 SOP 内容"
+    assert message["textcard"]["description"] == (
+        "三里屯店福利群1 · 11:54 下午茶限时秒杀\n三里屯店福利群2 · 11:54 SOP 内容")
     assert "afternoon-flash-sale" not in str(message) and "deleted-template" not in str(message)
 
 

@@ -18,7 +18,7 @@ from scrm.web.app import create_app
 from scrm.wecom.crypto import CallbackCrypto
 
 KEY = base64.b64encode(os.urandom(32)).decode().rstrip("=")
-UPDATED = dt.datetime(2026, 11, 24, 3, 53, tzinfo=dt.timezone.utc)  # 11:53 in Shanghai
+UPDATED = dt.datetime(2026, 11, 24, 3, 53, tzinfo=dt.UTC)  # 11:53 in Shanghai
 HOSTILE = "<script>alert(1)</script>"
 
 

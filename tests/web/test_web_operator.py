@@ -8,7 +8,7 @@ import re
 import pytest
 from fastapi.testclient import TestClient
 
-from scrm.config import DatabaseSettings, RedisSettings, SANDBOX_CORP_ID, Settings, WebSettings, WeComSettings
+from scrm.config import SANDBOX_CORP_ID, DatabaseSettings, RedisSettings, Settings, WebSettings, WeComSettings
 from tests.web.shop import KEY, make_app
 
 OPERATOR_PAGES = ["/docs", "/redoc", "/openapi.json", "/metrics"]
