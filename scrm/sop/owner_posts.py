@@ -29,7 +29,7 @@ from scrm.contacts.models import Employee
 from scrm.groups.models import CustomerGroup, GroupStatus
 from scrm.logs import get_logger
 from scrm.sop.models import PostStatus, SopPost
-from scrm.sop.sender import render_post, track_links
+from scrm.sop.sender import RenderProblem, RenderProblemKind, render_post, track_links
 from scrm.sop.template import Channel, SopTemplate
 from scrm.stores.models import Store
 
@@ -132,15 +132,18 @@ def _utc(value: dt.datetime | None) -> dt.datetime | None:
     return value.replace(tzinfo=dt.UTC)
 
 
-def _render_problem(reason: str) -> str:
-    """render_post's reason (English, for the log) as a line the owner can act on."""
-    if "no longer exists" in reason or "has no step" in reason:
-        return "这条内容的模板已被运营修改或删除，无法发送，请联系运营人员。"
-    if "group is gone" in reason:
-        return "这个群已解散或不再由系统管理，内容不会发送。"
-    if "no store" in reason:
-        return "这个群还没有关联门店，而内容里要填门店信息，所以无法发送，请联系运营人员。"
-    return "内容生成失败，无法发送，请联系运营人员。"
+RENDER_PROBLEM_TEXT: dict[RenderProblemKind, str] = {
+    RenderProblemKind.template_gone: "这条内容的模板已被运营修改或删除，无法发送，请联系运营人员。",
+    RenderProblemKind.step_gone: "这条内容的模板已被运营修改或删除，无法发送，请联系运营人员。",
+    RenderProblemKind.group_gone: "这个群已解散或不再由系统管理，内容不会发送。",
+    RenderProblemKind.no_store: "这个群还没有关联门店，而内容里要填门店信息，所以无法发送，请联系运营人员。",
+    RenderProblemKind.render_error: "内容生成失败，无法发送，请联系运营人员。",
+}
+
+
+def _render_problem(problem: RenderProblem) -> str:
+    """render_post's reason as a line the owner can act on (the English detail goes to the log)."""
+    return RENDER_PROBLEM_TEXT[problem.kind]
 
 
 def status_text(status: str, channel: str, claimed_by: str | None) -> str:
@@ -174,7 +177,7 @@ def day_posts(engine: Engine, owner: str, *, now: dt.datetime, tz: dt.tzinfo,
             group = by_chat[p.chat_id]
             content, reason = render_post(p, loaded, group, stores.get(group.store_code))
             if reason is not None:
-                log.warning("toolbar_post_unrenderable", post_id=p.id, chat_id=p.chat_id, reason=reason)
+                log.warning("toolbar_post_unrenderable", post_id=p.id, chat_id=p.chat_id, reason=str(reason))
                 error = _render_problem(reason)
             elif content is not None and p.status == PostStatus.due:
                 content = track_links(engine, p, content, link_base, now)

@@ -18,6 +18,8 @@ import json
 import secrets
 from collections import defaultdict
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import Row, select, update
@@ -55,26 +57,48 @@ MAX_CHATS_PER_CALL = MAX_CHATS_PER_TEMPLATE
 RETRY_AFTER = dt.timedelta(minutes=2)
 
 
+class RenderProblemKind(StrEnum):
+    template_gone = "template_gone"
+    step_gone = "step_gone"
+    group_gone = "group_gone"
+    no_store = "no_store"
+    render_error = "render_error"
+
+
+@dataclass(frozen=True)
+class RenderProblem:
+    """Why a post has no content: a kind that pages translate for the owner, and the English
+    detail that goes into the ledger's ``error`` and the log."""
+
+    kind: RenderProblemKind
+    detail: str
+
+    def __str__(self) -> str:
+        return self.detail
+
+
 def render_post(post: Any, templates: Mapping[str, SopTemplate], group: Any,
-                store: Any) -> tuple[PostContent | None, str | None]:
+                store: Any) -> tuple[PostContent | None, RenderProblem | None]:
     """A ledger post's content for its group as WeCom payload (text + attachments), or why not."""
     template = templates.get(post.template_id)
     if template is None:
-        return None, f"template {post.template_id!r} no longer exists"
+        return None, RenderProblem(RenderProblemKind.template_gone, f"template {post.template_id!r} no longer exists")
     index = next((i for i in range(len(template.steps)) if template.step_key(i) == post.step_key), None)
     if index is None:
-        return None, f"template {post.template_id!r} has no step {post.step_key!r} any more"
+        return None, RenderProblem(RenderProblemKind.step_gone,
+                                   f"template {post.template_id!r} has no step {post.step_key!r} any more")
     if group is None or group.status != "active":
-        return None, "the group is gone"
+        return None, RenderProblem(RenderProblemKind.group_gone, "the group is gone")
     if store is None and uses_store_fields(template):
         # Planned before the group lost its store: never send blanks where the store's name goes.
-        return None, "the group has no store; the template prints store fields"
+        return None, RenderProblem(RenderProblemKind.no_store,
+                                   "the group has no store; the template prints store fields")
     context = build_context(group=group_fields(group), store=store_fields(store), day=post.day,
                             at=template.steps[index].at, template=template)
     try:
         return render_step(template, index, context), None
     except TemplateRenderError as exc:
-        return None, f"render: {exc}"
+        return None, RenderProblem(RenderProblemKind.render_error, f"render: {exc}")
 
 
 def track_links(engine: Engine, post: Any, payload: PostContent, link_base: str, now: dt.datetime) -> PostContent:
@@ -134,7 +158,7 @@ class SopSender:
         for p in posts:
             payload, error = self._render(p, templates, groups, stores)
             if payload is None:
-                self._finish([p.id], status=PostStatus.failed, error=error)
+                self._finish([p.id], status=PostStatus.failed, error=str(error))
                 outcome["failed"] += 1
                 continue
             payload = self._track_links(p, payload)
@@ -155,7 +179,7 @@ class SopSender:
         return dict(outcome)
 
     def _render(self, post: Row, templates: Mapping[str, SopTemplate], groups: Mapping[str, Any],
-                stores: Mapping[str, Any]) -> tuple[PostContent | None, str | None]:
+                stores: Mapping[str, Any]) -> tuple[PostContent | None, RenderProblem | None]:
         group = groups.get(post.chat_id)
         store = stores.get(group.store_code) if group is not None and group.store_code else None
         return render_post(post, templates, group, store)
