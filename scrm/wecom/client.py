@@ -66,6 +66,11 @@ class InvalidOAuthCode(WeComAPIError):
 OAUTH_INVALID_CODE = 40029
 
 
+# WeCom refusals that answer the question (chat not found, group dismissed, invalid
+# external_userid, not a contact of the member): logged at info; callers decide what they mean.
+ANSWER_CODES = frozenset({40050, 49008, 40096, 84061})
+
+
 def _token_ttl(expires_in: int) -> int:
     margin = min(TOKEN_SAFETY_MARGIN, expires_in // 10)
     return max(1, int(expires_in) - margin)
@@ -271,7 +276,10 @@ class WeComClient:
                 log.info("wecom.token_refresh", path=path, errcode=errcode)
                 state["token"] = self._refresh_after(state["token"])
                 continue
-            log.warning("wecom.api_error", path=path, errcode=errcode, errmsg=errmsg)
+            # "Not found" answers (a dismissed group, a customer who is not one) are facts the caller
+            # acts on and logs with its own ids; anything else is worth a warning here.
+            (log.info if errcode in ANSWER_CODES else log.warning)(
+                "wecom.api_error", path=path, errcode=errcode, errmsg=errmsg)
             raise error_for(errcode, errmsg, path)
 
     def _get(self, path: str, **params: Any) -> dict[str, Any]:
