@@ -32,6 +32,7 @@ from scrm.sop.models import PostStatus, SopPost
 from scrm.sop.sender import RenderProblem, RenderProblemKind, render_post, track_links
 from scrm.sop.template import Channel, SopTemplate
 from scrm.stores.models import Store
+from scrm.wecom.messages import PostContent, chat_messages
 
 log = get_logger(__name__)
 
@@ -215,6 +216,29 @@ class Claim:
     chat_id: str
     content: dict[str, Any]  # what the ledger fixed: the page sends exactly this
     lease_until: dt.datetime
+    # The JS-SDK messages to send, in order, each with a Chinese label and what to post by hand if
+    # that message does not go (see owner_messages).
+    messages: list[dict[str, Any]] = field(default_factory=list)
+
+
+def owner_messages(content: Any) -> list[dict[str, Any]]:
+    """The post as sendChatMessage messages (built in scrm.wecom.messages), each with the words
+    the page shows the owner: a label, and the text to add by hand if it did not go."""
+    parts: list[dict[str, Any]] = []
+    fixed: PostContent = content if content else {"attachments": []}
+    for attachment, msg in chat_messages(fixed):
+        if attachment is None:
+            label, manual = "文字", msg["text"]["content"]
+        elif attachment["msgtype"] == "link":
+            link = attachment["link"]
+            label, manual = f"链接「{link['title']}」", f"{link['title']}\n{link['url']}"
+        elif attachment["msgtype"] == "miniprogram":
+            title = attachment["miniprogram"]["title"]
+            label, manual = f"小程序「{title}」", f"小程序：{title}"
+        else:
+            label, manual = "图片", "图片"
+        parts.append({"label": label, "manual": manual, "msg": msg})
+    return parts
 
 
 @dataclass
@@ -301,6 +325,9 @@ def claim(engine: Engine, post_id: int, owner: str, chat_id: str, *, now: dt.dat
         ).first()
         if claimed is not None and claimed.content is None:  # a JSON null: never shown, so never fixed
             raise PostNotSendable("内容还没准备好，请刷新页面后再发送")  # (rolls the claim back)
+        if claimed is not None and not owner_messages(claimed.content):
+            # Nothing the JS-SDK can put into a chat (e.g. an image known only by URL).
+            raise PostNotSendable("这条内容没有能从工具栏发到群里的消息，请联系运营人员")  # (rolls back)
         if claimed is None:
             post = _read(conn, post_id)
             if post.status == PostStatus.due and _utc(post.window_ends_at) <= now:
@@ -312,7 +339,8 @@ def claim(engine: Engine, post_id: int, owner: str, chat_id: str, *, now: dt.dat
         raise _not_sendable(post, owner, now)
     log.info("toolbar_post_claimed", userid=owner, post_id=post_id, chat_id=chat_id,
              lease_until=lease_until.isoformat())
-    return Claim(post_id=post_id, chat_id=chat_id, content=claimed.content, lease_until=lease_until)
+    return Claim(post_id=post_id, chat_id=chat_id, content=claimed.content, lease_until=lease_until,
+                 messages=owner_messages(claimed.content))
 
 
 def confirm(engine: Engine, post_id: int, owner: str, *, now: dt.datetime, partial: Partial | None = None) -> Outcome:

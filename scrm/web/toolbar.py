@@ -172,7 +172,8 @@ def toolbar_router(cfg: ToolbarConfig) -> APIRouter:
                                   from_wecom=in_wecom(request), sandbox=cfg.sandbox)
         except OwnerPostError as exc:
             raise refused(exc) from None
-        return {"status": "sending", "content": c.content, "lease_until": c.lease_until.isoformat()}
+        return {"status": "sending", "content": c.content, "messages": c.messages,
+                "lease_until": c.lease_until.isoformat()}
 
     @router.post("/toolbar/api/posts/{post_id}/confirm")
     async def confirm(request: Request, post_id: int):

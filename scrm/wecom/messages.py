@@ -321,6 +321,55 @@ def welcome_message(welcome_code: str, *, text: str | None = None,
 
 
 # -- group robot (webhook/send, doc 91770) ---------------------------------------------------------
+class ChatNews(TypedDict):
+    link: str
+    title: str
+    desc: str
+    imgUrl: str  # noqa: N815 - the JS-SDK's field name
+
+
+class ChatMiniProgram(TypedDict):
+    appid: str
+    title: str
+    imgUrl: str  # noqa: N815
+    page: str
+
+
+class ChatMessage(TypedDict):
+    """One ``wx.invoke('sendChatMessage', …)`` message (reference §3.8a), without ``enterChat``."""
+
+    msgtype: Literal["text", "news", "miniprogram", "image"]
+    text: NotRequired[TextContent]
+    news: NotRequired[ChatNews]
+    miniprogram: NotRequired[ChatMiniProgram]
+    image: NotRequired[dict[str, str]]  # {"mediaid": …}
+
+
+def chat_messages(content: PostContent) -> list[tuple[Attachment | None, ChatMessage]]:
+    """A post as the owner's page sends it into the open chat with the JS-SDK: the text, then one
+    message per attachment, in order; each paired with the attachment it came from (None for the
+    text). A link becomes a ``news`` card; an image goes only by ``media_id`` (the JS-SDK has no
+    image URL). WeCom's sendChatMessage answers only whether the message was placed in the chat;
+    the owner still taps send in the client."""
+    out: list[tuple[Attachment | None, ChatMessage]] = []
+    text = content.get("text")
+    if text and text.get("content"):
+        out.append((None, {"msgtype": "text", "text": {"content": text["content"]}}))
+    for a in content.get("attachments", []):
+        if a["msgtype"] == "link":
+            link = a["link"]
+            news: ChatNews = {"link": link["url"], "title": link["title"], "desc": link.get("desc", ""),
+                              "imgUrl": link.get("picurl", "")}
+            out.append((a, {"msgtype": "news", "news": news}))
+        elif a["msgtype"] == "miniprogram":
+            mp = a["miniprogram"]
+            out.append((a, {"msgtype": "miniprogram", "miniprogram": {"appid": mp["appid"], "title": mp["title"],
+                                                                      "imgUrl": "", "page": mp["page"]}}))
+        elif a["msgtype"] == "image" and a["image"].get("media_id"):
+            out.append((a, {"msgtype": "image", "image": {"mediaid": a["image"]["media_id"]}}))
+    return out
+
+
 def robot_text(content: str) -> RobotText:
     """One robot text message: at most 2048 bytes (``robot_messages`` splits longer posts)."""
     _require("text.content", content)

@@ -312,3 +312,19 @@ def test_the_day_fixes_a_due_post_s_content_and_explains_in_chinese_what_it_cann
     assert not posts[gone].sendable and posts[gone].content is None
     assert "模板" in posts[gone].error and "template" not in posts[gone].error
     assert owner_posts.day_posts(ledger, "nobody", now=NOW, tz=TZ, templates=lambda: {}, link_base="").posts == []
+
+
+def test_a_claim_answers_the_messages_to_send_and_refuses_a_post_with_none(ledger):
+    """The page sends the server's sendChatMessage messages; a post the JS-SDK cannot put into a
+    chat (an image known only by URL) is refused before it is claimed, so it stays due.
+    Tried: the no-messages check removed (the post went to sending and the page had nothing to send)."""
+    post_id = add_post(ledger)
+    claim = owner_posts.claim(ledger, post_id, "owner_a", "chat_a", now=NOW)
+    assert [(m["label"], m["msg"]["msgtype"]) for m in claim.messages] == [("文字", "text"), ("链接「午餐券」", "news")]
+    assert claim.messages[1]["manual"] == "午餐券\nhttps://m.example.com/t/x"
+    image_only = add_post(ledger, slot=2, template_id="poster", content={
+        "attachments": [{"msgtype": "image", "image": {"pic_url": "https://img.example.com/a.png"}}]})
+    before = snapshot(ledger, image_only)
+    with pytest.raises(PostNotSendable, match="没有能从工具栏发到群里的消息"):
+        owner_posts.claim(ledger, image_only, "owner_a", "chat_a", now=NOW)
+    assert snapshot(ledger, image_only) == before and before[0] == PostStatus.due

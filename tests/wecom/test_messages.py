@@ -186,3 +186,31 @@ def test_textcard_fits_title_and_description():
         m.textcard("t", "d", "https://u", btntxt="现在去发送")
     with pytest.raises(m.MessageLimitError, match="textcard.url is required"):
         m.textcard("t", "d", "")
+
+
+def test_chat_messages_are_the_js_sdk_shapes_in_order_and_skip_what_it_cannot_send():
+    """The toolbar page sends exactly these with wx.invoke('sendChatMessage') (reference §3.8a).
+    Tried: a link sent as ``link`` instead of ``news`` and ``desc`` renamed — both fail here."""
+    from scrm.wecom.messages import chat_messages
+
+    content = {
+        "text": {"content": "午餐套餐来了"},
+        "attachments": [
+            {"msgtype": "link", "link": {"title": "午餐券", "url": "https://m.example.com/t/x", "desc": "满 30 减 5"}},
+            {"msgtype": "image", "image": {"pic_url": "https://img.example.com/a.png"}},  # no media_id: skipped
+            {"msgtype": "miniprogram", "miniprogram": {"title": "点单", "appid": "wx123", "page": "pages/menu",
+                                                       "pic_media_id": "m1"}},
+            {"msgtype": "image", "image": {"media_id": "img-1"}},
+        ],
+    }
+    sent = chat_messages(content)
+    assert [m for _, m in sent] == [
+        {"msgtype": "text", "text": {"content": "午餐套餐来了"}},
+        {"msgtype": "news", "news": {"link": "https://m.example.com/t/x", "title": "午餐券", "desc": "满 30 减 5",
+                                     "imgUrl": ""}},
+        {"msgtype": "miniprogram", "miniprogram": {"appid": "wx123", "title": "点单", "imgUrl": "",
+                                                   "page": "pages/menu"}},
+        {"msgtype": "image", "image": {"mediaid": "img-1"}},
+    ]
+    assert [a["msgtype"] if a else None for a, _ in sent] == [None, "link", "miniprogram", "image"]
+    assert chat_messages({"attachments": [{"msgtype": "image", "image": {"pic_url": "https://x/y.png"}}]}) == []
