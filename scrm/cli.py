@@ -356,11 +356,11 @@ def _announce_sandbox(stack) -> None:
 def _print_urls(stack) -> None:
     from sqlmodel import Session, select
 
-    from scrm.stores.models import Store
+    from scrm.stores.models import Store, StoreStatus
 
     base = stack.web_url
     with Session(stack.engine) as s:
-        store = s.exec(select(Store).where(Store.status == "open").order_by(Store.code)).first()
+        store = s.exec(select(Store).where(Store.status == StoreStatus.open).order_by(Store.code)).first()
     lines = [f"首页 (index)          {base}/"]
     if store is not None:
         lines += [f"店员二维码 (staff QR)  {base}/s/{store.code}",
@@ -414,14 +414,19 @@ def _print_summary(engine) -> None:
     from sqlmodel import Session, func, select
 
     import scrm.models as m
-    from scrm.stores.models import Store, StoreCode
+    from scrm.contacts.models import CustomerStatus, FollowStatus
+    from scrm.groups.models import GroupStatus, MemberState
+    from scrm.stores.models import CodeStatus, Store, StoreCode
 
     table = Table(title="what scrm stored")
     table.add_column("table")
     table.add_column("rows", justify="right")
-    current = {m.Customer: m.Customer.status != "gone", m.FollowRelation: m.FollowRelation.status != "gone",
-               m.CustomerGroup: m.CustomerGroup.status == "active", m.GroupMember: m.GroupMember.state == "member",
-               m.Employee: m.Employee.active == True, StoreCode: StoreCode.status == "active"}  # noqa: E712
+    current = {m.Customer: m.Customer.status != CustomerStatus.gone,
+               m.FollowRelation: m.FollowRelation.status != FollowStatus.gone,
+               m.CustomerGroup: m.CustomerGroup.status == GroupStatus.active,
+               m.GroupMember: m.GroupMember.state == MemberState.member,
+               m.Employee: m.Employee.active == True,  # noqa: E712
+               StoreCode: StoreCode.status == CodeStatus.active}
     with Session(engine) as s:
         for name, model in [("callbacks (inbox)", m.CallbackInbox), ("employees", m.Employee),
                             ("customers", m.Customer), ("follow relations", m.FollowRelation),

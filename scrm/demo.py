@@ -19,7 +19,7 @@ from scrm.logs import get_logger
 from scrm.stores import service as store_codes
 from scrm.stores.csvio import StoreRow, import_stores
 from scrm.stores.groups import assign_groups
-from scrm.stores.models import Store
+from scrm.stores.models import Store, StoreStatus
 from scrm.wecom.api import StoreCodesAPI
 
 log = get_logger(__name__)
@@ -51,7 +51,7 @@ def set_up_demo_chain(engine: Engine, client: StoreCodesAPI, demo: dict[str, Any
             return None
     chats = {entry["code"]: list(entry.get("chat_ids") or []) for entry in demo.get("stores", [])}
     rows = [StoreRow(code=st.code, name=st.name, address=st.address, city=st.city, latitude=st.latitude,
-                     longitude=st.longitude, status="open", staff=sorted(u for u, _ in st.staff))
+                     longitude=st.longitude, status=StoreStatus.open, staff=sorted(u for u, _ in st.staff))
             for st in DEMO_STORES]
     report = DemoChainReport()
     report.stores = import_stores(engine, rows).created

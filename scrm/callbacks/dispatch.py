@@ -22,6 +22,7 @@ from sqlmodel import Session
 
 from scrm.callbacks.models import CallbackInbox, InboxStatus
 from scrm.contacts import service as contacts
+from scrm.contacts.models import FollowStatus
 from scrm.db import utcnow
 from scrm.groups import service as groups
 from scrm.groups.models import CustomerGroup
@@ -193,10 +194,12 @@ class Processor:
                 if fetched:
                     contacts.apply_contact_detail(s, fetched, as_of=at)
             elif event.change_type == "del_external_contact":
-                status = "transferred" if event.source == "DELETE_BY_TRANSFER" else "deleted_by_employee"
+                status = (FollowStatus.transferred if event.source == "DELETE_BY_TRANSFER"
+                          else FollowStatus.deleted_by_employee)
                 contacts.mark_removed(s, event.user_id, event.external_user_id, status=status, at=at)
             elif event.change_type == "del_follow_user":
-                contacts.mark_removed(s, event.user_id, event.external_user_id, status="deleted_by_customer", at=at)
+                contacts.mark_removed(s, event.user_id, event.external_user_id,
+                                      status=FollowStatus.deleted_by_customer, at=at)
                 contacts.raise_churn_alert(s, inbox_id=inbox_id, kind="customer_deleted_employee",
                                            userid=event.user_id, external_userid=event.external_user_id, at=at)
             elif event.change_type == "transfer_fail":

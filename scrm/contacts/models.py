@@ -3,12 +3,27 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import ClassVar
 
 from sqlalchemy import JSON, Column, Table, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from scrm.db import utcnow
+
+
+class CustomerStatus(StrEnum):
+    active = "active"  # at least one employee still follows
+    lost = "lost"  # WeCom still lists them, but nobody follows any more (they deleted the member)
+    gone = "gone"  # WeCom no longer lists them at all (a full sync)
+
+
+class FollowStatus(StrEnum):
+    active = "active"
+    deleted_by_employee = "deleted_by_employee"  # the employee deleted the customer
+    deleted_by_customer = "deleted_by_customer"  # the customer deleted the employee
+    transferred = "transferred"  # the customer was handed over to another employee
+    gone = "gone"  # batch/get_by_user no longer returns it (a full sync)
 
 
 class Employee(SQLModel, table=True):
@@ -38,8 +53,7 @@ class Customer(SQLModel, table=True):
     corp_name: str | None = Field(default=None, max_length=128)
     # Mobiles gathered from follow relations' remark_mobiles (CRM records key on them).
     mobiles: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
-    # active: at least one employee still follows; lost: nobody does.
-    status: str = Field(default="active", max_length=16, index=True)
+    status: str = Field(default=CustomerStatus.active, max_length=16, index=True)  # a CustomerStatus
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
 
@@ -61,8 +75,7 @@ class FollowRelation(SQLModel, table=True):
     oper_userid: str | None = Field(default=None, max_length=64)
     tag_ids: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     remark_mobiles: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
-    # active | deleted_by_employee | deleted_by_customer | transferred
-    status: str = Field(default="active", max_length=24, index=True)
+    status: str = Field(default=FollowStatus.active, max_length=24, index=True)  # a FollowStatus
     added_at: datetime | None = None
     removed_at: datetime | None = None
     removed_by: str | None = Field(default=None, max_length=24)

@@ -7,7 +7,15 @@ from datetime import datetime
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
-from scrm.contacts.models import ChurnAlert, Customer, Employee, FollowRelation, WelcomeSend
+from scrm.contacts.models import (
+    ChurnAlert,
+    Customer,
+    CustomerStatus,
+    Employee,
+    FollowRelation,
+    FollowStatus,
+    WelcomeSend,
+)
 from scrm.db import from_unix, utcnow
 
 WELCOME_WINDOW_SECONDS = 20
@@ -70,8 +78,8 @@ def upsert_follow(session: Session, external_userid: str, follow: dict, *,
     rel.remark_mobiles = list(follow.get("remark_mobiles") or rel.remark_mobiles or [])
     rel.added_at = from_unix(follow.get("createtime")) or rel.added_at
     newest = max((t for t in (as_of, rel.added_at) if t is not None), default=None)
-    if rel.status == "active" or rel.removed_at is None or (newest is not None and newest > rel.removed_at):
-        rel.status, rel.removed_at, rel.removed_by = "active", None, None
+    if rel.status == FollowStatus.active or rel.removed_at is None or (newest is not None and newest > rel.removed_at):
+        rel.status, rel.removed_at, rel.removed_by = FollowStatus.active, None, None
     rel.updated_at = utcnow()
     upsert_employee(session, userid)
     return rel
@@ -112,13 +120,13 @@ def apply_contact_event(session: Session, *, userid: str, external_userid: str, 
 def _refresh_status(session: Session, cust: Customer) -> None:
     active = session.exec(
         select(FollowRelation.id).where(
-            FollowRelation.external_userid == cust.external_userid, FollowRelation.status == "active"
+            FollowRelation.external_userid == cust.external_userid, FollowRelation.status == FollowStatus.active
         )
     ).first()
-    cust.status = "active" if active is not None else "lost"
+    cust.status = CustomerStatus.active if active is not None else CustomerStatus.lost
 
 
-def mark_removed(session: Session, userid: str, external_userid: str, *, status: str, at: datetime) -> None:
+def mark_removed(session: Session, userid: str, external_userid: str, *, status: FollowStatus, at: datetime) -> None:
     rel = _relation(session, userid, external_userid)
     rel.status, rel.removed_at, rel.updated_at = status, at, utcnow()
     rel.removed_by = status.removeprefix("deleted_by_")

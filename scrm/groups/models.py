@@ -18,6 +18,11 @@ class GroupStatus(StrEnum):
     gone = "gone"  # WeCom no longer has it: unlisted by a full sync, or groupchat/get answered 40050
 
 
+class MemberState(StrEnum):
+    member = "member"
+    left = "left"  # left or was removed (``quit_scene`` says which); the row is kept for attribution
+
+
 class CustomerGroup(SQLModel, table=True):
     __tablename__ = "customer_groups"
     # SQLModel sets __table__ but does not declare it: declared so the type checker knows the columns.
@@ -59,7 +64,7 @@ class GroupMember(SQLModel, table=True):
     # The 加入群聊 state that brought the member: attribution of store QR codes.
     join_state: str | None = Field(default=None, max_length=64, index=True)
     invitor: str | None = Field(default=None, max_length=64)
-    state: str = Field(default="member", max_length=16, index=True)  # member | left
+    state: str = Field(default=MemberState.member, max_length=16, index=True)  # a MemberState
     joined_at: datetime | None = None
     left_at: datetime | None = None
     quit_scene: int | None = None  # 0 left by themselves, 1 removed

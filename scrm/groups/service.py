@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlmodel import Session, select
 
 from scrm.db import from_unix, utcnow
-from scrm.groups.models import CustomerGroup, GroupMember, GroupStatus
+from scrm.groups.models import CustomerGroup, GroupMember, GroupStatus, MemberState
 from scrm.logs import get_logger
 
 log = get_logger(__name__)
@@ -39,7 +39,7 @@ def apply_group_chat(session: Session, chat: dict, *, quit_scene: int | None = N
             row = GroupMember(chat_id=chat_id, member_id=member_id)
             session.add(row)
             joined.append(member_id)
-        elif row.state != "member":
+        elif row.state != MemberState.member:
             joined.append(member_id)
         row.member_type = info.get("type", row.member_type)
         row.unionid = info.get("unionid", row.unionid)
@@ -49,10 +49,10 @@ def apply_group_chat(session: Session, chat: dict, *, quit_scene: int | None = N
         row.join_state = info.get("state", row.join_state)
         row.invitor = (info.get("invitor") or {}).get("userid", row.invitor)
         row.joined_at = from_unix(info.get("join_time")) or row.joined_at
-        row.state, row.left_at, row.quit_scene, row.updated_at = "member", None, None, utcnow()
+        row.state, row.left_at, row.quit_scene, row.updated_at = MemberState.member, None, None, utcnow()
     for member_id, row in stored.items():
-        if member_id not in current and row.state == "member":
-            row.state, row.left_at, row.quit_scene, row.updated_at = "left", utcnow(), quit_scene, utcnow()
+        if member_id not in current and row.state == MemberState.member:
+            row.state, row.left_at, row.quit_scene, row.updated_at = MemberState.left, utcnow(), quit_scene, utcnow()
             left.append(member_id)
     return {"joined": joined, "left": left}
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import case, func, select
 from sqlalchemy.engine import Engine
 
-from scrm.groups.models import GroupMember
+from scrm.groups.models import GroupMember, MemberState
 from scrm.routing.nearest import NearestStoreIndex, StorePoint, haversine_km
 from scrm.stores.models import CodeStatus, Store, StoreCode, StoreStatus
 
@@ -133,7 +133,7 @@ class StoreLocator:
             chats = {c for r in rows for c in (r.chat_ids or [])}
             gm = GroupMember.__table__.c
             counts: dict[str, int] = {chat_id: n for chat_id, n in conn.execute(select(gm.chat_id, func.count()).where(
-                gm.state == "member", gm.chat_id.in_(chats)).group_by(gm.chat_id)).all()} if chats else {}
+                gm.state == MemberState.member, gm.chat_id.in_(chats)).group_by(gm.chat_id)).all()} if chats else {}
         return [GroupStore(r.code, r.city or "", r.latitude, r.longitude,
                            sum(max(0, cap - counts.get(c, 0)) for c in (r.chat_ids or [])))
                 for r in rows]

@@ -43,6 +43,8 @@ from typing import Any
 import numpy as np
 from scipy.spatial import cKDTree
 
+from scrm.stores.models import StoreStatus
+
 __all__ = [
     "EARTH_RADIUS_KM",
     "NearestStoreIndex",
@@ -330,5 +332,6 @@ def open_store_points(stores: Iterable[Any]) -> list[StorePoint]:
     return [
         StorePoint(s.code, s.latitude, s.longitude, getattr(s, "city", "") or "")
         for s in stores
-        if getattr(s, "status", "open") == "open" and s.latitude is not None and s.longitude is not None
+        if getattr(s, "status", StoreStatus.open) == StoreStatus.open
+        and s.latitude is not None and s.longitude is not None
     ]

@@ -28,7 +28,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 
 from scrm.db import utcnow
-from scrm.groups.models import CustomerGroup
+from scrm.groups.models import CustomerGroup, GroupStatus
 from scrm.logs import get_logger
 from scrm.sop.models import PostStatus, SopPost, TrackedLink
 from scrm.sop.render import (
@@ -87,7 +87,7 @@ def render_post(post: Any, templates: Mapping[str, SopTemplate], group: Any,
     if index is None:
         return None, RenderProblem(RenderProblemKind.step_gone,
                                    f"template {post.template_id!r} has no step {post.step_key!r} any more")
-    if group is None or group.status != "active":
+    if group is None or group.status != GroupStatus.active:
         return None, RenderProblem(RenderProblemKind.group_gone, "the group is gone")
     if store is None and uses_store_fields(template):
         # Planned before the group lost its store: never send blanks where the store's name goes.

@@ -23,7 +23,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 
 from scrm.db import utcnow
-from scrm.groups.models import CustomerGroup
+from scrm.groups.models import CustomerGroup, GroupStatus
 from scrm.logs import get_logger
 from scrm.sop.models import HARD_MAX_POSTS_PER_DAY, PostStatus, SopPost
 from scrm.sop.planner import (
@@ -74,7 +74,7 @@ def load_groups(conn: Connection) -> list[GroupInfo]:
         select(g.chat_id, g.owner_userid, g.store_code, g.tags, g.layer, g.name, s.city,
                s.code.label("known_store"))
         .select_from(CustomerGroup.__table__.outerjoin(Store.__table__, s.code == g.store_code))
-        .where(g.status == "active")
+        .where(g.status == GroupStatus.active)
     )
     return [
         GroupInfo(chat_id=r.chat_id, owner=r.owner_userid, store_code=r.store_code, city=r.city or None,

@@ -140,13 +140,13 @@ def list_command(
     """Stores with their staff and active customer groups, ordered by code."""
     from sqlalchemy import func, select
 
-    from scrm.groups.models import CustomerGroup
-    from scrm.stores.models import Store, StoreStaff
+    from scrm.groups.models import CustomerGroup, GroupStatus
+    from scrm.stores.models import Store, StoreStaff, StoreStatus
 
     console = _console()
     s, ss, g = Store.__table__, StoreStaff.__table__, CustomerGroup.__table__
     staff = select(ss.c.store_code, func.count().label("n")).group_by(ss.c.store_code).subquery()
-    groups = (select(g.c.store_code, func.count().label("n")).where(g.c.status == "active")
+    groups = (select(g.c.store_code, func.count().label("n")).where(g.c.status == GroupStatus.active)
               .group_by(g.c.store_code).subquery())
     where = [s.c.city == city] if city is not None else []
     query = (select(s.c.code, s.c.name, s.c.city, s.c.status,
@@ -179,7 +179,7 @@ def list_command(
     table.add_column("staff", justify="right")
     table.add_column("groups", justify="right")
     for r in rows:
-        status = "[green]open[/green]" if r.status == "open" else f"[dim]{escape(r.status)}[/dim]"
+        status = "[green]open[/green]" if r.status == StoreStatus.open else f"[dim]{escape(r.status)}[/dim]"
         table.add_row(escape(r.code), escape(r.name), escape(r.city or ""), status, str(r.staff), str(r.groups))
     console.print(table)
     if total > len(rows):

@@ -36,16 +36,16 @@ from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.engine import Engine
 
 from scrm.db import utcnow
-from scrm.stores.models import STORE_CODE_PATTERN, Store, StoreStaff
+from scrm.stores.models import STORE_CODE_PATTERN, Store, StoreStaff, StoreStatus
 
 COLUMNS: tuple[str, ...] = ("code", "name", "address", "city", "latitude", "longitude", "status", "staff")
 REQUIRED: tuple[str, ...] = ("code", "name")
 ALL_COLUMNS: frozenset[str] = frozenset(COLUMNS)
 
 MAX_LENGTH = {"name": 128, "address": 256, "city": 64}
-STATUS_WORDS = {
-    "open": "open", "closed": "closed",
-    "营业": "open", "营业中": "open", "停业": "closed", "已停业": "closed",
+STATUS_WORDS = {  # what a cell may say → the status stored
+    "open": StoreStatus.open, "closed": StoreStatus.closed,
+    "营业": StoreStatus.open, "营业中": StoreStatus.open, "停业": StoreStatus.closed, "已停业": StoreStatus.closed,
 }
 # WeCom userid: 1-64 of letters, digits and _-@. , starting with a letter or digit.
 USERID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
@@ -428,7 +428,7 @@ _STORE_FIELDS = ("name", "address", "city", "latitude", "longitude", "status")
 def _desired(row: StoreRow, current: dict | None) -> dict:
     """The store's fields after the import: the file's columns over what is stored (or defaults)."""
     base = dict(current) if current else {"name": "", "address": "", "city": "", "latitude": None,
-                                          "longitude": None, "status": "open"}
+                                          "longitude": None, "status": StoreStatus.open}
     base["name"] = row.name
     for name in ("address", "city"):
         if name in row.columns:

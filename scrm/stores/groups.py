@@ -24,7 +24,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from scrm.contacts.models import Employee
 from scrm.db import utcnow
-from scrm.groups.models import CustomerGroup, GroupMember
+from scrm.groups.models import CustomerGroup, GroupMember, GroupStatus, MemberState
 from scrm.stores.csvio import (  # the store CSV's reading rules, shared so both files read alike
     RowError,
     _chunks,
@@ -34,7 +34,7 @@ from scrm.stores.csvio import (  # the store CSV's reading rules, shared so both
     _records,
     decode,
 )
-from scrm.stores.models import STORE_CODE_PATTERN, Store
+from scrm.stores.models import STORE_CODE_PATTERN, Store, StoreStatus
 
 ASSIGNMENT_COLUMNS: tuple[str, ...] = ("chat_id", "store_code")
 _CODE_RE = re.compile(STORE_CODE_PATTERN)
@@ -206,7 +206,7 @@ def _store_problem(code: str, stores: dict[str, tuple[str, str]]) -> str | None:
             return _code_error(code)
         return f"no store '{code}' (see `scrm stores list`)"
     name, status = stores[code]
-    if status != "open":
+    if status != StoreStatus.open:
         return (f"store '{code}' ({name}) is {status}: groups can only be added to an open store "
                 "(reopen it with status=open in `scrm stores import`)")
     return None
@@ -273,7 +273,7 @@ def assign_groups(engine: Engine, store_code: str, chat_ids: Sequence[str], *,
             group = groups.get(chat_id)
             if group is None:
                 problems.append(GroupProblem(_missing_group(chat_id, named), chat_id))
-            elif group.status != "active":
+            elif group.status != GroupStatus.active:
                 problems.append(GroupProblem(_dismissed(group), chat_id))
         if problems:
             raise GroupAssignmentError(problems)
@@ -318,7 +318,7 @@ class StoreGroupRow:
     members: int  # current members (employees and customers)
     store_code: str | None
     store_name: str | None  # None when no store, or the code names no stored store
-    status: str  # active | dismissed
+    status: str  # a GroupStatus
 
 
 @dataclass
@@ -351,8 +351,8 @@ def list_store_groups(engine: Engine, store_code: str | None = None, *, unassign
     if store_code is not None:
         where.append(g.c.store_code == store_code)
     if unassigned:
-        where += [g.c.store_code.is_(None), g.c.status == "active"]
-    members = (select(m.c.chat_id, func.count().label("n")).where(m.c.state == "member")
+        where += [g.c.store_code.is_(None), g.c.status == GroupStatus.active]
+    members = (select(m.c.chat_id, func.count().label("n")).where(m.c.state == MemberState.member)
                .group_by(m.c.chat_id).subquery())
     query = (select(g.c.chat_id, g.c.name, g.c.owner_userid, e.c.name.label("owner_name"),
                     func.coalesce(members.c.n, 0).label("members"), g.c.store_code,
@@ -361,7 +361,8 @@ def list_store_groups(engine: Engine, store_code: str | None = None, *, unassign
                           .outerjoin(e, e.c.userid == g.c.owner_userid)
                           .outerjoin(s, s.c.code == g.c.store_code))
              .where(*where)
-             .order_by(g.c.store_code.is_not(None), g.c.store_code, (g.c.status != "active"), g.c.name, g.c.chat_id))
+             .order_by(g.c.store_code.is_not(None), g.c.store_code, (g.c.status != GroupStatus.active), g.c.name,
+                       g.c.chat_id))
     if limit:
         query = query.limit(limit)
     with engine.connect() as conn:
@@ -527,7 +528,7 @@ def import_assignments(engine: Engine, rows: Iterable[AssignmentRow], *, dry_run
                 problems.append(GroupProblem(_missing_group(row.chat_id, named), row.chat_id, row.line, "chat_id"))
             elif group.store_code == row.store_code:
                 continue  # changes nothing: fine even if the group was dismissed or the store closed since
-            elif row.store_code and group.status != "active":
+            elif row.store_code and group.status != GroupStatus.active:
                 problems.append(GroupProblem(_dismissed(group), row.chat_id, row.line, "chat_id"))
             store_problem = _store_problem(row.store_code, stores) if row.store_code else None
             if store_problem:

@@ -16,6 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from scrm.config import get_settings
+from scrm.groups.models import GroupStatus
 from scrm.stores.cli import _console, _database, _fail, _plural, _read_csv, _write_csv, stores_app
 from scrm.stores.groups import (
     AssignReport,
@@ -158,7 +159,7 @@ def list_command(
     for r in listing:
         owner = f"{r.owner_name} ({r.owner_userid})" if r.owner_name else (r.owner_userid or "")
         store_cell = escape(f"{r.store_code} {r.store_name or '(no such store)'}") if r.store_code else "[dim]-[/dim]"
-        status = r.status if r.status == "active" else f"[dim]{escape(r.status)}[/dim]"
+        status = r.status if r.status == GroupStatus.active else f"[dim]{escape(r.status)}[/dim]"
         table.add_row(escape(r.chat_id), escape(r.name), escape(owner), str(r.members), store_cell, status)
     console.print(table)
     if listing.total > len(listing):

@@ -17,7 +17,7 @@ from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from scrm.db import SessionFactory, utcnow
-from scrm.groups.models import CustomerGroup, GroupMember
+from scrm.groups.models import CustomerGroup, GroupMember, GroupStatus, MemberState
 from scrm.logs import get_logger
 from scrm.routing.state import group_state, parse_state, staff_state
 from scrm.stores.models import CodeStatus, Store, StoreCode, StoreStaff, StoreStatus
@@ -105,10 +105,10 @@ def ensure_staff_codes(session_factory: SessionFactory, client: ContactWayAPI, *
 def store_groups(session: Session, store_code: str) -> list[tuple[CustomerGroup, int]]:
     """The store's active groups with their member counts, oldest first."""
     groups = session.exec(select(CustomerGroup).where(CustomerGroup.store_code == store_code,
-                                                      CustomerGroup.status == "active")).all()
+                                                      CustomerGroup.status == GroupStatus.active)).all()
     counts = dict(session.exec(
         select(GroupMember.chat_id, func.count())
-        .where(GroupMember.state == "member", col(GroupMember.chat_id).in_([g.chat_id for g in groups]))
+        .where(GroupMember.state == MemberState.member, col(GroupMember.chat_id).in_([g.chat_id for g in groups]))
         .group_by(GroupMember.chat_id)
     ).all()) if groups else {}
     groups = sorted(groups, key=lambda g: (g.created_at is None, g.created_at or utcnow(), g.chat_id))

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from scrm.contacts import service as contacts
-from scrm.contacts.models import Customer, Employee, FollowRelation
+from scrm.contacts.models import Customer, CustomerStatus, Employee, FollowRelation, FollowStatus
 from scrm.db import utcnow
 from scrm.groups import service as groups
 from scrm.groups.models import CustomerGroup, GroupStatus
@@ -30,7 +30,6 @@ from scrm.wecom.errors import WeComAPIError
 log = get_logger(__name__)
 
 Progress = Callable[[str, int, int | None], None]  # (stage, done, total)
-GONE = "gone"
 
 
 @dataclass
@@ -133,19 +132,21 @@ def _mark_unlisted_contacts(engine: Engine, seen: set[tuple[str, str]], *, kept_
     follows_gone = customers_gone = 0
     listed = {e for _, e in seen}
     with Session(engine) as s:
-        for rel in s.exec(select(FollowRelation).where(FollowRelation.status == "active")):
+        for rel in s.exec(select(FollowRelation).where(FollowRelation.status == FollowStatus.active)):
             if (rel.userid, rel.external_userid) in seen or rel.userid in kept_users:
                 continue
-            rel.status, rel.removed_at, rel.removed_by, rel.updated_at = GONE, now, "sync", now
+            rel.status, rel.removed_at, rel.removed_by, rel.updated_at = FollowStatus.gone, now, "sync", now
             follows_gone += 1
         s.flush()
-        followed = set(s.exec(select(FollowRelation.external_userid).where(FollowRelation.status == "active")))
+        followed = set(s.exec(select(FollowRelation.external_userid)
+                              .where(FollowRelation.status == FollowStatus.active)))
         changes = []
         for eid, status in s.exec(select(Customer.external_userid, Customer.status)):
-            want = "active" if eid in followed else "lost" if eid in listed else GONE
+            want = (CustomerStatus.active if eid in followed else CustomerStatus.lost if eid in listed
+                    else CustomerStatus.gone)
             if want != status:
                 changes.append({"eid": eid, "new_status": want})
-                customers_gone += want == GONE
+                customers_gone += want == CustomerStatus.gone
         if changes:
             s.connection().execute(
                 update(Customer.__table__).where(Customer.__table__.c.external_userid == bindparam("eid"))

@@ -10,7 +10,7 @@ from sqlmodel import Session, col, select
 
 from scrm.contacts.models import Employee
 from scrm.groups.models import CustomerGroup
-from scrm.stores.models import CodeStatus, Store, StoreCode
+from scrm.stores.models import CodeStatus, Store, StoreCode, StoreStatus
 
 
 def find_store(s: Session, code: str) -> Store | None:
@@ -52,8 +52,8 @@ def group_owner_names(s: Session, chat_ids: Iterable[str] | None) -> list[str]:
 
 def open_stores(s: Session, *, offset: int, limit: int) -> tuple[list[Store], int]:
     """One page of the open stores (by city, then code) and how many there are."""
-    total = s.exec(select(func.count()).select_from(Store).where(Store.status == "open")).one()
-    rows = s.exec(select(Store).where(Store.status == "open").order_by(Store.city, Store.code)
+    total = s.exec(select(func.count()).select_from(Store).where(Store.status == StoreStatus.open)).one()
+    rows = s.exec(select(Store).where(Store.status == StoreStatus.open).order_by(Store.city, Store.code)
                   .offset(offset).limit(limit)).all()
     return list(rows), int(total)
 

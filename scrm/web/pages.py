@@ -20,7 +20,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from sqlmodel import Session
 
 from scrm.routing.locate import StoreLocator
-from scrm.stores.models import Store, StoreCode
+from scrm.stores.models import Store, StoreCode, StoreStatus
 from scrm.web.lookups import employee_names, find_store, group_owner_names, open_stores, store_codes
 from scrm.web.operator import REALM, OperatorAccess
 from scrm.web.templating import templates
@@ -119,7 +119,7 @@ def store_pages(engine, routing_settings, *, tz: dt.tzinfo | None = None,
     def group_page(request: Request, store_code: str):
         with Session(engine) as s:
             store = store_or_404(s, store_code)
-            if store.status != "open":
+            if store.status != StoreStatus.open:
                 raise PageNotFound(heading="这家门店已经停止营业", suggestion=suggestion(s, store))
             group, _ = store_codes(s, store.code)
             ready = bool(group and group.qr_code)

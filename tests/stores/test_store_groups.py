@@ -13,7 +13,7 @@ from sqlmodel import Session
 from typer.testing import CliRunner
 
 from scrm.contacts.models import Employee
-from scrm.groups.models import CustomerGroup, GroupMember
+from scrm.groups.models import CustomerGroup, GroupMember, GroupStatus, MemberState
 from scrm.stores.cli import stores_app
 from scrm.stores.groups import (
     AssignmentRow,
@@ -27,7 +27,7 @@ from scrm.stores.groups import (
     list_store_groups,
     parse_assignments,
 )
-from scrm.stores.models import Store
+from scrm.stores.models import Store, StoreStatus
 
 LIST_HINT = "(run `scrm stores groups list --unassigned` to see chat ids)"
 
@@ -37,15 +37,15 @@ def seed(engine) -> None:
         s.add_all([
             Store(code="SH0231", name="南京西路店"),
             Store(code="SH0232", name="徐家汇店"),
-            Store(code="BJ0101", name="国贸店", status="closed"),
+            Store(code="BJ0101", name="国贸店", status=StoreStatus.closed),
             Employee(userid="zhangwei", name="张伟"),
             CustomerGroup(chat_id="wrA", name="南京西路1群", owner_userid="zhangwei"),
             CustomerGroup(chat_id="wrB", name="徐家汇1群", owner_userid="lisi", store_code="SH0232"),
             CustomerGroup(chat_id="wrC", name="南京西路2群", owner_userid="zhangwei", store_code="SH0231"),
-            CustomerGroup(chat_id="wrOld", name="旧群", status="dismissed"),
+            CustomerGroup(chat_id="wrOld", name="旧群", status=GroupStatus.dismissed),
             GroupMember(chat_id="wrA", member_id="zhangwei", member_type=1),
             GroupMember(chat_id="wrA", member_id="wmCustomer1"),
-            GroupMember(chat_id="wrA", member_id="wmCustomer2", state="left"),
+            GroupMember(chat_id="wrA", member_id="wmCustomer2", state=MemberState.left),
             GroupMember(chat_id="wrC", member_id="wmCustomer1"),
         ])
         s.commit()

@@ -12,8 +12,8 @@ from sqlmodel import Session
 
 from scrm.config import RoutingSettings
 from scrm.contacts.models import Employee
-from scrm.groups.models import CustomerGroup, GroupMember
-from scrm.stores.models import Store, StoreCode
+from scrm.groups.models import CustomerGroup, GroupMember, MemberState
+from scrm.stores.models import CodeStatus, Store, StoreCode, StoreStatus
 from scrm.web.app import create_app
 from scrm.wecom.crypto import CallbackCrypto
 
@@ -41,7 +41,7 @@ def seed(engine) -> None:
         s.add(Store(code="BJ4", name="中关村店", city="北京", latitude=39.9830, longitude=116.3160))
         # Closed, next to 西单: its old posters should lead to BJ3.
         s.add(Store(code="OLD01", name="西四店", city="北京", latitude=39.9240, longitude=116.3730,
-                    status="closed"))
+                    status=StoreStatus.closed))
         s.add(Store(code="GZ1", name="天河店", city="广州"))  # open, no group yet
         groups = {"chat_slt": ("zhangsan", "SLT"), "chat_bj2": ("lisi", "BJ2"), "chat_bj3": ("lisi", "BJ3"),
                   "chat_bj4": ("lisi", "BJ4"), "chat_old": ("lisi", "OLD01")}
@@ -49,14 +49,14 @@ def seed(engine) -> None:
             s.add(CustomerGroup(chat_id=chat_id, name=f"{store}福利群", owner_userid=owner, store_code=store))
         for chat_id, members in (("chat_bj2", 150), ("chat_bj3", 100), ("chat_bj4", 5)):
             for i in range(members):
-                s.add(GroupMember(chat_id=chat_id, member_id=f"wm{i}", state="member"))
+                s.add(GroupMember(chat_id=chat_id, member_id=f"wm{i}", state=MemberState.member))
         s.add(StoreCode(store_code="SLT", kind="group", state="sg:SLT", config_id="cfg-slt", qr_code=qr("group SLT"),
                         chat_ids=["chat_slt"], updated_at=UPDATED))
         s.add(StoreCode(store_code="SLT", kind="staff", userid="zhangsan", state="st:SLT:1", config_id="cfg-zs",
                         qr_code=qr("staff zhangsan")))
         s.add(StoreCode(store_code="SLT", kind="staff", userid="wangwu", state="st:SLT:2", config_id="cfg-ww",
                         qr_code=qr("staff wangwu")))
-        s.add(StoreCode(store_code="SLT", kind="staff", userid="lisi", state="st:SLT:3", status="failed",
+        s.add(StoreCode(store_code="SLT", kind="staff", userid="lisi", state="st:SLT:3", status=CodeStatus.failed,
                         error="errcode 41054: user not activated"))
         s.add(StoreCode(store_code="BJ2", kind="group", state="sg:BJ2", config_id="cfg-bj2", qr_code=qr("group BJ2"),
                         chat_ids=["chat_bj2"]))
