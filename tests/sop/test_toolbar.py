@@ -394,7 +394,7 @@ def test_in_wecom_a_send_is_recorded_once_and_cannot_be_sent_again(day, browser)
     assert page.locator("#group").is_disabled() and page.locator("#group").input_value() == chats[0]
     page.locator(f'.post[data-post-id="{flash}"] button.send').click()
     page.wait_for_selector(f'.post[data-post-id="{flash}"] .badge[data-status="sent"]')
-    assert "已发到群里" in page.locator(f'.post[data-post-id="{flash}"] .msg').inner_text()
+    assert "已放进群聊" in page.locator(f'.post[data-post-id="{flash}"] .msg').inner_text()
     assert len(wecom.sends) == 1 and "15:00 秒杀" in wecom.sends[0]["text"]["content"]
     p = row(h.engine, flash)
     assert (p.status, p.sent_by) == (PostStatus.sent, "owner_a")
