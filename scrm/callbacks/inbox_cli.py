@@ -6,10 +6,8 @@ The commands only parse and print; the queries and the re-drive are in :mod:`scr
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Iterator
-from contextlib import contextmanager
+from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
-from typing import NoReturn
 
 import typer
 from rich.console import Console
@@ -17,7 +15,8 @@ from rich.markup import escape
 
 from scrm.callbacks import inbox
 from scrm.callbacks.models import InboxStatus
-from scrm.config import get_settings
+from scrm.cli_common import database as _database
+from scrm.cli_common import fail as _fail
 
 inbox_app = typer.Typer(
     help="The callback inbox: counts, failed and stuck rows with their errors, and re-driving rows.",
@@ -42,24 +41,7 @@ def _console() -> Console:
     return Console(soft_wrap=True, highlight=False)
 
 
-def _fail(console: Console, message: str) -> NoReturn:
-    console.print(f"[red]error:[/red] {escape(message)}")
-    raise typer.Exit(2)
 
-
-@contextmanager
-def _database(console: Console) -> Iterator:
-    """The configured engine; a database error becomes one line (exit 2), not a traceback."""
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from scrm.db import get_engine
-
-    try:
-        yield get_engine(get_settings().database_url())
-    except SQLAlchemyError as exc:
-        detail = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-        missing = "no such table" in detail or "does not exist" in detail
-        _fail(console, f"database error: {detail}" + (" (run `scrm init` to create the schema?)" if missing else ""))
 
 
 def _duration(delta: timedelta) -> str:

@@ -10,13 +10,14 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
+from scrm.cli_common import fail as _fail
 from scrm.config import get_settings
 
 sop_app = typer.Typer(
@@ -31,10 +32,6 @@ def _console() -> Console:
     that CI log parsers and editors can link as file:line:."""
     return Console(soft_wrap=True, highlight=False)
 
-
-def _fail(console: Console, message: str) -> NoReturn:
-    console.print(f"[red]error:[/red] {escape(message)}")
-    raise typer.Exit(2)
 
 
 def _quiet_hours() -> tuple[str, str]:

@@ -9,20 +9,15 @@ from __future__ import annotations
 import datetime as dt
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import NoReturn
 from zoneinfo import ZoneInfo
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
+from scrm.cli_common import fail as _fail
 from scrm.config import get_settings
 from scrm.sop.cli import sop_app
-
-
-def _fail(console, message: str) -> NoReturn:
-    console.print(f"[red]error:[/red] {escape(message)}")
-    raise typer.Exit(2)
 
 
 def _day(console, date: str | None, tz) -> dt.date:

@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import NoReturn
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from scrm.config import get_settings
+from scrm.cli_common import database as _database
+from scrm.cli_common import fail as _fail
 
 stores_app = typer.Typer(
     help="Stores: import and export the store list as CSV (Excel), list stores, put customer groups on them.",
@@ -32,10 +30,6 @@ def _console() -> Console:
     and with soft wrap so each problem stays one line that editors and CI logs link as file:line:."""
     return Console(soft_wrap=True, highlight=False)
 
-
-def _fail(console: Console, message: str) -> NoReturn:
-    console.print(f"[red]error:[/red] {escape(message)}")
-    raise typer.Exit(2)
 
 
 def _plural(n: int, word: str) -> str:
@@ -66,20 +60,6 @@ def _write_csv(console: Console, file: Path | None, text: str, *, bom: bool, nou
     console.print(f"exported {_plural(count, noun)} to {escape(str(file))}")
 
 
-@contextmanager
-def _database(console: Console) -> Iterator:
-    """The configured engine; a database error becomes a one-line error (exit 2), not a traceback."""
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from scrm.db import get_engine
-
-    try:
-        yield get_engine(get_settings().database_url())
-    except SQLAlchemyError as exc:
-        detail = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-        missing = "no such table" in detail or "does not exist" in detail
-        hint = " (run `scrm init` to create the schema?)" if missing else ""
-        _fail(console, f"database error: {detail}{hint}")
 
 
 @stores_app.command("import")

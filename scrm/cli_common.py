@@ -1,0 +1,38 @@
+"""What every CLI command group shares: a one-line error with exit status 2, and the configured
+database engine with database errors turned into such a line (not a traceback)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, NoReturn
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from scrm.config import get_settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+
+def fail(console: Console, message: str) -> NoReturn:
+    console.print(f"[red]error:[/red] {escape(message)}")
+    raise typer.Exit(2)
+
+
+@contextmanager
+def database(console: Console) -> Iterator[Engine]:
+    """The configured engine; a database error inside the block becomes one line (exit 2)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from scrm.db import get_engine
+
+    try:
+        yield get_engine(get_settings().database_url())
+    except SQLAlchemyError as exc:
+        detail = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        missing = "no such table" in detail or "does not exist" in detail
+        hint = " (run `scrm init` to create the schema?)" if missing else ""
+        fail(console, f"database error: {detail}{hint}")
