@@ -36,7 +36,7 @@ from scrm.sync.service import full_sync
 from scrm.web.toolbar import ToolbarConfig, toolbar_router
 from tests.conftest import REQUIRE
 from tests.pipeline_harness import harness
-from tests.waiting import wait_until
+from tests.waiting import join_worker, wait_until
 from workers import actors
 
 pytestmark = pytest.mark.filterwarnings("ignore:You should not use the 'timeout' argument")
@@ -166,7 +166,7 @@ def fire(h, clock):
                        remind=lambda now: send_reminders(h.engine, h.client, toolbar_url="http://scrm/toolbar",
                                                          tz=TZ, now=now, agent_id=1000002))
     h.broker.join("sop", timeout=20_000)
-    h.worker.join()
+    join_worker(h.worker)
     return counts
 
 
