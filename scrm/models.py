@@ -3,6 +3,7 @@
 from scrm.callbacks.models import CallbackInbox
 from scrm.contacts.models import ChurnAlert, Customer, Employee, FollowRelation, WelcomeSend
 from scrm.groups.models import CustomerGroup, GroupMember
+from scrm.orders.models import CustomerMobile, Order, Refund
 from scrm.sop.models import LinkClick, SopPost, TrackedLink
 from scrm.stores.models import Store, StoreCode, StoreStaff
 from scrm.tags.models import Tag, TagGroup
@@ -12,10 +13,13 @@ __all__ = [
     "ChurnAlert",
     "Customer",
     "CustomerGroup",
+    "CustomerMobile",
     "Employee",
     "FollowRelation",
     "GroupMember",
     "LinkClick",
+    "Order",
+    "Refund",
     "SopPost",
     "Store",
     "StoreCode",
