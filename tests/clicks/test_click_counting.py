@@ -3,8 +3,9 @@ the whole history does (hypothesis, against a brute-force oracle written from th
 
 Mutations tried (each made tests here fail, then was undone):
 - ``>= window`` → ``> window`` → ``test_a_click_exactly_one_window_later_counts_again`` and the
-  oracle comparison (after the generator was changed to half-hour steps over three days: with minute steps over six
-  days a probe of 400 examples held no pair exactly a window apart and the property tests missed it);
+  oracle comparison (after the generator was moved to a six-hour / half-hour grid over three days:
+  with minute steps over six days a probe of 400 examples held no pair exactly a window apart and
+  the property tests missed it);
 - the window measured from the last click instead of the last counted one (state updated on
   repeats too) → ``test_the_window_runs_from_the_counted_click`` and the oracle comparison;
 - bots let through (the agent check removed) → ``test_previews_and_bots_are_recorded_never_counted``
