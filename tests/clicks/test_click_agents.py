@@ -14,6 +14,8 @@ Mutations tried (each made a row below fail, then was undone):
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from scrm.clicks.agents import AgentClass, AgentReason, classify
 
@@ -145,3 +147,22 @@ def test_verdict_names_what_decided():
     assert classify(HEADLESS).matched == "HeadlessChrome"
     assert classify("WhatsApp/2.24.10.79 A").matched == "WhatsApp"
     assert classify(DESKTOP_CHROME, {"Sec-Purpose": "prefetch"}).matched == "sec-purpose: prefetch"
+
+
+@settings(max_examples=300, deadline=None)
+@given(ua=st.one_of(st.none(), st.text(max_size=300), st.sampled_from([row[0] for row in ROWS])),
+       headers=st.dictionaries(st.sampled_from(["Purpose", "sec-purpose", "X-Moz", "Accept"]),
+                               st.one_of(st.sampled_from(["prefetch", "Prefetch ", "prefetch;prerender", "", "*/*"]),
+                                         st.text(max_size=40))),
+       method=st.sampled_from(["GET", "HEAD", "get", "POST"]))
+def test_any_request_gets_a_verdict_and_a_prefetch_never_counts(ua, headers, method):
+    """Whatever arrives at /t/ gets a verdict (no exception on odd text); a prefetch hint or a HEAD
+    never counts. Mutation tried: the prefetch check moved after the WeChat rule → failed here and
+    in the header test above."""
+    verdict = classify(ua, headers, method)
+    assert verdict.counts is (verdict.agent is AgentClass.PERSON)
+    if any(k.lower() in ("purpose", "sec-purpose") and v.lower().split(";")[0].strip() == "prefetch"
+           for k, v in headers.items()):
+        assert not verdict.counts
+    if method == "HEAD":
+        assert not verdict.counts
