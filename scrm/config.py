@@ -187,6 +187,15 @@ class RoutingSettings(BaseModel):
     room_base_id: int = 1
 
 
+class OrdersSettings(BaseModel):
+    """The shop's order API (POST /api/orders): requests are HMAC-signed with this shared secret."""
+
+    # Only from the environment / secrets file (SCRM_ORDERS__SECRET). Empty: the API answers 503.
+    secret: SecretStr = SecretStr("")
+    # A signed request whose timestamp is further than this from the server's clock is refused.
+    timestamp_tolerance_seconds: int = Field(default=300, ge=30, le=3600)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="SCRM_",
@@ -206,6 +215,7 @@ class Settings(BaseSettings):
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     sop: SopSettings = Field(default_factory=SopSettings)
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
+    orders: OrdersSettings = Field(default_factory=OrdersSettings)
 
     @classmethod
     def settings_customise_sources(

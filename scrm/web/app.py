@@ -64,6 +64,13 @@ class _QueueCollector:
         yield depth
 
 
+class _NoNonces:
+    """The nonce store of an order API without a secret: never asked (every request gets 503)."""
+
+    def first_use(self, nonce: str, ttl_seconds: int) -> bool:
+        return False
+
+
 def create_app(
     *,
     crypto: CallbackCrypto,
@@ -76,12 +83,15 @@ def create_app(
     operator_pages_public: bool = True,
     operator_token: str = "",
     timezone: str = "Asia/Shanghai",
+    orders_verifier=None,
 ) -> CallbackEndpoint:
     """The ASGI app: the callback fast path in front of the FastAPI app (``.api``).
 
     ``operator_pages_public``/``operator_token``: who sees /docs, /redoc, /openapi.json and
     /metrics (see :mod:`scrm.web.operator`); the default (public) suits tests and the sandbox.
-    ``timezone``: the corp's, for the times the pages show."""
+    ``timezone``: the corp's, for the times the pages show.
+    ``orders_verifier``: checks the order API's signatures (:class:`scrm.orders.signing.Verifier`);
+    without one the order API answers 503 (it never takes unsigned orders)."""
     from fastapi_offline import FastAPIOffline
 
     from scrm.web.pages import not_found_page
@@ -134,6 +144,11 @@ def create_app(
 
     app.include_router(store_pages(engine, routing_settings or RoutingSettings(), tz=ZoneInfo(timezone),
                                    access=access))
+
+    from scrm.orders.signing import Verifier
+    from scrm.web.orders_api import orders_router
+
+    app.include_router(orders_router(engine, orders_verifier or Verifier(secret="", nonces=_NoNonces())))
 
     @app.get("/t/{code}")
     def tracked_link(code: str):
@@ -199,10 +214,19 @@ def app_from_settings(settings=None) -> CallbackEndpoint:
         operator_pages_public=settings.web.operator_pages_public or settings.wecom.is_sandbox,
         operator_token=settings.web.operator_token.get_secret_value(),
         timezone=settings.sop.timezone,
+        orders_verifier=orders_verifier(settings, r),
     )
     if settings.wecom.secret.get_secret_value():
         app.api.include_router(toolbar_from_settings(settings, r))
     return app
+
+
+def orders_verifier(settings, redis):
+    """The order API's signature check: the shared secret from settings, nonces in Redis."""
+    from scrm.orders.signing import RedisNonces, Verifier
+
+    return Verifier(secret=settings.orders.secret.get_secret_value(), nonces=RedisNonces(redis),
+                    tolerance_seconds=settings.orders.timestamp_tolerance_seconds)
 
 
 def toolbar_from_settings(settings, redis):
