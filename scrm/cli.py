@@ -43,6 +43,10 @@ from scrm.callbacks.inbox_cli import inbox_app  # noqa: E402
 
 app.add_typer(inbox_app, name="inbox")
 
+from scrm.orders.cli import orders_app  # noqa: E402
+
+app.add_typer(orders_app, name="orders")
+
 
 def _setup_logging() -> None:
     from scrm.logs import configure_logging
