@@ -185,3 +185,21 @@ def test_the_order_api_is_in_the_openapi_schema(api):
     assert {"order_id", "paid_at", "amount_fen"} <= set(schema["required"])
     assert "from" in schema["properties"]
     assert "/api/orders/refunds" in doc["paths"]
+
+
+def test_the_production_app_takes_the_secret_and_tolerance_from_settings(redis_url, monkeypatch):
+    """``SCRM_ORDERS__SECRET`` and the tolerance reach the verifier app_from_settings mounts; nonces
+    live in Redis for twice the tolerance. Tried: passing the tolerance default instead (120 was lost)."""
+    from scrm.config import Settings
+    from scrm.web.app import orders_verifier
+
+    monkeypatch.setenv("SCRM_ORDERS__SECRET", "from-env")
+    monkeypatch.setenv("SCRM_ORDERS__TIMESTAMP_TOLERANCE_SECONDS", "120")
+    r = redis_lib.Redis.from_url(redis_url)
+    verifier = orders_verifier(Settings(), r)
+    assert (verifier.secret, verifier.tolerance_seconds) == ("from-env", 120)
+    assert "from-env" not in str(Settings().redacted())
+    body, ts = b"{}", str(int(verifier.clock()))
+    verifier.verify(ts, "nonce-abcd", sign("from-env", ts, "nonce-abcd", body), body)
+    assert 230 <= r.ttl("scrm:orders:nonce:nonce-abcd") <= 240
+    r.close()
