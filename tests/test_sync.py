@@ -137,3 +137,22 @@ def test_a_listed_group_wecom_then_cannot_find_is_marked_like_the_worker_marks_i
         full_sync(h.engine, h.client)
         assert statuses(h.engine, CustomerGroup, "chat_id") == {g1: "gone", g2: "dismissed"}
         assert active_group_ids(h.engine) == []
+
+
+def test_a_remark_mobile_from_wecom_lets_an_order_with_only_that_mobile_find_the_customer(engine, redis_url):
+    """A clerk typed the customer's mobile into WeCom (remark_mobiles); the shop reports an order
+    with only a mobile, written another way. Tried: upsert_follow without the index call (the
+    order stayed unmatched)."""
+    from scrm.orders.schema import OrderIn
+    from scrm.orders.service import record_order
+
+    with harness(engine, redis_url) as h:
+        sb = h.sandbox
+        sb.add_member("zhangsan", "张三")
+        cust = sb.add_customer("王语嫣")
+        sb.add_follow("zhangsan", cust.external_userid, remark_mobiles=["138 0013 8000"])
+        full_sync(h.engine, h.client)
+        order = OrderIn.model_validate({"order_id": "A-1", "paid_at": "2026-11-30T08:00:00+08:00",
+                                        "amount_fen": 1990, "mobile": "+86-138-0013-8000"})
+        result = record_order(h.engine, order)
+        assert (result.external_userid, result.matched_by) == (cust.external_userid, "mobile")

@@ -17,6 +17,8 @@ from scrm.contacts.models import (
     WelcomeSend,
 )
 from scrm.db import from_unix, utcnow
+from scrm.orders.models import MobileSource
+from scrm.orders.service import index_mobiles
 
 WELCOME_WINDOW_SECONDS = 20
 
@@ -76,6 +78,9 @@ def upsert_follow(session: Session, external_userid: str, follow: dict, *,
     elif "tags" in follow:
         rel.tag_ids = [t["tag_id"] for t in follow["tags"] if t.get("tag_id")]
     rel.remark_mobiles = list(follow.get("remark_mobiles") or rel.remark_mobiles or [])
+    if rel.remark_mobiles:  # orders reported with only a mobile find the customer through this index
+        session.flush()
+        index_mobiles(session.connection(), external_userid, rel.remark_mobiles, MobileSource.remark_mobiles)
     rel.added_at = from_unix(follow.get("createtime")) or rel.added_at
     newest = max((t for t in (as_of, rel.added_at) if t is not None), default=None)
     if rel.status == FollowStatus.active or rel.removed_at is None or (newest is not None and newest > rel.removed_at):
