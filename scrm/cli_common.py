@@ -1,5 +1,6 @@
-"""What every CLI command group shares: a one-line error with exit status 2, and the configured
-database engine with database errors turned into such a line (not a traceback)."""
+"""What every CLI command group shares: its console, a one-line error with exit status 2, the
+configured database engine with database errors turned into such a line (not a traceback), and
+counted nouns."""
 
 from __future__ import annotations
 
@@ -15,6 +16,17 @@ from scrm.config import get_settings
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
+
+
+def console() -> Console:
+    """A console for this invocation: made per command so colour is detected on the stdout in use
+    (a terminal, a CI log, a test runner), and with soft wrap so a long problem stays one line
+    that CI log parsers and editors can link as file:line:."""
+    return Console(soft_wrap=True, highlight=False)
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def fail(console: Console, message: str) -> NoReturn:

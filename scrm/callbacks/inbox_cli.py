@@ -15,8 +15,10 @@ from rich.markup import escape
 
 from scrm.callbacks import inbox
 from scrm.callbacks.models import InboxStatus
+from scrm.cli_common import console as _console
 from scrm.cli_common import database as _database
 from scrm.cli_common import fail as _fail
+from scrm.db import as_utc
 
 inbox_app = typer.Typer(
     help="The callback inbox: counts, failed and stuck rows with their errors, and re-driving rows.",
@@ -37,9 +39,6 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(seconds=sum(int(n) * _UNITS[u] for n, u in re.findall(r"(\d+)([smhd])", value)))
 
 
-def _console() -> Console:
-    return Console(soft_wrap=True, highlight=False)
-
 
 
 
@@ -54,7 +53,7 @@ def _duration(delta: timedelta) -> str:
 
 
 def _when(at: datetime, now: datetime) -> str:
-    at = at if at.tzinfo else at.replace(tzinfo=UTC)  # SQLite hands back naive UTC
+    at = as_utc(at)
     return f"{at.astimezone(UTC):%Y-%m-%d %H:%M:%S} ({_duration(now - at)} ago)"
 
 

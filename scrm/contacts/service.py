@@ -77,9 +77,9 @@ def upsert_follow(session: Session, external_userid: str, follow: dict, *,
         rel.tag_ids = list(follow["tag_id"])
     elif "tags" in follow:
         rel.tag_ids = [t["tag_id"] for t in follow["tags"] if t.get("tag_id")]
-    rel.remark_mobiles = list(follow.get("remark_mobiles") or rel.remark_mobiles or [])
-    if rel.remark_mobiles:  # orders reported with only a mobile find the customer through this index
-        session.flush()
+    known_mobiles = list(rel.remark_mobiles or [])
+    rel.remark_mobiles = list(follow.get("remark_mobiles") or known_mobiles)
+    if rel.remark_mobiles != known_mobiles:  # orders reported with only a mobile find the customer by it
         index_mobiles(session.connection(), external_userid, rel.remark_mobiles, MobileSource.remark_mobiles)
     rel.added_at = from_unix(follow.get("createtime")) or rel.added_at
     newest = max((t for t in (as_of, rel.added_at) if t is not None), default=None)

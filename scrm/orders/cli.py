@@ -8,18 +8,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+from scrm.cli_common import console as _console
 from scrm.cli_common import database, fail
 
 orders_app = typer.Typer(help="Orders from the shop: CSV import and the customer mobile index.",
                          no_args_is_help=True)
 
-
-def _console() -> Console:
-    return Console(soft_wrap=True, highlight=False)
 
 
 @orders_app.command("import")

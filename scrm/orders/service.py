@@ -12,7 +12,6 @@ customers matches nobody: money is never put on a guess). An order that matches 
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +22,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
 from scrm.contacts.models import Customer, FollowRelation
+from scrm.db import as_utc, utcnow
 from scrm.logs import get_logger
 from scrm.orders.mobile import NotAMobile, normalise_mobile
 from scrm.orders.models import CustomerMobile, MatchedBy, MobileSource, Order, Refund
@@ -96,7 +96,7 @@ def index_mobiles(conn: Connection, external_userid: str, mobiles: Iterable[str]
     insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
     for mobile in sorted(wanted):
         stmt = insert(table).values(mobile=mobile, external_userid=external_userid, source=str(source),
-                                    created_at=dt.datetime.now(dt.UTC))
+                                    created_at=utcnow())
         new = stmt.on_conflict_do_nothing(index_elements=["mobile", "external_userid"]).returning(table.c.id)
         added += len(conn.execute(new).all())
     return added
@@ -110,7 +110,7 @@ class ReindexReport:
 
 def reindex_mobiles(engine: Engine) -> ReindexReport:
     """Backfill ``customer_mobiles`` from every customer's mobiles and follow relations'
-    remark_mobiles (the contacts sync keeps both; it does not call :func:`index_mobiles` itself yet)."""
+    remark_mobiles, for contacts stored before the sync and callbacks kept the index current."""
     c, f = Customer.__table__.c, FollowRelation.__table__.c
     mobiles: dict[str, set[str]] = {}
     with engine.begin() as conn:
@@ -137,19 +137,15 @@ class OrderOutcome:
         return self.external_userid is not None
 
 
-def _utc(value: dt.datetime) -> dt.datetime:
-    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
-
-
 def _content(o: OrderIn) -> dict[str, Any]:
     """The fields that make an order the same order (compared on a repeated id)."""
-    return {"amount_fen": o.amount_fen, "paid_at": _utc(o.paid_at), "items": o.items, "store_code": o.store_code,
+    return {"amount_fen": o.amount_fen, "paid_at": as_utc(o.paid_at), "items": o.items, "store_code": o.store_code,
             "link_code": o.link_code, "from": o.from_param, "external_userid": o.external_userid,
             "unionid": o.unionid, "mobile": o.mobile}
 
 
 def _stored_content(row: Any) -> dict[str, Any]:
-    return {"amount_fen": row.amount_fen, "paid_at": _utc(row.paid_at), "items": row.items,
+    return {"amount_fen": row.amount_fen, "paid_at": as_utc(row.paid_at), "items": row.items,
             "store_code": row.store_code, "link_code": row.link_code, "from": row.from_param,
             "external_userid": row.given_external_userid, "unionid": row.given_unionid, "mobile": row.given_mobile}
 
@@ -179,11 +175,11 @@ def put_order(conn: Connection, order: OrderIn, *, mobile_source: MobileSource =
         return _same_or_conflict(row, order)
     match = match_customer(conn, external_userid=order.external_userid, unionid=order.unionid, mobile=order.mobile)
     conn.execute(Order.__table__.insert().values(
-        source=order.source, order_id=order.order_id, paid_at=_utc(order.paid_at), amount_fen=order.amount_fen,
+        source=order.source, order_id=order.order_id, paid_at=as_utc(order.paid_at), amount_fen=order.amount_fen,
         refunded_fen=0, items=order.items, store_code=order.store_code, link_code=order.link_code,
         from_param=order.from_param, given_external_userid=order.external_userid, given_unionid=order.unionid,
         given_mobile=order.mobile, external_userid=match.external_userid,
-        matched_by=str(match.matched_by) if match.matched_by else None, created_at=dt.datetime.now(dt.UTC)))
+        matched_by=str(match.matched_by) if match.matched_by else None, created_at=utcnow()))
     if match.external_userid and order.mobile and match.matched_by is not MatchedBy.mobile:
         # The order names the customer and their mobile: later orders with only the mobile find them,
         # unless the mobile already belongs to another customer (an order never makes a mobile ambiguous).
@@ -229,8 +225,8 @@ def _refund_row(conn: Connection, refund: RefundIn) -> Any:
 
 
 def _same_refund(conn: Connection, row: Any, refund: RefundIn) -> RefundOutcome:
-    stored = {"order_id": row.order_id, "amount_fen": row.amount_fen, "refunded_at": _utc(row.refunded_at)}
-    given = {"order_id": refund.order_id, "amount_fen": refund.amount_fen, "refunded_at": _utc(refund.refunded_at)}
+    stored = {"order_id": row.order_id, "amount_fen": row.amount_fen, "refunded_at": as_utc(row.refunded_at)}
+    given = {"order_id": refund.order_id, "amount_fen": refund.amount_fen, "refunded_at": as_utc(refund.refunded_at)}
     diff = [f"{k} was {stored[k]!r}, now {given[k]!r}" for k in stored if stored[k] != given[k]]
     if diff:
         raise OrderConflict(f"refund {refund.refund_id!r} is already recorded with different content: "
@@ -266,8 +262,8 @@ def record_refund(engine: Engine, refund: RefundIn) -> RefundOutcome:
                         f"{order.amount_fen} fen ({now} fen refunded already)")
                 conn.execute(Refund.__table__.insert().values(
                     source=refund.source, refund_id=refund.refund_id, order_pk=order.id, order_id=refund.order_id,
-                    amount_fen=refund.amount_fen, refunded_at=_utc(refund.refunded_at),
-                    created_at=dt.datetime.now(dt.UTC)))
+                    amount_fen=refund.amount_fen, refunded_at=as_utc(refund.refunded_at),
+                    created_at=utcnow()))
                 total = conn.execute(select(o.refunded_fen).where(o.id == order.id)).scalar_one()
                 out = RefundOutcome(refund.refund_id, refund.order_id, True, total, order.amount_fen)
     except IntegrityError:

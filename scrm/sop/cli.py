@@ -17,7 +17,9 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from scrm.cli_common import console as _console
 from scrm.cli_common import fail as _fail
+from scrm.cli_common import plural as _plural
 from scrm.config import get_settings
 
 sop_app = typer.Typer(
@@ -26,21 +28,12 @@ sop_app = typer.Typer(
 )
 
 
-def _console() -> Console:
-    """A console for this invocation: made per command so colour is detected on the stdout in use
-    (a terminal, a CI log, a test runner), and with soft wrap so a long problem stays one line
-    that CI log parsers and editors can link as file:line:."""
-    return Console(soft_wrap=True, highlight=False)
-
 
 
 def _quiet_hours() -> tuple[str, str]:
     sop = get_settings().sop
     return sop.quiet_hours_start, sop.quiet_hours_end
 
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}{'s' if n != 1 else ''}"
 
 
 @sop_app.command("lint")

@@ -20,12 +20,13 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, overload
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.engine import Connection, Engine
 
 from scrm.contacts.models import Employee
+from scrm.db import as_utc
 from scrm.groups.models import CustomerGroup, GroupStatus
 from scrm.logs import get_logger
 from scrm.sop.models import PostStatus, SopPost
@@ -122,17 +123,6 @@ class OwnerDay:
     posts: list[OwnerPost] = field(default_factory=list)
 
 
-@overload
-def _utc(value: dt.datetime) -> dt.datetime: ...
-@overload
-def _utc(value: None) -> None: ...
-def _utc(value: dt.datetime | None) -> dt.datetime | None:
-    """Ledger times read back naive from SQLite are UTC."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=dt.UTC)
-
-
 RENDER_PROBLEM_TEXT: dict[RenderProblemKind, str] = {
     RenderProblemKind.template_gone: "这条内容的模板已被运营修改或删除，无法发送，请联系运营人员。",
     RenderProblemKind.step_gone: "这条内容的模板已被运营修改或删除，无法发送，请联系运营人员。",
@@ -196,7 +186,7 @@ def day_posts(engine: Engine, owner: str, *, now: dt.datetime, tz: dt.tzinfo,
         day.posts.append(OwnerPost(
             id=p.id, chat_id=p.chat_id, template_id=p.template_id,
             name=loaded[p.template_id].name if p.template_id in loaded else "SOP 内容",
-            time=_utc(p.scheduled_for).astimezone(tz).strftime("%H:%M"), channel=p.channel,
+            time=as_utc(p.scheduled_for).astimezone(tz).strftime("%H:%M"), channel=p.channel,
             status=p.status, status_text=status_text(p.status, p.channel, p.claimed_by), sent_by=p.sent_by,
             content=content, error=error,
             note=p.error if p.status in (PostStatus.sent, PostStatus.confirmed) and p.channel != Channel.mass_send.value
@@ -286,7 +276,7 @@ def _check_owner(conn: Connection, post, owner: str) -> None:
 def _not_sendable(post, owner: str, now: dt.datetime) -> PostNotSendable:
     """Why a claim of this (re-read) post changed nothing, in words the owner understands."""
     status = post.status
-    if status == PostStatus.due and _utc(post.window_ends_at) <= now:
+    if status == PostStatus.due and as_utc(post.window_ends_at) <= now:
         return PostNotSendable("这条内容已过期（发送时间已过），不能再发送")
     if status == PostStatus.due and post.content is None:
         return PostNotSendable("内容还没准备好，请刷新页面后再发送")
@@ -330,7 +320,7 @@ def claim(engine: Engine, post_id: int, owner: str, chat_id: str, *, now: dt.dat
             raise PostNotSendable("这条内容没有能从工具栏发到群里的消息，请联系运营人员")  # (rolls back)
         if claimed is None:
             post = _read(conn, post_id)
-            if post.status == PostStatus.due and _utc(post.window_ends_at) <= now:
+            if post.status == PostStatus.due and as_utc(post.window_ends_at) <= now:
                 # The scheduler has not expired it yet; say so in the ledger too.
                 conn.execute(update(table).where(c.id == post_id, c.status == PostStatus.due)
                              .values(status=PostStatus.expired, updated_at=now))

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
 
-from scrm.db import utcnow
+from scrm.db import as_utc, utcnow
 from scrm.groups.models import CustomerGroup
 from scrm.logs import get_logger
 from scrm.sop.jobs import TemplatesRefused
@@ -96,8 +96,7 @@ def pending_reminders(engine: Engine, now: dt.datetime, *, tz: dt.tzinfo, min_in
     for r in rows:
         rem = by_owner.setdefault(r.sender, Reminder(r.sender, [], []))
         rem.post_ids.append(r.id)
-        scheduled = r.scheduled_for if r.scheduled_for.tzinfo else r.scheduled_for.replace(tzinfo=dt.UTC)
-        at = scheduled.astimezone(tz).strftime("%H:%M")
+        at = as_utc(r.scheduled_for).astimezone(tz).strftime("%H:%M")
         rem.lines.append(reminder_line(r.name, r.chat_id, at, r.template_id, names))
     return list(by_owner.values())
 

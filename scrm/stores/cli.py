@@ -16,8 +16,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from scrm.cli_common import console as _console
 from scrm.cli_common import database as _database
 from scrm.cli_common import fail as _fail
+from scrm.cli_common import plural as _plural
 
 stores_app = typer.Typer(
     help="Stores: import and export the store list as CSV (Excel), list stores, put customer groups on them.",
@@ -25,15 +27,7 @@ stores_app = typer.Typer(
 )
 
 
-def _console() -> Console:
-    """A console for this invocation: made per command so colour is detected on the stdout in use,
-    and with soft wrap so each problem stays one line that editors and CI logs link as file:line:."""
-    return Console(soft_wrap=True, highlight=False)
 
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def _read_csv(console: Console, file: Path, parse):

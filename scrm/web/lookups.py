@@ -9,6 +9,7 @@ from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from scrm.contacts.models import Employee
+from scrm.db import as_utc
 from scrm.groups.models import CustomerGroup
 from scrm.stores.models import CodeStatus, Store, StoreCode, StoreStatus
 
@@ -62,6 +63,4 @@ def local_time(value: dt.datetime | None, tz: dt.tzinfo) -> str:
     """A stored (UTC) time as the corp's wall clock, e.g. ``2026-11-24 11:53``."""
     if value is None:
         return ""
-    if value.tzinfo is None:  # SQLite hands back naive UTC
-        value = value.replace(tzinfo=dt.UTC)
-    return value.astimezone(tz).strftime("%Y-%m-%d %H:%M")
+    return as_utc(value).astimezone(tz).strftime("%Y-%m-%d %H:%M")
