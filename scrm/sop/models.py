@@ -77,7 +77,8 @@ class SopPost(SQLModel, table=True):
     msgid: str | None = Field(default=None, max_length=128, index=True)
     errcode: int | None = None
     error: str | None = None
-    content: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))  # as rendered at send time
+    # As rendered at send time; None is SQL NULL (not a JSON null), so "not fixed yet" is one test.
+    content: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON(none_as_null=True)))
     sent_by: str | None = Field(default=None, max_length=64)
     # owner_task in ``sending``: the owner whose toolbar page claimed it, and until when the claim
     # holds. A worker never touches a post that has ``claimed_by``.

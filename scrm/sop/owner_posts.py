@@ -175,13 +175,8 @@ def day_posts(engine: Engine, owner: str, *, now: dt.datetime, tz: dt.tzinfo,
                 with engine.begin() as conn:
                     fixed = conn.execute(update(SopPost.__table__).where(c.id == p.id, c.content.is_(None))
                                          .values(content=content)).rowcount
-                    stored = None if fixed else conn.execute(select(c.content).where(c.id == p.id)).scalar()
-                    if stored is not None:
-                        content = stored  # another tab fixed it first: show what the ledger holds
-                    elif not fixed:
-                        # A JSON null (rows written through the ORM), not SQL NULL: nothing fixed yet.
-                        conn.execute(update(SopPost.__table__).where(c.id == p.id, c.status == PostStatus.due)
-                                     .values(content=content))
+                    if not fixed:  # another tab fixed it first: show what the ledger holds
+                        content = conn.execute(select(c.content).where(c.id == p.id)).scalar()
         mine = p.claimed_by == owner
         day.posts.append(OwnerPost(
             id=p.id, chat_id=p.chat_id, template_id=p.template_id,
@@ -313,8 +308,6 @@ def claim(engine: Engine, post_id: int, owner: str, chat_id: str, *, now: dt.dat
             .values(status=PostStatus.sending, claimed_by=owner, lease_until=lease_until, updated_at=now)
             .returning(c.content)
         ).first()
-        if claimed is not None and claimed.content is None:  # a JSON null: never shown, so never fixed
-            raise PostNotSendable("内容还没准备好，请刷新页面后再发送")  # (rolls the claim back)
         if claimed is not None and not owner_messages(claimed.content):
             # Nothing the JS-SDK can put into a chat (e.g. an image known only by URL).
             raise PostNotSendable("这条内容没有能从工具栏发到群里的消息，请联系运营人员")  # (rolls back)
