@@ -97,6 +97,10 @@ class WebSettings(BaseModel):
     session_secret: SecretStr = SecretStr("")
     # WeCom's OAuth2 page (the sandbox serves /sandbox/oauth/authorize for local use).
     oauth_authorize_url: str = "https://open.weixin.qq.com/connect/oauth2/authorize"
+    # WeCom's web login for desktop browsers (the sandbox serves /sandbox/sso/login locally).
+    sso_login_url: str = "https://login.work.weixin.qq.com/wwlogin/sso/login"
+    # How long a signed-in manager's, operator's, clerk's or rep's session lasts.
+    session_max_age_hours: int = Field(default=12, ge=1, le=24 * 30)
     # Operator-only pages (/docs, /openapi.json, /metrics): anonymous visitors get them only when
     # this is true (always for the sandbox corp); otherwise they need the operator token, sent as
     # `Authorization: Bearer <token>` or HTTP Basic with the token as password.
@@ -196,6 +200,27 @@ class OrdersSettings(BaseModel):
     timestamp_tolerance_seconds: int = Field(default=300, ge=30, le=3600)
 
 
+class ClicksSettings(BaseModel):
+    """Tracked-link clicks (/t/{code}): the unique-click rule and the write-behind into the database."""
+
+    # Signs customer tokens (``?c=``) and salts anonymous visitor keys. Only from the environment /
+    # secrets file (SCRM_CLICKS__SECRET). Empty: derived from web.session_secret or the corp secret.
+    secret: SecretStr = SecretStr("")
+    # Repeated clicks by the same visitor on the same link within this window count once.
+    unique_window_hours: int = Field(default=24, ge=1, le=24 * 30)
+    # The write-behind: clicks queue in Redis and are written to the database in batches.
+    flush_interval_seconds: float = Field(default=2.0, gt=0)
+    flush_batch: int = Field(default=5000, ge=1, le=100_000)
+
+
+class KpiSettings(BaseModel):
+    """Managers' figures: how orders are attributed and how often the rollups catch up."""
+
+    # An order goes to the customer's last counted click within this window before it was paid.
+    attribution_window_hours: int = Field(default=24, ge=1, le=24 * 30)
+    rollup_interval_seconds: float = Field(default=60.0, gt=0)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="SCRM_",
@@ -216,6 +241,8 @@ class Settings(BaseSettings):
     sop: SopSettings = Field(default_factory=SopSettings)
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     orders: OrdersSettings = Field(default_factory=OrdersSettings)
+    clicks: ClicksSettings = Field(default_factory=ClicksSettings)
+    kpi: KpiSettings = Field(default_factory=KpiSettings)
 
     @classmethod
     def settings_customise_sources(

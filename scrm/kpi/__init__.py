@@ -1,0 +1,1 @@
+"""Managers' figures: order attribution, the rollups and the dashboard's queries."""
