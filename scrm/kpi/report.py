@@ -205,4 +205,7 @@ class OrderAttribution:
     template_id: str | None = None
     link_code: str | None = None
     click_at: dt.datetime | None = None
+    click_id: int | None = None  # the link_clicks row of a last_click attribution
+    paid_at: dt.datetime | None = None
+    amount_fen: int = 0
     extra: dict[str, str] = field(default_factory=dict)
