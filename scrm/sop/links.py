@@ -1,31 +1,22 @@
-"""Tracked SOP links: a click is counted, then the reader goes on to the real page."""
+"""Tracked SOP links: the real page behind a ``/t/{code}``.
+
+Clicks are no longer written here: ``/t/{code}`` queues them (:mod:`scrm.clicks.recording`) and
+the write-behind stores and counts them (:mod:`scrm.clicks.flush`)."""
 
 from __future__ import annotations
 
-import datetime as dt
-
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
-from scrm.db import utcnow
-from scrm.logs import get_logger
-from scrm.sop.models import LinkClick, TrackedLink
+from scrm.sop.models import TrackedLink
 
-log = get_logger(__name__)
+MAX_CODE_CHARS = 24
 
 
-def record_click(engine: Engine, code: str, now: dt.datetime | None = None) -> str | None:
-    """The link's real URL after counting the click, or None for an unknown code."""
-    if not code or len(code) > 24:
+def link_url(engine: Engine, code: str) -> str | None:
+    """The link's real URL, or None for an unknown (or impossible) code."""
+    if not code or len(code) > MAX_CODE_CHARS:
         return None
-    now = now or utcnow()
-    table, c = TrackedLink.__table__, TrackedLink.__table__.c
-    with engine.begin() as conn:
-        url = conn.execute(select(c.url).where(c.code == code)).scalar()
-        if url is None:
-            return None
-        conn.execute(update(table).where(c.code == code).values(clicks=c.clicks + 1, last_clicked_at=now))
-        conn.execute(update(table).where(c.code == code, c.first_clicked_at.is_(None)).values(first_clicked_at=now))
-        conn.execute(LinkClick.__table__.insert().values(code=code, clicked_at=now))
-    log.info("sop_link_clicked", code=code)
-    return url
+    c = TrackedLink.__table__.c
+    with engine.connect() as conn:
+        return conn.execute(select(c.url).where(c.code == code)).scalar()

@@ -14,7 +14,7 @@ from datetime import date, datetime
 from enum import StrEnum
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, CheckConstraint, Column, Table, UniqueConstraint
+from sqlalchemy import JSON, CheckConstraint, Column, Index, Table, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from scrm.db import utcnow
@@ -94,7 +94,11 @@ class SopPost(SQLModel, table=True):
 
 class TrackedLink(SQLModel, table=True):
     """A link attachment of one post, sent as ``{web.public_url}/t/{code}`` so clicks are counted
-    per group, post and day (managers judge SOPs by click-through)."""
+    per group, post and day (managers judge SOPs by click-through).
+
+    The counters are kept by the click write-behind (:mod:`scrm.clicks.flush`): ``clicks`` are a
+    person's clicks (repeats included), ``unique_clicks`` the counted ones (one per visitor per
+    window); link previews and bots are in ``link_clicks`` only. First/last are of a person's clicks."""
 
     __tablename__ = "tracked_links"
     __table__: ClassVar[Table]
@@ -108,15 +112,33 @@ class TrackedLink(SQLModel, table=True):
     day: date = Field(index=True)
     url: str
     clicks: int = 0
+    unique_clicks: int = 0
     first_clicked_at: datetime | None = None
     last_clicked_at: datetime | None = None
     created_at: datetime = Field(default_factory=utcnow)
 
 
 class LinkClick(SQLModel, table=True):
+    """One request to ``/t/{code}``, as the write-behind decided it: who fetched it (``agent``,
+    and the rule that said so), the visitor key unique clicks are counted by, whether it counted
+    (``reason`` a :class:`scrm.clicks.counting.CountReason`) and the customer when a signed token
+    named one. ``event_id`` is made by the request, so a retried flush never writes a click twice."""
+
     __tablename__ = "link_clicks"
     __table__: ClassVar[Table]
+    __table_args__ = (
+        # Attribution: a customer's last counted click before an order; a link's clicks by day.
+        Index("ix_link_clicks_external_userid_clicked_at", "external_userid", "clicked_at"),
+        Index("ix_link_clicks_code_clicked_at", "code", "clicked_at"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
-    code: str = Field(max_length=24, index=True)
+    event_id: str = Field(max_length=32, unique=True)
+    code: str = Field(max_length=24)
     clicked_at: datetime = Field(default_factory=utcnow, index=True)
+    visitor: str = Field(default="", max_length=160)
+    agent: str = Field(default="person", max_length=8)  # scrm.clicks.agents.AgentClass
+    agent_reason: str | None = Field(default=None, max_length=24)  # scrm.clicks.agents.AgentReason
+    reason: str = Field(default="counted", max_length=16)  # scrm.clicks.counting.CountReason
+    counted: bool = True
+    external_userid: str | None = Field(default=None, max_length=128)

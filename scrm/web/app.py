@@ -7,6 +7,8 @@ a way on; the APIs (/api, /toolbar/api, /wecom) keep their JSON or plain-text er
 
 from __future__ import annotations
 
+import datetime as dt
+import secrets
 from collections.abc import Callable
 from zoneinfo import ZoneInfo
 
@@ -16,11 +18,14 @@ from fastapi.exceptions import StarletteHTTPException
 from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import GaugeMetricFamily
+from redis import Redis
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from scrm.callbacks.ingest import Enqueuer, InboxWriter
 from scrm.callbacks.relay import inbox_backlog
+from scrm.clicks.counting import DEFAULT_WINDOW
+from scrm.db import utcnow
 from scrm.logs import get_logger
 from scrm.web.callback_endpoint import CallbackEndpoint
 from scrm.web.operator import OPERATOR_PATHS, OperatorAccess, OperatorGate
@@ -84,6 +89,10 @@ def create_app(
     operator_token: str = "",
     timezone: str = "Asia/Shanghai",
     orders_verifier=None,
+    click_redis: Redis | None = None,
+    clicks_secret: str | None = None,
+    click_window: dt.timedelta = DEFAULT_WINDOW,
+    clock: Callable[[], dt.datetime] = utcnow,
 ) -> CallbackEndpoint:
     """The ASGI app: the callback fast path in front of the FastAPI app (``.api``).
 
@@ -91,7 +100,11 @@ def create_app(
     /metrics (see :mod:`scrm.web.operator`); the default (public) suits tests and the sandbox.
     ``timezone``: the corp's, for the times the pages show.
     ``orders_verifier``: checks the order API's signatures (:class:`scrm.orders.signing.Verifier`);
-    without one the order API answers 503 (it never takes unsigned orders)."""
+    without one the order API answers 503 (it never takes unsigned orders).
+    ``click_redis``: where ``/t/{code}`` queues clicks for the write-behind (``scrm.clicks.flush``);
+    None writes each click to the database in the request. ``clicks_secret`` signs customer tokens
+    and salts visitor keys (None: a random one for this app, fine for tests). ``clock``: the time a
+    click is recorded at (the demo drives the redirect with a simulated clock)."""
     from fastapi_offline import FastAPIOffline
 
     from scrm.web.pages import not_found_page
@@ -150,15 +163,33 @@ def create_app(
 
     app.include_router(orders_router(engine, orders_verifier or Verifier(secret="", nonces=_NoNonces())))
 
-    @app.get("/t/{code}")
-    def tracked_link(code: str):
-        """A tracked SOP link: count the click, send the reader on to the real page."""
-        from scrm.sop.links import record_click
-        from scrm.web.pages import PageNotFound
+    from scrm.clicks.recording import PREFETCH_HEADERS, ClickRecorder, LinkLookupFailed
+    from scrm.web.pages import PageNotFound
+    from scrm.web.templating import templates
 
-        url = record_click(engine, code)
+    clicks = ClickRecorder(engine, click_redis, secret=clicks_secret or secrets.token_hex(32), tz=ZoneInfo(timezone),
+                           window=click_window, clock=clock)
+    app.state.clicks = clicks
+
+    @app.api_route("/t/{code}", methods=["GET", "HEAD"])
+    def tracked_link(code: str, request: Request):
+        """A tracked SOP link: queue the click (no database write here), send the reader on."""
+        try:
+            url = clicks.url(code)
+        except LinkLookupFailed as exc:
+            log.error("tracked_link_unavailable", code=code, error=str(exc))
+            return templates.TemplateResponse(request, "notice.html", {
+                "title": "活动页面暂时打不开", "heading": "活动页面暂时打不开",
+                "lines": ["请稍后再点一次这个链接。"], "suggestion": None, "show_locate": False,
+            }, status_code=503)
         if url is None:
             raise PageNotFound(heading="这个活动链接已经失效")
+        headers = request.headers
+        client = request.client
+        clicks.record(code, user_agent=headers.get("user-agent"),
+                      headers={name: value for name in PREFETCH_HEADERS if (value := headers.get(name))},
+                      method=request.method, client_ip=client.host if client else None,
+                      token=request.query_params.get("c"))
         return RedirectResponse(url, status_code=302)
 
     @app.get("/healthz")
@@ -189,8 +220,10 @@ def create_app(
     return CallbackEndpoint(app, crypto=crypto, store=writer.store, on_result=count, max_body_bytes=max_body_bytes)
 
 
-def app_from_settings(settings=None) -> CallbackEndpoint:
-    """The production app: settings decide the database, Redis and the WeCom identity."""
+def app_from_settings(settings=None, *, clock: Callable[[], dt.datetime] = utcnow) -> CallbackEndpoint:
+    """The production app: settings decide the database, Redis and the WeCom identity.
+    ``clock``: when clicks happen (the demo seeding passes its simulated clock)."""
+    from scrm.clicks.secret import clicks_secret
     from scrm.config import get_settings
     from scrm.db import get_engine
     from scrm.redisserver import get_redis, redis_url
@@ -215,6 +248,10 @@ def app_from_settings(settings=None) -> CallbackEndpoint:
         operator_token=settings.web.operator_token.get_secret_value(),
         timezone=settings.sop.timezone,
         orders_verifier=orders_verifier(settings, r),
+        click_redis=r,
+        clicks_secret=clicks_secret(settings),
+        click_window=dt.timedelta(hours=settings.clicks.unique_window_hours),
+        clock=clock,
     )
     if settings.wecom.secret.get_secret_value():
         app.api.include_router(toolbar_from_settings(settings, r))

@@ -1,0 +1,214 @@
+"""The write-behind: clicks queued in Redis by ``/t/{code}`` written to the database in batches.
+
+One flusher at a time holds ``LOCK_KEY`` (SET NX with an expiry). Under it a flush:
+
+1. takes its batch: what a previous flush left in ``PROCESSING_KEY`` (it died or the database
+   was away), else up to ``batch`` records moved atomically from ``QUEUE_KEY`` (one MULTI);
+2. writes them in one database transaction (:func:`scrm.clicks.store.write_clicks`: rows, the
+   unique-click state, the link counters; event ids already stored are skipped);
+3. only then deletes ``PROCESSING_KEY``.
+
+Both Redis steps are WATCHed transactions that go through only while this flusher still holds
+the lock, so a flusher whose lock expired mid-flush (a long pause) cannot move or drop what its
+successor is working on; if both reach the database with the same batch, the database
+serialises them and the second finds every event id stored. A database error leaves the batch in
+``PROCESSING_KEY`` for the next flush: nothing is lost and nothing is written twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import uuid
+from dataclasses import dataclass
+
+from redis import Redis
+from redis.exceptions import RedisError, WatchError
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from scrm.clicks.counting import CountReason
+from scrm.clicks.queue import LOCK_KEY, PROCESSING_KEY, QUEUE_KEY, BadRecord, ClickRecord, decode_record
+from scrm.clicks.store import write_clicks
+from scrm.logs import get_logger
+
+log = get_logger(__name__)
+LOCK_SECONDS = 120.0  # far beyond one batch's transaction; the database serialises writers anyway
+
+
+class ClickFlushFailed(Exception):
+    """The database (or Redis) was away: the batch stays in Redis for the next flush."""
+
+    def __init__(self, message: str, kept: int):
+        super().__init__(message)
+        self.kept = kept
+
+
+class _LockLost(Exception):
+    pass
+
+
+@dataclass
+class FlushReport:
+    taken: int = 0  # records taken from Redis
+    written: int = 0  # link_clicks rows inserted
+    already_written: int = 0  # taken again after an interrupted flush: skipped
+    counted: int = 0
+    repeats: int = 0
+    not_a_person: int = 0
+    late: int = 0
+    malformed: int = 0  # queue elements that are not click records: logged and dropped
+    refused_tokens: int = 0
+    batches: int = 0
+    busy: bool = False  # another flusher held the lock
+    left: int | None = None  # records still queued when the flush ended (None: not asked)
+    error: str | None = None  # flush_until_empty: why it stopped early (the batch is kept)
+
+    def add(self, other: FlushReport) -> None:
+        for f in ("taken", "written", "already_written", "counted", "repeats", "not_a_person", "late",
+                  "malformed", "refused_tokens", "batches"):
+            setattr(self, f, getattr(self, f) + getattr(other, f))
+        self.busy = self.busy or other.busy
+        self.left = other.left if other.left is not None else self.left
+
+    def log_fields(self) -> dict:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v not in (0, None, False)}
+
+
+def _take(redis: Redis, token: bytes, batch: int) -> tuple[list, bool]:
+    """The batch to write and whether it was left over from an earlier flush."""
+    with redis.pipeline() as pipe:
+        while True:
+            try:
+                pipe.watch(LOCK_KEY, PROCESSING_KEY)
+                if pipe.get(LOCK_KEY) != token:
+                    raise _LockLost
+                held = pipe.lrange(PROCESSING_KEY, 0, -1)
+                if held:
+                    pipe.unwatch()
+                    return held, True
+                n = min(batch, pipe.llen(QUEUE_KEY))  # only this flusher removes from the queue
+                if n == 0:
+                    pipe.unwatch()
+                    return [], False
+                pipe.multi()
+                for _ in range(n):
+                    pipe.lmove(QUEUE_KEY, PROCESSING_KEY, "LEFT", "RIGHT")
+                return [m for m in pipe.execute() if m is not None], False
+            except WatchError:
+                continue
+
+
+def _done(redis: Redis, token: bytes) -> bool:
+    """Drop the written batch from Redis, if this flusher still holds the lock."""
+    with redis.pipeline() as pipe:
+        try:
+            pipe.watch(LOCK_KEY)
+            if pipe.get(LOCK_KEY) != token:
+                pipe.unwatch()
+                return False
+            pipe.multi()
+            pipe.delete(PROCESSING_KEY)
+            pipe.execute()
+            return True
+        except WatchError:
+            return False
+
+
+def _release(redis: Redis, token: bytes) -> None:
+    with redis.pipeline() as pipe:
+        try:
+            pipe.watch(LOCK_KEY)
+            if pipe.get(LOCK_KEY) == token:
+                pipe.multi()
+                pipe.delete(LOCK_KEY)
+                pipe.execute()
+            else:
+                pipe.unwatch()
+        except WatchError:
+            pass
+
+
+def flush_clicks(engine: Engine, redis: Redis, *, window: dt.timedelta, batch: int,
+                 lock_seconds: float = LOCK_SECONDS) -> FlushReport:
+    """Write one batch of queued clicks; :class:`ClickFlushFailed` when the database is away."""
+    if batch < 1:
+        raise ValueError("the flush batch must be at least 1")
+    token = uuid.uuid4().hex.encode()
+    if not redis.set(LOCK_KEY, token, nx=True, px=int(lock_seconds * 1000)):
+        return FlushReport(busy=True)
+    report = FlushReport()
+    try:
+        try:
+            raws, leftover = _take(redis, token, batch)
+        except _LockLost:
+            return FlushReport(busy=True)
+        if not raws:
+            return report
+        records: list[ClickRecord] = []
+        for raw in raws:
+            try:
+                records.append(decode_record(raw))
+            except BadRecord as exc:
+                report.malformed += 1
+                log.error("click_record_dropped", reason=str(exc), record=raw[:200])
+        report.taken, report.batches = len(raws), 1
+        report.refused_tokens = sum(1 for r in records if r.token_refusal is not None)
+        try:
+            result = write_clicks(engine, records, window)
+        except SQLAlchemyError as exc:
+            raise ClickFlushFailed(f"database: {type(exc).__name__}: {str(exc)[:200]}", kept=len(raws)) from exc
+        if not _done(redis, token):
+            # Written, but another flusher holds the batch now: it finds every event id stored.
+            log.warning("clicks_flush_lock_expired", taken=len(raws))
+        report.written, report.already_written = result.written, result.already_written
+        reasons = result.reasons
+        report.counted = reasons.get(CountReason.COUNTED, 0)
+        report.repeats = reasons.get(CountReason.REPEAT, 0)
+        report.not_a_person = reasons.get(CountReason.NOT_A_PERSON, 0)
+        report.late = reasons.get(CountReason.LATE, 0)
+        if leftover:
+            log.info("clicks_flush_resumed", taken=len(raws), already_written=result.already_written)
+        return report
+    finally:
+        _release(redis, token)
+
+
+def flush_until_empty(engine: Engine, redis: Redis, *, window: dt.timedelta, batch: int,
+                      max_batches: int = 1000) -> FlushReport:
+    """Flush batch after batch until the queue is empty (or ``max_batches``); never raises for an
+    outage: a database or Redis error ends the run with ``error`` set and the batch kept."""
+    total = FlushReport()
+    for _ in range(max_batches):
+        try:
+            r = flush_clicks(engine, redis, window=window, batch=batch)
+        except ClickFlushFailed as exc:
+            total.error = str(exc)
+            log.warning("clicks_flush_failed", error=str(exc), kept=exc.kept)
+            break
+        except RedisError as exc:
+            total.error = f"redis: {type(exc).__name__}: {exc}"
+            log.warning("clicks_flush_failed", error=total.error)
+            break
+        total.add(r)
+        if r.busy or not r.taken:
+            break
+    try:
+        total.left = int(redis.llen(QUEUE_KEY)) + int(redis.llen(PROCESSING_KEY))
+    except RedisError:
+        pass
+    if total.taken or total.error:
+        log.info("clicks_flushed", **total.log_fields())
+    return total
+
+
+def flush_from_settings(settings=None) -> FlushReport:
+    """The scheduler's job: flush the queue of the configured Redis into the configured database."""
+    from scrm.config import get_settings
+    from scrm.db import get_engine
+    from scrm.redisserver import get_redis, redis_url
+
+    settings = settings or get_settings()
+    return flush_until_empty(get_engine(settings.database_url()), get_redis(redis_url(settings)),
+                             window=dt.timedelta(hours=settings.clicks.unique_window_hours),
+                             batch=settings.clicks.flush_batch)

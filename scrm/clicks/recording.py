@@ -1,0 +1,115 @@
+"""Recording a click on ``/t/{code}`` without slowing the redirect.
+
+The request does no database write: the link's URL comes from an in-process cache (a short TTL,
+so a lookup per code per minute at most), the click's facts are computed in memory
+(:func:`scrm.clicks.events.click_facts`) and pushed to Redis with one RPUSH; the write-behind
+(:mod:`scrm.clicks.flush`) stores and counts them. When Redis is away the click is written to the
+database directly (slower, but nothing is lost; a warning is logged, and Redis is not asked again
+for a few seconds so every request does not wait for it to fail). When both are away the
+customer is still redirected and the click is lost: an error names the code. Without a Redis
+client (tests, a deployment without Redis) every click is written directly.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from zoneinfo import ZoneInfo
+
+from redis import Redis
+from redis.exceptions import RedisError
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from scrm.clicks.counting import DEFAULT_WINDOW
+from scrm.clicks.events import click_facts
+from scrm.clicks.queue import QUEUE_KEY, ClickRecord, encode_click
+from scrm.clicks.store import write_clicks
+from scrm.db import utcnow
+from scrm.logs import get_logger
+from scrm.sop.links import MAX_CODE_CHARS, link_url
+
+log = get_logger(__name__)
+
+# Only these request headers matter to the agent rule (prefetch hints); the rest are not copied.
+PREFETCH_HEADERS = ("purpose", "sec-purpose", "x-moz", "x-purpose")
+
+
+class LinkLookupFailed(Exception):
+    """The link's URL is not cached and the database cannot be asked: the redirect cannot happen."""
+
+
+class LinkCache:
+    """code → URL (or None for an unknown code) for ``ttl`` seconds; unknown codes for less, so a
+    link is found soon after it is made. Cleared whole past ``max_size`` (random codes from a
+    scanner must not grow it without bound)."""
+
+    def __init__(self, lookup: Callable[[str], str | None], *, ttl: float = 60.0, miss_ttl: float = 5.0,
+                 max_size: int = 20_000, monotonic: Callable[[], float] = time.monotonic):
+        self._lookup, self._ttl, self._miss_ttl, self._max = lookup, ttl, miss_ttl, max_size
+        self._monotonic = monotonic
+        self._entries: dict[str, tuple[str | None, float]] = {}
+
+    def url(self, code: str) -> str | None:
+        now = self._monotonic()
+        hit = self._entries.get(code)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        try:
+            url = self._lookup(code)
+        except SQLAlchemyError as exc:
+            raise LinkLookupFailed(f"{type(exc).__name__}") from exc
+        if len(self._entries) >= self._max:
+            self._entries.clear()
+        self._entries[code] = (url, now + (self._ttl if url is not None else self._miss_ttl))
+        return url
+
+
+class ClickRecorder:
+    """The fast path of ``/t/{code}``: ``url`` then ``record``; built once per app."""
+
+    def __init__(self, engine: Engine, redis: Redis | None, *, secret: str | bytes, tz: ZoneInfo,
+                 window: dt.timedelta = DEFAULT_WINDOW, clock: Callable[[], dt.datetime] = utcnow,
+                 redis_retry_seconds: float = 5.0, links: LinkCache | None = None,
+                 monotonic: Callable[[], float] = time.monotonic):
+        self.engine, self.redis, self.secret, self.tz, self.window, self.clock = (
+            engine, redis, secret, tz, window, clock)
+        self.links = links or LinkCache(lambda code: link_url(engine, code))
+        self._retry_seconds, self._monotonic = redis_retry_seconds, monotonic
+        self._redis_down_until = 0.0
+
+    def url(self, code: str) -> str | None:
+        """The real page behind ``code``, None for an unknown code; :class:`LinkLookupFailed`."""
+        if not code or len(code) > MAX_CODE_CHARS:
+            return None
+        return self.links.url(code)
+
+    def record(self, code: str, *, user_agent: str | None, headers: Mapping[str, str], method: str,
+               client_ip: str | None, token: str | None) -> None:
+        """Queue one click of a known code; never raises (the redirect must happen)."""
+        now = self.clock()
+        facts = click_facts(secret=self.secret, user_agent=user_agent, headers=headers, method=method,
+                            client_ip=client_ip, token=token, now=now, day=now.astimezone(self.tz).date())
+        event_id = uuid.uuid4().hex
+        verdict = facts.verdict
+        refusal = facts.token_refusal
+        redis = self.redis
+        if redis is not None and self._monotonic() >= self._redis_down_until:
+            try:
+                redis.rpush(QUEUE_KEY, encode_click(event_id, code, now, facts.visitor, verdict.agent,
+                                                    verdict.reason, facts.external_userid, refusal))
+                return
+            except RedisError as exc:
+                self._redis_down_until = self._monotonic() + self._retry_seconds
+                log.warning("click_queue_unavailable", code=code, error=type(exc).__name__,
+                            fallback="database", retry_after_s=self._retry_seconds)
+        record = ClickRecord(event_id, code, now.astimezone(dt.UTC), facts.visitor, verdict.agent, verdict.reason,
+                             facts.external_userid, refusal)
+        try:
+            write_clicks(self.engine, [record], self.window)
+            log.info("click_written_directly", code=code, event_id=event_id)
+        except SQLAlchemyError as exc:
+            log.error("click_lost", code=code, event_id=event_id, error=type(exc).__name__,
+                      detail="neither Redis nor the database took the click; the customer was redirected")
