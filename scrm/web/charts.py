@@ -10,6 +10,7 @@ never an empty or broken box.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from html import escape
@@ -31,8 +32,13 @@ class Series:
     color: str = ""
 
 
+# Characters XML 1.0 cannot carry at all (control characters, lone surrogates, U+FFFE/FFFF): a name
+# holding one would make the whole SVG unreadable, so they are dropped.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
 def _esc(text: object) -> str:
-    return escape(str(text), quote=True)
+    return escape(_NOT_XML.sub("", str(text)), quote=True)
 
 
 def compact_number(value: float) -> str:
