@@ -47,6 +47,10 @@ from scrm.orders.cli import orders_app  # noqa: E402
 
 app.add_typer(orders_app, name="orders")
 
+from scrm.auth.cli import users_app  # noqa: E402
+
+app.add_typer(users_app, name="users")
+
 
 def _setup_logging() -> None:
     from scrm.logs import configure_logging

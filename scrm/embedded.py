@@ -133,6 +133,7 @@ class EmbeddedStack:
             os.environ["SCRM_WECOM__API_BASE_URL"] = f"http://{s.sandbox.host}:{s.sandbox.port}/cgi-bin/"
             # The toolbar page signs owners in through the sandbox's stand-in for WeCom's OAuth2 page.
             os.environ["SCRM_WEB__OAUTH_AUTHORIZE_URL"] = f"http://{s.sandbox.host}:{s.sandbox.port}/sandbox/oauth/authorize"
+            os.environ["SCRM_WEB__SSO_LOGIN_URL"] = f"http://{s.sandbox.host}:{s.sandbox.port}/sandbox/sso/login"
         reset_settings_cache()
         self.settings = s = get_settings()
         applied = migrate(s.database_url())

@@ -206,6 +206,50 @@ def create_sandbox_app(sandbox: Sandbox) -> FastAPI:
         target = urlunsplit(parts._replace(query=f"{parts.query}&{query}" if parts.query else query))
         return RedirectResponse(target, status_code=302)
 
+    @app.get("/sandbox/sso/login")
+    def sso_login(request: Request):
+        """Mimics WeCom's web login (login.work.weixin.qq.com/wwlogin/sso/login, 扫码登录) for a
+        desktop browser: where WeCom shows a QR code to scan with the WeCom app, the sandbox lists
+        the corp's members to "scan as"; ``userid`` picks one and the browser goes to
+        ``redirect_uri?code=CODE&state=STATE`` with a one-time code for auth/getuserinfo. Only
+        members can scan: there is no visitor here. ``login_type`` must be CorpApp (an app of the
+        corp; ServiceApp logins are for third-party apps, which the sandbox does not model)."""
+        q = request.query_params
+        redirect_uri, state = q.get("redirect_uri", ""), q.get("state", "")
+        refusal = None
+        if q.get("login_type", "CorpApp") != "CorpApp":
+            refusal = (40058, "login_type must be CorpApp")
+        elif not local_redirect_uri(redirect_uri):
+            refusal = (40058, "redirect_uri must be http://127.0.0.1… or http://localhost…")
+        elif not OAUTH_STATE.fullmatch(state):
+            refusal = (40058, "state must be a-zA-Z0-9, at most 128 bytes")
+        elif q.get("appid") != sandbox.corp_id:
+            refusal = (40013, "invalid corpid (appid)")
+        elif sandbox.agent_id is not None and q.get("agentid") != str(sandbox.agent_id):
+            refusal = (40056, "invalid agentid")
+        if refusal is not None:
+            if wants_html(request):
+                return page("企业微信登录失败（沙箱）", f"<p>参数错误：{html.escape(refusal[1])}</p>", status_code=400)
+            return JSONResponse({"errcode": refusal[0], "errmsg": refusal[1]}, status_code=400)
+        if not q.get("userid"):
+            keep = [(k, v) for k, v in q.multi_items() if k != "userid"]
+            links = "".join(
+                f"<li><a class='pick' href='?{html.escape(urlencode(keep + [('userid', m.userid)]))}'>"
+                f"以 {html.escape(m.name or m.userid)} ({html.escape(m.userid)}) 扫码</a></li>"
+                for m in list(sandbox.members.values()))
+            return page("企业微信扫码登录（沙箱）",
+                        f"<p>登录到 <span class='note'>{html.escape(redirect_uri)}</span>。"
+                        "真实的企业微信在这里显示二维码，用手机上的企业微信扫码确认；沙箱里请选择扫码的成员：</p>"
+                        f"<ul>{links}</ul>")
+        try:
+            code = sandbox.oauth_code(q["userid"])
+        except SandboxError as exc:
+            return _err(exc)
+        parts = urlsplit(redirect_uri)
+        query = urlencode({"code": code, "state": state})
+        return RedirectResponse(urlunsplit(parts._replace(query=f"{parts.query}&{query}" if parts.query else query)),
+                                status_code=302)
+
     @app.post("/sandbox/tokens/expire")
     def expire_tokens() -> dict:
         sandbox.expire_tokens()
