@@ -562,18 +562,31 @@ async def bare_redirect(scope, receive, send) -> None:
     await send({"type": "http.response.body", "body": b""})
 
 
-def serve_bare(port: int) -> None:
+def serve_bare(port: int, kind: str = "bare") -> None:
+    """``bare``: the ASGI app above; ``fastapi``: a FastAPI sync endpoint answering a
+    RedirectResponse (the framework's own cost, as scrm's /t/ runs: a sync def in the threadpool)."""
     import uvicorn
 
-    uvicorn.run(bare_redirect, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    app = bare_redirect
+    if kind == "fastapi":
+        from fastapi import FastAPI
+        from fastapi.responses import RedirectResponse
+
+        app = FastAPI()
+
+        @app.get("/t/{code}")
+        def tracked(code: str):
+            return RedirectResponse("https://shop.example.com/p/x", status_code=302)
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
-def ceiling(args, codes: list[str]) -> tuple[float, float | None]:
-    """Redirects/s of a bare uvicorn app (same server stack and client, no work): what the machine
-    and the client allow at all."""
+def ceiling(args, codes: list[str], kind: str) -> tuple[float, float | None]:
+    """Redirects/s and CPU per request of a server doing no work (same uvicorn and client): what the
+    machine, the client and the framework allow at all."""
     ctx = mp.get_context("spawn")
     port = free_port()
-    proc = ctx.Process(target=serve_bare, args=(port,), daemon=True)
+    proc = ctx.Process(target=serve_bare, args=(port, kind), daemon=True)
     proc.start()
     try:
         deadline = time.monotonic() + 30
@@ -731,12 +744,13 @@ def redirect(args, engine, bench_url: str) -> None:
             say(f"  client {k}: CPU {x['cpu']:.1f} s over {x['elapsed']:.1f} s ({busy:.0f}% of a core)"
                 + ("  <- near a full core: the client may be the limit" if busy > 90 else ""))
         figure("redirect /t/ per server process", f"{rate:,.0f}/s", f">= {REDIRECT_GOAL:,.0f}/s", rate >= REDIRECT_GOAL)
-        bare, bare_per = ceiling(args, codes)
-        say(f"  for scale: a bare uvicorn app answering 302 (no work) does {bare:,.0f}/s with the same client on "
-            f"this machine now {load_note()}"
-            + (f", {bare_per * 1e6:,.0f} us CPU per request" if bare_per else ""))
-        figure("redirect: bare uvicorn ceiling (no work)", f"{bare:,.0f}/s"
-               + (f" ({bare_per * 1e6:,.0f} us CPU)" if bare_per else ""), "", None)
+        for kind, what in (("bare", "a bare ASGI app answering 302"),
+                           ("fastapi", "a FastAPI sync endpoint answering RedirectResponse")):
+            bare, bare_per = ceiling(args, codes, kind)
+            say(f"  for scale: {what} (no work) does {bare:,.0f}/s with the same client on this machine now "
+                f"{load_note()}" + (f", {bare_per * 1e6:,.0f} us CPU per request" if bare_per else ""))
+            figure(f"redirect: {kind} ceiling (no work)", f"{bare:,.0f}/s"
+                   + (f" ({bare_per * 1e6:,.0f} us CPU)" if bare_per else ""), "", None)
         say(f"  queued in Redis after the run: {queued:,}; flushing ...")
         t0 = time.perf_counter()
         written = 0
