@@ -3,17 +3,19 @@ pages in Chinese with the source's figures, the scope of each role on pages, CSV
 filter handed to the source, pagination, CSV content, and hostile names escaped everywhere.
 
 Mutations tried (each made the named tests fail, then was undone):
-- resolve_scope ignoring the principal's stores (``stores = None``): test_clerk_sees_only_their_store*,
-  test_clerk_asking_for_another_store_is_refused fail;
-- ``may_see_kpis`` check removed: test_sales_rep_is_refused_everywhere fails;
-- the anonymous redirect answering 403 instead: test_anonymous_is_sent_to_sign_in fails;
-- yuan() dividing by 10 instead of 100: test_overview_shows_the_source_figures fails;
-- the default range of 8 days instead of 7: test_default_range_is_the_last_seven_local_days fails;
-- offset computed as ``page * per_page``: test_table_pagination_asks_the_source_for_the_page fails;
+- resolve_scope ignoring the principal's stores (``stores = None``): test_clerk_sees_only_their_store_on_pages,
+  _in_csv_and_json and test_clerk_asking_for_another_store_is_refused fail;
+- the ``may_see_kpis`` check removed: test_sales_rep_is_refused_everywhere fails;
+- the anonymous redirect answering a 403 page instead: test_anonymous_is_sent_to_sign_in fails;
+- yuan() dividing by 10 instead of 100: test_overview_shows_the_source_figures and
+  test_each_page_is_chinese_with_the_source_figures fail;
+- a default range of 8 days: test_default_range_is_the_last_seven_local_days (and four more) fail;
+- the table's offset computed as ``page * per_page``: test_table_pagination_asks_the_source_for_the_page,
+  test_table_sorts_by_a_column_across_pages (and two more) fail;
 - csv_safe returning the text unchanged: test_csv_guards_formulas_and_has_bom fails; the BOM left out:
-  the same test fails;
-- ``| safe`` added to the row label in dashboard_table.html: test_hostile_names_are_escaped_in_html fails;
-- the export of ``table`` calling kpi_table once (no batches): test_csv_export_fetches_every_row fails.
+  that test and the other CSV tests fail;
+- ``| safe`` on the store name in dashboard_table.html: test_hostile_names_are_escaped_in_html fails;
+- the orders export reading only the first batch: test_csv_export_fetches_every_row fails.
 """
 
 from __future__ import annotations
