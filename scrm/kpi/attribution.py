@@ -191,12 +191,14 @@ def attribute(order: OrderFacts, clicks: Iterable[ClickFact], customer_store: Cu
     if order.from_param:
         named.append(f"from 参数 {order.from_param}")
     unknown = f"；订单的{'和'.join(named)}不对应已知的帖子、群或门店" if named else ""
-    if customer_store is not None and customer_store.store_code in directory.stores:
+    known = customer_store is not None and customer_store.store_code in directory.stores
+    if order.external_userid is not None and customer_store is not None and known:
         store = customer_store.store_code
         how = ("客户是通过该门店的二维码添加的" if customer_store.via == "qr"
                else f"客户在该门店的{_group_text(directory, customer_store.detail)}中")
+        where = f"归入客户所属门店 {store}（{directory.stores[store]}）：{how}"
         return OrderAttribution(**base, rule=AttributionRule.customer_store,  # type: ignore[arg-type]
-                                reason=f"{no_click}{unknown}；归入客户所属门店 {store}（{directory.stores[store]}）：{how}",
+                                reason=f"{no_click}{unknown}；{where}",
                                 store_code=store)
     tail = "" if order.external_userid is None else "，也找不到客户所属门店"
     return OrderAttribution(**base, rule=AttributionRule.unattributed,  # type: ignore[arg-type]

@@ -38,8 +38,8 @@ def world(engine) -> World:
 def test_click_then_order_three_hours_later_is_gmv_of_that_store_group_post_and_template(world):
     """The must-show: the order 3 h after wm_a's counted click counts under SH001, g1, the post and
     breakfast; the post counts as delivered to g1's 3 customers with 1 click and 1 unique click.
-    Tried: attributing to the order's customer store before looking at clicks (the row went to SH001
-    without post/group: the group/post/template rows had no order)."""
+    Tried: letting the customer's store win over the click (the group, post and template rows had
+    no order)."""
     w = world
     w.click(w.code, at("2026-12-01 09:00"), "wm_a")
     w.order("SO-1", "wm_a", at("2026-12-01 12:00"), 12900)
@@ -63,9 +63,9 @@ def test_click_then_order_three_hours_later_is_gmv_of_that_store_group_post_and_
 
 def test_a_refund_lowers_the_gmv_where_the_order_counts_and_a_replayed_order_changes_nothing(world):
     """A partial refund (reported a day later) lowers net GMV on the order's day and row; the same
-    order and refund reported again change no figure. Tried: keying the refund by the refund's day
-    (the 12-01 post row kept net 12900) and forgetting kpi_refunds_applied (the second refresh
-    took the refund off again)."""
+    order and refund reported again change no figure. Tried: keying the refund one day later (a
+    12-02 row appeared) and attributing the refund's order again without checking it already was
+    (the refresh failed on the duplicate attribution)."""
     w = world
     w.click(w.code, at("2026-12-01 09:00"), "wm_a")
     w.order("SO-1", "wm_a", at("2026-12-01 12:00"), 12900)
@@ -91,7 +91,7 @@ def test_a_refund_lowers_the_gmv_where_the_order_counts_and_a_replayed_order_cha
 def test_an_order_thirty_hours_after_the_click_falls_back_to_the_customers_store(world):
     """Outside the 24 h window the click earns nothing: wm_b's order goes to BJ001, the store whose
     QR code added wm_b (not SH001, whose group wm_b is in and whose post wm_b clicked).
-    Tried: a window test of ``<= paid_at + window`` on the wrong side (the post kept the order)."""
+    Tried: a window test without its lower bound (the post kept the 30 h order)."""
     w = world
     w.click(w.code, at("2026-12-01 09:00"), "wm_b")
     w.order("SO-30H", "wm_b", at("2026-12-02 15:00"), 5000)
@@ -114,7 +114,8 @@ def test_an_order_thirty_hours_after_the_click_falls_back_to_the_customers_store
 def test_preview_and_bot_clicks_never_attribute(world):
     """A link preview carrying the customer (a 1:1 link unfurled by WeChat), a bot and a repeat
     are recorded, counted as no unique click, and never earn the order.
-    Tried: attributing on any click with the customer (the preview earned SO-P)."""
+    Tried: attributing on any click with the customer, in the click query and the pure rule together
+    (the preview earned SO-P; either alone is still caught by the other)."""
     w = world
     w.click(w.code, at("2026-12-01 09:00"), "wm_a", counted=False, agent="preview")
     w.click(w.code, at("2026-12-01 09:05"), "wm_a", counted=False, agent="bot")
@@ -130,8 +131,8 @@ def test_preview_and_bot_clicks_never_attribute(world):
 def test_a_click_flushed_after_its_order_was_attributed_moves_the_order(world):
     """Write-behind: the order is rolled up before its click reaches link_clicks; when the click
     arrives the order moves from the customer's store to the post — its order, GMV, refund and
-    buyer — and nothing is left behind. Tried: re-attributing without moving the refund (the
-    store row kept -1000 of refunds) and without the buyer-day (the store kept a buyer)."""
+    buyer — and nothing is left behind. Tried: moving the order without its refund (the post
+    showed no refund) and without its buyer-day (the post had no buyer)."""
     w = world
     w.order("SO-LATE", "wm_a", at("2026-12-01 12:00"), 9900)
     w.refund("RF-L", "SO-LATE", 1000, at("2026-12-01 13:00"))
@@ -168,8 +169,8 @@ def test_a_post_that_stops_being_delivered_is_taken_out(world):
 
 def test_unmatched_orders_count_by_link_code_and_as_one_buyer_each(world):
     """An order that matched no customer still counts under the post its link code names, and two
-    unmatched orders are two buyers. Tried: using external_userid as the buyer key (two unmatched
-    orders were one buyer with a repeat)."""
+    unmatched orders are two buyers. Tried: one buyer key for every unmatched order (two
+    unmatched orders were one repeat buyer)."""
     w = world
     a = w.order("SO-U1", None, at("2026-12-01 10:00"), 1000, link_code="kBREAKFAST1")
     w.order("SO-U2", None, at("2026-12-01 11:00"), 2000, **{"from": "kBREAKFAST1"})
@@ -225,19 +226,22 @@ def test_a_clerks_scope_sees_only_their_store(world):
     assert page.totals.gmv_fen == 12900 + 500 + 77
 
 
-def test_pages_hold_every_row_once(world):
-    """limit/offset page through the rows in a stable order and total_rows counts them all.
-    Tried: ordering by GMV alone (rows of equal GMV swapped between pages on PostgreSQL)."""
+def test_pages_hold_every_row_once_in_a_stable_order(world):
+    """limit/offset page through the rows ordered by net GMV, then unique clicks, then key, and
+    total_rows counts them all. Tried: ordering by net GMV alone (the clicked posts were not first)."""
     w = world
-    for i in range(7):
-        w.post("g2", f"t{i}", at(f"2026-12-0{i + 1} 09:00"))
+    posts = [w.post("g2", f"t{i}", at(f"2026-12-0{i + 1} 09:00")) for i in range(7)]
+    for n, (_, code) in ((2, posts[3]), (1, posts[5])):
+        for i in range(n):
+            w.click(code, at("2026-12-07 10:00"), f"wm_k{i}")
     w.refresh()
     seen = []
     for offset in range(0, 10, 3):
         page = w.table(Dimension.post, limit=3, offset=offset)
         assert page.total_rows == 8
         seen += [r.key for r in page.rows]
-    assert len(seen) == len(set(seen)) == 8
+    rest = sorted([w.post_id] + [p for i, (p, _) in enumerate(posts) if i not in (3, 5)])
+    assert seen == [str(posts[3][0]), str(posts[5][0])] + [str(p) for p in rest]
 
 
 def test_two_refreshes_racing_do_not_double_count(world):
@@ -262,7 +266,7 @@ def test_two_refreshes_racing_do_not_double_count(world):
 
 def test_rebuild_gives_the_same_figures_as_the_incremental_refreshes(world):
     """Rolled up in many small refreshes (with a late click among them) or rebuilt at once: the
-    same rollups. Tried: a rebuild that kept post_days (the post was not delivered again)."""
+    same rollups. Tried: a rebuild that kept kpi_post_deliveries (no post was delivered again)."""
     w = world
     w.click(w.code, at("2026-12-01 09:00"), "wm_a")
     w.order("SO-1", "wm_a", at("2026-12-01 12:00"), 12900)
@@ -292,7 +296,7 @@ def test_rebuild_gives_the_same_figures_as_the_incremental_refreshes(world):
 
 def test_the_window_and_the_zone_are_the_callers(world):
     """A 2 h window turns the 3 h-old click into no click; the local day is the corp's (an order
-    at 23:30 UTC on 11-30 is 12-01 in Shanghai)."""
+    at 23:30 UTC on 11-30 is 12-01 in Shanghai). Tried: local days in UTC (12-01 had one order)."""
     w = world
     w.click(w.code, at("2026-12-01 09:00"), "wm_a")
     w.order("SO-1", "wm_a", at("2026-12-01 12:00"), 100)
