@@ -8,8 +8,9 @@ One flusher at a time holds ``LOCK_KEY`` (SET NX with an expiry). Under it a flu
    unique-click state, the link counters; event ids already stored are skipped);
 3. only then deletes ``PROCESSING_KEY``.
 
-Both Redis steps are WATCHed transactions that go through only while this flusher still holds
-the lock, so a flusher whose lock expired mid-flush (a long pause) cannot move or drop what its
+Both Redis steps are WATCHed transactions: the move goes through only while this flusher still
+holds the lock, and the delete only while the processing list still holds exactly the batch
+written, so a flusher whose lock expired mid-flush (a long pause) cannot move or drop what its
 successor is working on; if both reach the database with the same batch, the database
 serialises them and the second finds every event id stored. A database error leaves the batch in
 ``PROCESSING_KEY`` for the next flush: nothing is lost and nothing is written twice.
@@ -99,12 +100,16 @@ def _take(redis: Redis, token: bytes, batch: int) -> tuple[list, bool]:
                 continue
 
 
-def _done(redis: Redis, token: bytes) -> bool:
-    """Drop the written batch from Redis, if this flusher still holds the lock."""
+def _done(redis: Redis, batch: list) -> bool:
+    """Drop the written batch from Redis, if the processing list still holds exactly it (same
+    length, same first and last element: event ids are unique, and a new batch is only moved in
+    once the list is empty). A successor that took it over while this flusher wrote finds it gone
+    or, if it is writing it too, finds every event id stored."""
     with redis.pipeline() as pipe:
         try:
-            pipe.watch(LOCK_KEY)
-            if pipe.get(LOCK_KEY) != token:
+            pipe.watch(PROCESSING_KEY)
+            if (pipe.llen(PROCESSING_KEY) != len(batch) or pipe.lindex(PROCESSING_KEY, 0) != batch[0]
+                    or pipe.lindex(PROCESSING_KEY, -1) != batch[-1]):
                 pipe.unwatch()
                 return False
             pipe.multi()
@@ -158,9 +163,8 @@ def flush_clicks(engine: Engine, redis: Redis, *, window: dt.timedelta, batch: i
             result = write_clicks(engine, records, window)
         except SQLAlchemyError as exc:
             raise ClickFlushFailed(f"database: {type(exc).__name__}: {str(exc)[:200]}", kept=len(raws)) from exc
-        if not _done(redis, token):
-            # Written, but another flusher holds the batch now: it finds every event id stored.
-            log.warning("clicks_flush_lock_expired", taken=len(raws))
+        if not _done(redis, raws):
+            log.warning("clicks_flush_lock_expired", taken=len(raws), detail="another flusher took the batch over")
         report.written, report.already_written = result.written, result.already_written
         reasons = result.reasons
         report.counted = reasons.get(CountReason.COUNTED, 0)

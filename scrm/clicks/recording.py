@@ -19,7 +19,9 @@ from collections.abc import Callable, Mapping
 from zoneinfo import ZoneInfo
 
 from redis import Redis
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+from redis.retry import Retry
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -35,6 +37,13 @@ log = get_logger(__name__)
 
 # Only these request headers matter to the agent rule (prefetch hints); the rest are not copied.
 PREFETCH_HEADERS = ("purpose", "sec-purpose", "x-moz", "x-purpose")
+
+
+def click_queue_redis(url: str) -> Redis:
+    """The client ``/t/`` pushes with: short timeouts and no retries (redis-py's default retries
+    with backoff for seconds, which a customer waiting for a redirect would feel; a failed push
+    goes to the database instead, and a retried push could queue the click twice)."""
+    return Redis.from_url(url, socket_connect_timeout=0.25, socket_timeout=0.5, retry=Retry(NoBackoff(), 0))
 
 
 class LinkLookupFailed(Exception):

@@ -223,6 +223,7 @@ def create_app(
 def app_from_settings(settings=None, *, clock: Callable[[], dt.datetime] = utcnow) -> CallbackEndpoint:
     """The production app: settings decide the database, Redis and the WeCom identity.
     ``clock``: when clicks happen (the demo seeding passes its simulated clock)."""
+    from scrm.clicks.recording import click_queue_redis
     from scrm.clicks.secret import clicks_secret
     from scrm.config import get_settings
     from scrm.db import get_engine
@@ -248,7 +249,7 @@ def app_from_settings(settings=None, *, clock: Callable[[], dt.datetime] = utcno
         operator_token=settings.web.operator_token.get_secret_value(),
         timezone=settings.sop.timezone,
         orders_verifier=orders_verifier(settings, r),
-        click_redis=r,
+        click_redis=click_queue_redis(url),
         clicks_secret=clicks_secret(settings),
         click_window=dt.timedelta(hours=settings.clicks.unique_window_hours),
         clock=clock,
