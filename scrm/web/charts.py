@@ -30,6 +30,7 @@ class Series:
     name: str
     values: Sequence[float]
     color: str = ""
+    dashed: bool = False  # a line drawn dashed, so one lying on another stays visible
 
 
 # Characters XML 1.0 cannot carry at all (control characters, lone surrogates, U+FFFE/FFFF): a name
@@ -128,7 +129,11 @@ class _Frame:
         out, x = [], float(LEFT)
         for i, s in enumerate(self.series):
             color = _color(s, i)
-            out.append(f'<rect x="{x:.1f}" y="9" width="10" height="10" rx="2" fill="{_esc(color)}"/>')
+            if s.dashed:
+                out.append(f'<line x1="{x:.1f}" x2="{x + 10:.1f}" y1="14" y2="14" stroke="{_esc(color)}" '
+                           f'stroke-width="2" stroke-dasharray="3 2"/>')
+            else:
+                out.append(f'<rect x="{x:.1f}" y="9" width="10" height="10" rx="2" fill="{_esc(color)}"/>')
             name = s.name if len(s.name) <= 16 else s.name[:15] + "…"
             out.append(f'<text x="{x + 14:.1f}" y="18" font-size="12" fill="#333">{_esc(name)}</text>')
             x += 14 + 13 * len(name) + 16
@@ -166,8 +171,9 @@ def line_chart(labels: Sequence[str], series: Sequence[Series], *, title: str,
         color = _esc(_color(s, si))
         points = " ".join(f"{x_of(i):.1f},{frame.y(v):.1f}" for i, v in enumerate(s.values))
         if n > 1:
+            dash = ' stroke-dasharray="6 4"' if s.dashed else ""
             out.append(f'<polyline class="line" points="{points}" fill="none" stroke="{color}" '
-                       f'stroke-width="2" stroke-linejoin="round"/>')
+                       f'stroke-width="2" stroke-linejoin="round"{dash}/>')
         for i, v in enumerate(s.values):
             out.append(f'<circle class="pt" data-series="{si}" cx="{x_of(i):.1f}" cy="{frame.y(v):.1f}" '
                        f'r="{radius}" fill="{color}"><title>{_esc(labels[i])} {_esc(s.name)}：'

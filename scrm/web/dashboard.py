@@ -724,7 +724,8 @@ def dashboard_router(source: KpiSource, principal: Callable[[Request], Principal
             o = load_overview(source, scope.filter, by)
             labels = [d.strftime("%m-%d") for d, _ in o.days]
             gmv = line_chart(labels, [Series("GMV", [r.gmv_fen / 100 for _, r in o.days], "#1f6feb"),
-                                      Series("净GMV", [r.net_gmv_fen / 100 for _, r in o.days], "#2f9e44")],
+                                      Series("净GMV", [r.net_gmv_fen / 100 for _, r in o.days], "#2f9e44",
+                                             dashed=True)],
                              title="每日 GMV（元）", fmt=lambda v: "¥" + compact_number(v))
             clicks = bar_chart(labels, [Series("点击", [r.clicks for _, r in o.days], "#f08c00"),
                                         Series("独立点击", [r.unique_clicks for _, r in o.days], "#1f6feb")],
