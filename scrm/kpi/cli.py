@@ -7,7 +7,7 @@ import datetime as dt
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 
 from scrm.cli_common import console as _console
 from scrm.cli_common import database, fail
@@ -27,7 +27,7 @@ def _run(rebuild: bool) -> None:
     window = dt.timedelta(hours=settings.kpi.attribution_window_hours)
     with database(console) as engine, Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                                console=console, transient=True) as bar:
-        tasks: dict[str, int] = {}
+        tasks: dict[str, TaskID] = {}
 
         def progress(stage: str, done: int, total: int) -> None:
             if stage not in tasks:
