@@ -24,7 +24,7 @@ from sqlalchemy import func, select
 from scrm.callbacks.dispatch import Processor
 from scrm.config import SANDBOX_CORP_ID, Settings, SopSettings, WebSettings, WeComSettings
 from scrm.demo import set_up_demo_chain
-from scrm.demo_week import DEMO_ORDER_PREFIX, DemoWeekRefused, simulate_demo_week
+from scrm.demo_week import DemoWeekRefused, simulate_demo_week
 from scrm.kpi.queries import kpi_table
 from scrm.kpi.report import UNATTRIBUTED, Dimension, KpiFilter
 from scrm.orders.models import Order, Refund
@@ -122,18 +122,20 @@ def ledger(engine):
 
 
 def test_a_week_of_posts_clicks_and_orders_through_the_real_paths(stack):
-    """Mutations tried, each made this test fail: owners never confirming (``confirms`` forced
-    False in ``_Week._owners_see_due_posts``: no owner task delivered, days without delivered
-    posts); the clicks sent without a User-Agent (every click a bot: no unique clicks); the replayed
-    order sent with a fresh order id (two stored); refunds skipped (no refund row)."""
+    """Mutations tried, each made this test fail: owners never sending owner tasks (``_owner_send``
+    returning at once: no owner task delivered, weekend days without delivered posts); the clicks
+    sent without a User-Agent (every click a bot); the shop's retry sent with a new order id
+    (stored twice: one order more than signed requests allow); refunds skipped (no refund row)."""
     report = stack.simulate()
     assert report is not None and report.days == 7, report
     rows = ledger(stack.engine)
     delivered_days = {r.day for r in rows if r.status in (PostStatus.sent, PostStatus.confirmed)}
     assert delivered_days == set(WEEK)
-    statuses = {r.status for r in rows}
-    # delivered, missed and never-answered posts, as a real week has them
-    assert {PostStatus.confirmed, PostStatus.sent, PostStatus.expired, PostStatus.unconfirmed} <= statuses, statuses
+    # delivered posts, missed owner tasks, mass sends some owner never confirmed, as a real week has them
+    assert {(r.channel, r.status) for r in rows} >= {
+        ("mass_send", PostStatus.confirmed), ("mass_send", PostStatus.sent),
+        ("owner_task", PostStatus.sent), ("owner_task", PostStatus.expired)}
+    assert report.mass_unconfirmed == sum(r.channel == "mass_send" and r.status == PostStatus.sent for r in rows) > 0
     # delivery happened on its own day, at the simulated time (not at the moment the test ran)
     for r in rows:
         at = r.confirmed_at or r.sent_at
@@ -168,7 +170,11 @@ def test_a_week_of_posts_clicks_and_orders_through_the_real_paths(stack):
     assert all(990 <= r.amount_fen <= 3900 + 2590 for r in orders)
     assert all(WEEK[0] <= r.paid_at.replace(tzinfo=dt.UTC).astimezone(TZ).date() <= WEEK[-1] for r in orders)
     assert len({r.order_id for r in orders}) == len(orders)
-    assert report.replays_unchanged == 2
+    assert report.replays_unchanged == 1
+    # Every stored order and refund came with its own signed request (a nonce kept in Redis); the
+    # order the shop reported again made one more request and stored nothing.
+    nonces = stack.redis.keys("scrm:orders:nonce:*")
+    assert len(nonces) == len(orders) + report.refunds + 1
     assert count(stack.engine, Refund) == report.refunds == 2
     assert report.gmv_fen == sum(r.amount_fen for r in orders)
     assert report.notes == ["orders.secret is not set: the demo's orders were signed with a one-off secret"]
@@ -188,30 +194,33 @@ def test_a_week_of_posts_clicks_and_orders_through_the_real_paths(stack):
 
 
 def test_a_second_run_changes_nothing(stack):
-    """Mutation tried: the marker check removed from ``simulate_demo_week`` (a second week was
-    played over the first: more orders, more clicks)."""
-    assert stack.simulate() is not None
+    """`scrm run` again (that day, or the next): the week is not played twice. Also: with
+    SCRM_ORDERS__SECRET set, the demo shop signs with it and says nothing of a one-off secret.
+    Mutations tried: the marker check removed from ``simulate_demo_week`` (the second week's clicks
+    were recorded on top of the first's; the orders, by their ids, were not); the settings' orders
+    secret ignored (the one-off note appeared)."""
+    first = stack.simulate(settings=settings_for(secret="shop-shared-secret"))
+    assert first is not None and first.orders > 0 and first.notes == []
     tables = (SopPost, LinkClick, Order, Refund, TrackedLink)
     before = [count(stack.engine, t) for t in tables]
-    assert stack.simulate() is None
-    assert stack.simulate(now=(NOW + dt.timedelta(days=1)).astimezone(dt.UTC)) is None
+    again = [stack.simulate(), stack.simulate(now=(NOW + dt.timedelta(days=1)).astimezone(dt.UTC))]
     assert [count(stack.engine, t) for t in tables] == before
+    assert again == [None, None]
 
 
-def test_it_refuses_a_corp_that_is_not_the_sandbox(stack):
-    """Mutation tried: the corp check removed (the week was played for a real corp id)."""
-    with pytest.raises(DemoWeekRefused, match="only simulated in the sandbox corp"):
-        stack.simulate(settings=settings_for("wwrealcorp0001"))
-    assert count(stack.engine, SopPost, SopPost.day < NOW.date()) == 0
-    assert count(stack.engine, Order) == 0
+def test_it_refuses_a_corp_that_is_not_the_sandbox(sqlite_engine, redis_url):
+    """A simulated week never counts as a real corp's history. Mutation tried: the corp check
+    removed (it went on to play the week for the real corp id)."""
+    import redis
 
-
-def test_orders_count_only_with_demo_prefix_and_secret_is_used(stack):
-    """The order API's secret from settings signs the shop's requests when one is set."""
-    report = stack.simulate(settings=settings_for(secret="shop-shared-secret"))
-    assert report is not None and report.orders > 0
-    assert not any("one-off secret" in n for n in report.notes)
-    assert count(stack.engine, Order, Order.__table__.c.order_id.startswith(DEMO_ORDER_PREFIX)) == report.orders
+    r = redis.Redis.from_url(redis_url)
+    real = Sandbox("wwrealcorp0001", SECRET)
+    for settings, sandbox in ((settings_for("wwrealcorp0001"), real), (settings_for(), real)):
+        with pytest.raises(DemoWeekRefused, match="only simulated in the sandbox corp"):
+            simulate_demo_week(sqlite_engine, settings, sandbox=sandbox, client=None, redis=r,
+                               now=NOW.astimezone(dt.UTC))
+    r.close()
+    assert count(sqlite_engine, SopPost) == 0 and count(sqlite_engine, Order) == 0
 
 
 def test_the_same_seed_tells_the_same_week_in_another_corp(tmp_path, redis_url):
@@ -231,6 +240,6 @@ def test_the_same_seed_tells_the_same_week_in_another_corp(tmp_path, redis_url):
         finally:
             s.close()
             engine.dispose()
-        figures.append((r.posts, r.delivered, r.expired, r.unconfirmed, r.waiting, r.clicks, r.unique_clicks,
+        figures.append((r.posts, r.delivered, r.expired, r.mass_unconfirmed, r.clicks, r.unique_clicks,
                         r.not_counted, r.orders, r.unmatched_orders, r.gmv_fen, r.refunds, r.refunds_fen))
     assert figures[0] == figures[1]
