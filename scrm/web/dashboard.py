@@ -24,13 +24,16 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Protocol, Self
 from urllib.parse import quote, urlencode
+from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from markupsafe import Markup
 from pydantic import BaseModel, Field
+from sqlalchemy.engine import Engine
 
 from scrm.auth.roles import ROLE_NAMES, Forbidden, Principal
+from scrm.kpi import compliance, funnel, queries
 from scrm.kpi.report import (
     UNATTRIBUTED,
     AttributionRule,
@@ -78,6 +81,30 @@ class KpiSource(Protocol):
     def store_funnel(self, f: KpiFilter) -> list[StoreFunnel]: ...
 
     def owner_compliance(self, f: KpiFilter) -> list[OwnerCompliance]: ...
+
+
+class KpiQueries:
+    """The real :class:`KpiSource`: the KPI queries bound to the database, the corp's time zone
+    and the group member cap (``routing.group_qr_cap``)."""
+
+    def __init__(self, engine: Engine, *, tz: ZoneInfo, cap: int = 200):
+        self.engine, self.tz, self.cap = engine, tz, cap
+
+    def kpi_table(self, f: KpiFilter, by: Dimension, *, limit: int, offset: int) -> KpiPage:
+        return queries.kpi_table(self.engine, f, by, limit=limit, offset=offset, tz=self.tz)
+
+    def gmv_decomposition(self, f: KpiFilter, by: Dimension) -> list[GmvDecomposition]:
+        return queries.gmv_decomposition(self.engine, f, by, tz=self.tz)
+
+    def order_attributions(self, f: KpiFilter, *, limit: int,
+                           offset: int) -> tuple[list[OrderAttribution], int]:
+        return queries.order_attributions(self.engine, f, limit=limit, offset=offset)
+
+    def store_funnel(self, f: KpiFilter) -> list[StoreFunnel]:
+        return funnel.store_funnel(self.engine, f, tz=self.tz, cap=self.cap)
+
+    def owner_compliance(self, f: KpiFilter) -> list[OwnerCompliance]:
+        return compliance.owner_compliance(self.engine, f, tz=self.tz)
 
 
 class NotSignedIn(Exception):

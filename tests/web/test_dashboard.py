@@ -606,3 +606,26 @@ def test_in_the_real_app(tmp_path):
         assert "/api/kpi/summary" in c.get("/openapi.json").json()["paths"]
     engine.dispose()
 
+
+
+def test_real_queries_behind_every_view(engine):
+    """KpiQueries (the real source) on the seeded store chain, SQLite and PostgreSQL: every page,
+    CSV and API answers, the funnel shows the stores' members against the cap, a clerk's scope
+    holds."""
+    from scrm.web.dashboard import KpiQueries
+    from tests.web.shop import seed
+
+    seed(engine)
+    app = FastAPI()
+    app.include_router(dashboard_router(KpiQueries(engine, tz=TZ, cap=200), principal_of, tz=TZ,
+                                        stores=lambda: [("BJ2", "望京店"), ("BJ3", "西单店"), ("S1", "南京西路店")],
+                                        today=lambda: TODAY))
+    with TestClient(app, base_url="http://scrm", follow_redirects=False) as c:
+        for path in PAGES + [f"/dashboard/export/{t}.csv" for t in CSVS] + [f"/api/kpi/{a}" for a in APIS]:
+            assert c.get(path, headers=as_("boss")).status_code == 200, path
+        funnel = c.get("/api/kpi/funnel", headers=as_("boss")).json()["rows"]
+        bj2 = next(r for r in funnel if r["store_code"] == "BJ2")
+        assert (bj2["members"], bj2["groups"], bj2["cap"]) == (150, 1, 200)
+        assert "150 / 200" in text_of(c.get("/dashboard/funnel", headers=as_("boss")).text)
+        clerk = c.get("/api/kpi/funnel", headers=as_("clerk")).json()
+        assert clerk["filter"]["stores"] == ["S1"] and all(r["store_code"] == "S1" for r in clerk["rows"])

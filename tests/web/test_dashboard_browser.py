@@ -7,9 +7,9 @@ Screenshots go to /tmp/shots/dashboard-*.png.
 Mutations tried (each made the named test fail, then was undone):
 - ``.scroll { overflow-x: auto }`` removed from dashboard_base.html: test_overview_fits_and_draws[390]
   (the page scrolls sideways);
-- the GMV chart given no series (empty state): test_overview_fits_and_draws (no visible marks);
-- ``| safe`` on the store name in the decomposition table: test_hostile_names_run_no_script (a dialog
-  opened).
+- the GMV chart given no labels (its 暂无数据 state): test_overview_fits_and_draws at both widths;
+- ``| safe`` on the store name in the decomposition table: test_hostile_names_run_no_script (the name
+  is no longer shown as text: the browser ran it as a script).
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ LAYOUT = """() => {
   document.querySelectorAll('main *').forEach((el) => {
     if (el.closest('.scroll') && !el.classList.contains('scroll')) return;
     const r = el.getBoundingClientRect();
-    if (r.width && (r.right > vw + 1 || r.left < -1)) bad.push(el.tagName + '.' + el.className + ' spans ' + r.left + '..' + r.right);
+    if (r.width && (r.right > vw + 1 || r.left < -1))
+      bad.push(el.tagName + '.' + el.className + ' spans ' + r.left + '..' + r.right);
   });
   const sw = document.documentElement.scrollWidth;
   if (sw > vw) bad.push('page scrolls sideways: ' + sw + ' > ' + vw);
