@@ -5,11 +5,11 @@ without access or a non-member sees.
 Mutations tried (each made the named tests fail, then was undone):
 - the callback not comparing ``state`` with the cookie's nonce (the ``compare_digest`` condition
   dropped): test_a_tampered_or_foreign_state_is_refused.
-- the callback not deleting the login cookie: the replay part of the same test still failed (the
-  sandbox's code is one-time), so the test also checks the cookie is gone.
+- the callback not deleting the login cookie after a sign-in: the same test (its replay part checks
+  the cookie is gone).
 - /sandbox/sso/login redirecting without a code: test_the_web_login_round_trip_in_a_desktop_browser.
-- principal_for ignoring grants (any known user gets a principal with no roles):
-  test_a_member_without_grants_is_told_to_ask_a_manager.
+- principal_for without its "no roles: None" (a user whose grants were revoked gets a principal
+  with no roles): test_a_member_without_grants_is_told_to_ask_a_manager.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from scrm.auth import service
+from scrm.auth.roles import Role
 from scrm.web.auth_routes import LOGIN_COOKIE, SESSION_COOKIE
 from tests.auth.conftest import AGENT, BASE, CORP, DESKTOP_UA, WECOM_UA
 
@@ -137,6 +139,13 @@ def test_a_member_without_grants_is_told_to_ask_a_manager(site):
     assert "还没有开通权限" in r.text and "newbie" in r.text and "请联系" not in r.text.split("<h1>")[0]
     assert "scrm users grant newbie 角色 [--store 门店编号]" in r.text and "店长或管理员" in r.text
     assert SESSION_COOKIE not in r.headers.get("set-cookie", "")
+    assert site.web.get("/api/kpi/stores").status_code == 401
+
+    # A user whose last grant was revoked is in the same place.
+    assert service.revoke(site.engine, "lisi", Role.store_staff) == 1
+    start = site.web.get("/auth/wecom/start", params={"via": "sso"}, follow_redirects=False)
+    r = back_at_scrm(site, at_sandbox(site, start.headers["location"], userid="lisi"))
+    assert r.status_code == 403 and "还没有开通权限" in r.text and "scrm users grant lisi" in r.text
     assert site.web.get("/api/kpi/stores").status_code == 401
 
 
