@@ -214,7 +214,22 @@ def load_further_day(libpq: str) -> dict[str, int]:
     with psycopg.connect(libpq, autocommit=True) as conn:
         lines = json.loads(conn.execute("SELECT extra FROM bench_kpi_meta").fetchone()[0])
         before = {t: conn.execute(f"SELECT coalesce(max(id), 0) FROM {t}").fetchone()[0]
-                  for t in ("link_clicks", "order_refunds")}
+                  for t in ("link_clicks", "orders", "order_refunds")}
+    # The generator numbered these rows with the day they belong to; the database would give them
+    # ids after everything already stored (the rollups follow ids), so they are numbered again.
+    orders: dict[str, str] = {}
+    for name in ("link_clicks", "orders", "order_refunds"):
+        renumbered = []
+        for k, line in enumerate(lines[name], start=before[name] + 1):
+            old, rest = line.split("\t", 1)
+            if name == "orders":
+                orders[old] = str(k)
+            elif name == "order_refunds":
+                fields = rest.split("\t")
+                fields[1] = orders.get(fields[1], fields[1])  # order_pk of an order of the further day
+                rest = "\t".join(fields)
+            renumbered.append(f"{k}\t{rest}")
+        lines[name] = renumbered
     tables = {name: (SQLModel.metadata.tables[name], kpi_data.COLUMNS[name]) for name in lines}
     copier = kpi_data.Copier(libpq, tables)
     for name, rows in lines.items():
@@ -423,10 +438,14 @@ def queries(engine, end: dt.date, store: str, runs: int) -> None:
     say(f"  {'query':<40} {'rows':>6} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8}  goal p95 <= {QUERY_GOAL_MS:.0f} ms")
     for label, fn in cases:
         try:
+            t_warm = time.perf_counter()
             for _ in range(2):
                 out = fn()
+            warm_ms = (time.perf_counter() - t_warm) * 500
+            # A query already far over its goal gets fewer runs (its p95 is then the slowest of them).
+            n = runs if warm_ms <= 5 * QUERY_GOAL_MS else min(runs, 5)
             times = []
-            for _ in range(runs):
+            for _ in range(n):
                 t = time.perf_counter()
                 out = fn()
                 times.append((time.perf_counter() - t) * 1000)
@@ -439,7 +458,8 @@ def queries(engine, end: dt.date, store: str, runs: int) -> None:
         rows = len(out.rows) if hasattr(out, "rows") else (len(out) if hasattr(out, "__len__") else 1)
         p50, p95 = percentile(times, 50), percentile(times, 95)
         ok = p95 <= QUERY_GOAL_MS
-        say(f"  {label:<40} {rows:>6} {p50:>8.1f} {p95:>8.1f} {max(times):>8.1f}  {'ok' if ok else 'OVER'}")
+        say(f"  {label:<40} {rows:>6} {p50:>8.1f} {p95:>8.1f} {max(times):>8.1f}  {'ok' if ok else 'OVER'}"
+            + (f"  ({n} runs: far over the goal)" if n < runs else ""))
         figure(f"query {label}", f"p95 {p95:.0f} ms (p50 {p50:.0f})", f"p95 <= {QUERY_GOAL_MS:.0f} ms", ok)
 
 
