@@ -21,9 +21,11 @@ user stops working at once.
 For the other pages (the dashboard), all documented below and installed by :func:`install_auth`:
 
 - ``current_principal(request) -> Principal | None``
-- ``Depends(require_page(Role.manager, ...))``: a page; not signed in -> 302 to ``/login?next=…``;
+- ``who: Annotated[Principal, Depends(require_page(Role.manager))]`` (Annotated keeps ruff's B008
+  quiet, and a module-level alias can be shared by several routes):
+  ``require_page(*roles)`` guards a page; not signed in -> 302 to ``/login?next=…``;
   signed in without one of the roles -> 403 Chinese page. No roles: anyone signed in.
-- ``Depends(require_api(...))``: the same for JSON: 401 / 403 with a Chinese ``detail``.
+- ``require_api(*roles)``: the same for JSON: 401 / 403 with a Chinese ``detail``.
 - ``Principal.require_store(code)`` raising :class:`~scrm.auth.roles.Forbidden` in a route becomes a
   403 (a Chinese page, or JSON under ``/api/``).
 - ``csrf_token(request)`` (also a Jinja global): put it in every form as ``<input type="hidden"

@@ -4,6 +4,7 @@ login pages (in-process), and an app with sign-in installed and a few pages guar
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import pytest
 from fastapi import Depends, FastAPI, Request
@@ -45,42 +46,50 @@ def stores(engine):
     return seed_stores(engine)
 
 
+SignedIn = Annotated[Principal, Depends(require_page())]
+ManagerPage = Annotated[Principal, Depends(require_page(Role.manager))]
+StorePage = Annotated[Principal, Depends(require_page(Role.manager, Role.store_staff))]
+KpiApi = Annotated[Principal, Depends(require_api(Role.manager, Role.operator, Role.store_staff))]
+StoreApi = Annotated[Principal, Depends(require_api(Role.manager, Role.store_staff))]
+ManagerApi = Annotated[Principal, Depends(require_api(Role.manager))]
+
+
 def guarded_pages(app: FastAPI) -> None:
     """Pages as the dashboard will guard them."""
 
     @app.get("/kpi", response_class=HTMLResponse)
-    def anyone(request: Request, who: Principal = Depends(require_page())):
+    def anyone(request: Request, who: SignedIn):
         return f"<p>你好 {who.name}</p>"
 
     @app.get("/kpi/all", response_class=HTMLResponse)
-    def managers(who: Principal = Depends(require_page(Role.manager))):
+    def managers(who: ManagerPage):
         return "<p>全部门店</p>"
 
     @app.get("/kpi/store/{code}", response_class=HTMLResponse)
-    def one_store(code: str, who: Principal = Depends(require_page(Role.manager, Role.store_staff))):
+    def one_store(code: str, who: StorePage):
         who.require_store(code)
         return f"<p>{code}</p>"
 
     @app.get("/api/kpi/stores")
-    def visible(who: Principal = Depends(require_api(Role.manager, Role.operator, Role.store_staff))):
+    def visible(who: KpiApi):
         v = who.visible_stores()
         return {"userid": who.userid, "stores": None if v is None else sorted(v)}
 
     @app.get("/api/kpi/store/{code}")
-    def store_api(code: str, who: Principal = Depends(require_api(Role.manager, Role.store_staff))):
+    def store_api(code: str, who: StoreApi):
         who.require_store(code)
         return {"store": code}
 
     @app.get("/api/kpi/managers")
-    def managers_api(who: Principal = Depends(require_api(Role.manager))):
+    def managers_api(who: ManagerApi):
         return {"ok": True}
 
     @app.get("/kpi/form", response_class=HTMLResponse)
-    def form(request: Request, who: Principal = Depends(require_page())):
+    def form(request: Request, who: SignedIn):
         return f'<form method="post" action="/kpi/note"><input name="csrf_token" value="{csrf_token(request)}"></form>'
 
     @app.post("/kpi/note", dependencies=[Depends(check_csrf)])
-    def post_note(who: Principal = Depends(require_page())):
+    def post_note(who: SignedIn):
         return {"saved": True}
 
 

@@ -232,3 +232,44 @@ def test_the_session_key_is_derived_for_its_purpose():
     assert auth_secret("", "corp-secret") != session_secret("", "corp-secret")  # not the toolbar's key
     with pytest.raises(ValueError, match="SCRM_WEB__SESSION_SECRET"):
         auth_secret("", "")
+
+
+def test_sign_in_inside_the_app_and_from_settings(users, monkeypatch):
+    """install_auth on the production app (behind the callback fast path, with its own error pages):
+    the redirect and the 403 page are sign-in's, its 404 page still the app's; auth_from_settings
+    wires the configured URLs, the session length and a key derived from the corp secret."""
+    from fastapi.testclient import TestClient
+
+    from scrm.config import Settings
+    from scrm.web.auth_routes import auth_from_settings, install_auth
+    from tests.auth.conftest import guarded_pages
+    from tests.web.shop import make_app
+
+    monkeypatch.delenv("SCRM_WECOM__SECRET", raising=False)
+    monkeypatch.delenv("SCRM_WEB__SESSION_SECRET", raising=False)
+    settings = Settings(_env_file=None, database={"url": str(users.url)},
+                        wecom={"secret": "corp-secret", "agent_id": 1000005},
+                        web={"public_url": "https://scrm.example.com", "session_max_age_hours": 8,
+                             "sso_login_url": "http://127.0.0.1:8899/sandbox/sso/login"})
+    cfg = auth_from_settings(settings)
+    assert (cfg.base_url, cfg.session_max_age_seconds, cfg.secure, cfg.agent_id) == (
+        "https://scrm.example.com", 8 * 3600, True, 1000005)
+    assert cfg.secret == auth_secret("", "corp-secret") and cfg.client is not None
+    assert cfg.sso_login_url == "http://127.0.0.1:8899/sandbox/sso/login"
+    local_only = auth_from_settings(Settings(_env_file=None, database={"url": str(users.url)},
+                                             web={"session_secret": "web-secret"}))
+    assert local_only.client is None and local_only.secret == auth_secret("web-secret", "")  # WeCom not set up
+
+    app = make_app(users)
+    install_auth(app.api, cfg)
+    guarded_pages(app.api)
+    with TestClient(app, base_url="https://scrm.example.com") as web:
+        assert web.get("/kpi/all", follow_redirects=False).headers["location"] == "/login?next=%2Fkpi%2Fall"
+        page = web.get("/login", headers={"user-agent": DESKTOP_UA})
+        assert page.status_code == 200 and "企业微信扫码登录" in page.text
+        r = sign_in(web, "clerk", next_url="/kpi/all")
+        assert r.status_code == 303 and "Secure" in r.headers["set-cookie"]
+        refused = web.get("/kpi/all")
+        assert refused.status_code == 403 and "没有权限" in refused.text
+        missing = web.get("/no-such-page", headers={"accept": "text/html"})
+        assert missing.status_code == 404 and '<html lang="zh-CN">' in missing.text

@@ -95,7 +95,8 @@ def test_the_sandbox_web_login_refuses_what_wecom_would(site):
                          ({"agentid": "1"}, 40056)):
         r = site.sandbox_http.get("/sandbox/sso/login", params={**ok, **bad}, follow_redirects=False)
         assert r.status_code == 400 and r.json()["errcode"] == errcode, bad
-    html = site.sandbox_http.get("/sandbox/sso/login", params={**ok, "appid": "wwother"}, headers={"accept": "text/html"})
+    html = site.sandbox_http.get("/sandbox/sso/login", params={**ok, "appid": "wwother"},
+                                 headers={"accept": "text/html"})
     assert html.status_code == 400 and "企业微信登录失败" in html.text
     unknown = site.sandbox_http.get("/sandbox/sso/login", params={**ok, "userid": "ghost"}, follow_redirects=False)
     assert unknown.status_code == 400  # not a member of the corp
