@@ -5,7 +5,7 @@ Nothing here writes a ledger row, a click or an order itself. A simulated clock 
 local days before today, and at each moment the code that would run then runs with that time:
 the planner (``plan_ahead``), the scheduler's ``fire``, the mass-send sender against the sandbox,
 the owners (confirming mass sends in the sandbox, or sending owner tasks through the toolbar's
-``claim``/``confirm``; some never get to it, some never say whether it went), customers and
+``claim``/``confirm``; some never get to it), customers and
 machines opening tracked links through the real ``/t/{code}`` redirect (its clock set to the
 click's time, then the write-behind flushed), the shop reporting orders and refunds through the
 signed order API, and finally the KPI rollups.
@@ -199,7 +199,11 @@ class _Week:
         from scrm.sop.jobs import plan_ahead
 
         self.clock.now = _local(day, 6, tz=self.tz)
-        plan_ahead(self.engine, self.settings.sop, now=self.clock.now, templates=self.templates)
+        # Each day is planned on its own morning, and only that day: planning ahead from the last
+        # simulated day would re-plan today as of yesterday, bringing back posts whose time has
+        # passed (the live scheduler planned today as of now).
+        plan_ahead(self.engine, self.settings.sop.model_copy(update={"plan_days_ahead": 0}), now=self.clock.now,
+                   templates=self.templates)
         c = SopPost.__table__.c
         with self.engine.connect() as conn:
             rows = conn.execute(select(c.scheduled_for, c.window_ends_at).where(

@@ -193,14 +193,22 @@ def test_a_week_of_posts_clicks_and_orders_through_the_real_paths(stack):
     assert len(days) == 7 and all(row.posts_delivered > 0 for row in days)
 
 
-def test_a_second_run_changes_nothing(stack):
-    """`scrm run` again (that day, or the next): the week is not played twice. Also: with
-    SCRM_ORDERS__SECRET set, the demo shop signs with it and says nothing of a one-off secret.
-    Mutations tried: the marker check removed from ``simulate_demo_week`` (the second week's clicks
-    were recorded on top of the first's; the orders, by their ids, were not); the settings' orders
-    secret ignored (the one-off note appeared)."""
-    first = stack.simulate(settings=settings_for(secret="shop-shared-secret"))
+def test_today_is_left_to_the_live_scheduler_and_a_second_run_changes_nothing(stack):
+    """`scrm run` starts at 19:00: the live scheduler has planned today (the morning's posts too
+    late, dropped); the week before is played without touching today; `scrm run` again (that day,
+    or the next) plays nothing. Also: with SCRM_ORDERS__SECRET set, the demo shop signs with it.
+    Mutations tried: planning ahead from each simulated morning (``plan_days_ahead`` left as is:
+    today was re-planned as of yesterday, its morning posts back in the ledger); the marker check
+    removed (the second week's clicks were recorded on top of the first's; the orders, by their
+    ids, were not); the settings' orders secret ignored (the one-off note appeared)."""
+    from scrm.sop.jobs import plan_ahead
+
+    evening = NOW.replace(hour=19).astimezone(dt.UTC)
+    plan_ahead(stack.engine, stack.settings.sop, now=evening)
+    today = count(stack.engine, SopPost, SopPost.day == NOW.date())
+    first = stack.simulate(settings=settings_for(secret="shop-shared-secret"), now=evening)
     assert first is not None and first.orders > 0 and first.notes == []
+    assert count(stack.engine, SopPost, SopPost.day == NOW.date()) == today
     tables = (SopPost, LinkClick, Order, Refund, TrackedLink)
     before = [count(stack.engine, t) for t in tables]
     again = [stack.simulate(), stack.simulate(now=(NOW + dt.timedelta(days=1)).astimezone(dt.UTC))]
