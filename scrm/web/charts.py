@@ -108,7 +108,7 @@ class _Frame:
             y = self.y(tick)
             out.append(f'<line class="grid" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y:.1f}" y2="{y:.1f}" '
                        f'stroke="{"#999" if tick == 0 else "#e6e8eb"}" stroke-width="1"/>')
-            out.append(f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end" font-size="11" '
+            out.append(f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end" font-size="12" '
                        f'fill="#666">{_esc(self.fmt(tick))}</text>')
         n = len(self.labels)
         step = max(1, math.ceil(n / MAX_X_LABELS))
@@ -122,7 +122,7 @@ class _Frame:
             elif n > 1 and i == n - 1 and WIDTH - RIGHT - x_of(i) < 20:
                 anchor = "end"
             out.append(f'<text class="xlabel" x="{x_of(i):.1f}" y="{HEIGHT - BOTTOM + 16}" '
-                       f'text-anchor="{anchor}" font-size="11" fill="#666">{_esc(self.labels[i])}</text>')
+                       f'text-anchor="{anchor}" font-size="12" fill="#666">{_esc(self.labels[i])}</text>')
         return out
 
     def legend(self) -> list[str]:
@@ -135,7 +135,7 @@ class _Frame:
             else:
                 out.append(f'<rect x="{x:.1f}" y="9" width="10" height="10" rx="2" fill="{_esc(color)}"/>')
             name = s.name if len(s.name) <= 16 else s.name[:15] + "…"
-            out.append(f'<text x="{x + 14:.1f}" y="18" font-size="12" fill="#333">{_esc(name)}</text>')
+            out.append(f'<text x="{x + 14:.1f}" y="18" font-size="13" fill="#333">{_esc(name)}</text>')
             x += 14 + 13 * len(name) + 16
         return out
 
