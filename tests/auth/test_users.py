@@ -238,3 +238,12 @@ def test_the_commands_refuse_bad_input_and_store_nothing(cli_db):
     assert run("add", "x1").output.startswith("error: user x1 already exists")
     r = run("list")
     assert "x1" in r.output and "-" in r.output
+
+
+def test_the_demo_corps_grants_come_from_its_seed():
+    """The sandbox's real demo chain: its operator is the manager, each store's group owner its clerk."""
+    from scrm.sandbox import Sandbox, seed_demo
+
+    grants = service.demo_grants(seed_demo(Sandbox()))
+    assert grants[0] == ("admin", Role.manager, None)
+    assert ("zhangsan", Role.store_staff, "BJ001") in grants and len(grants) == 7
