@@ -90,6 +90,10 @@ class Directory:
     group_stores: Mapping[str, str | None] = field(default_factory=dict)  # chat_id -> store code
     group_names: Mapping[str, str] = field(default_factory=dict)
     stores: Mapping[str, str] = field(default_factory=dict)  # store code -> name
+    stores_by_lower: Mapping[str, str] = field(default_factory=dict, compare=False)  # filled from ``stores``
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stores_by_lower", {code.lower(): code for code in self.stores})
 
 
 def _duration(delta: dt.timedelta) -> str:
@@ -130,7 +134,7 @@ def _group_text(directory: Directory, chat_id: str) -> str:
 
 def _from_target(order: OrderFacts, d: Directory) -> tuple[str, dict[str, object]] | None:
     """What the order's link_code / from names: (a Chinese phrase, the attribution's fields)."""
-    stores_by_lower = {code.lower(): code for code in d.stores}
+    stores_by_lower = d.stores_by_lower
     if order.link_code and order.link_code in d.links:
         link = d.links[order.link_code]
         return (f"订单带有帖子链接码 {link.code}（模板 {link.template_id}，{_group_text(d, link.chat_id)}）",

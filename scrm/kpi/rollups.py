@@ -39,13 +39,14 @@ import datetime as dt
 import os
 import socket
 import time
+from bisect import bisect_right
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Date, Table, case, cast, delete, func, literal, select, text, tuple_, update
+from sqlalchemy import Date, Table, any_, bindparam, case, cast, delete, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError
@@ -85,7 +86,8 @@ METRICS = ("posts_delivered", "members_reached", "clicks", "unique_clicks", "ord
 KEY = ("day", "store_code", "chat_id", "template_id", "post_id")
 DELIVERED = (PostStatus.sent, PostStatus.confirmed)
 STREAMS = ("link_clicks", "orders", "order_refunds")
-_IN = 500  # values per IN (...) list
+_IN = 500  # values per IN (...) list (SQLite)
+_PG_IN = 10_000  # values per = ANY(array) (PostgreSQL)
 DEFAULT_HORIZON_DAYS = 14
 
 Key = tuple[dt.date, str, str, str, int]
@@ -116,6 +118,20 @@ def _insert(conn: Connection) -> Any:
 def _chunks(values: Sequence[Any], n: int = _IN) -> Iterable[Sequence[Any]]:
     for i in range(0, len(values), n):
         yield values[i:i + n]
+
+
+def _parts(conn: Connection, values: Sequence[Any], n: int | None = None) -> Iterable[Sequence[Any]]:
+    """``values`` in parts for ``_among``: large on PostgreSQL (one array parameter), small on
+    SQLite (one parameter per value)."""
+    return _chunks(values, n or (_PG_IN if conn.dialect.name == "postgresql" else _IN))
+
+
+def _among(conn: Connection, column: Any, values: Sequence[Any]) -> Any:
+    """``column IN values``: on PostgreSQL ``= ANY(array)``, one parameter however many values
+    (an IN list of thousands costs more to build and parse than to run)."""
+    if conn.dialect.name == "postgresql":
+        return column == any_(bindparam(None, list(values), type_=postgresql.ARRAY(column.type)))
+    return column.in_(values)
 
 
 def local_day(at: dt.datetime, tz: ZoneInfo) -> dt.date:
@@ -213,9 +229,9 @@ class _Deltas:
             # A move or a withdrawal can leave rows that hold nothing: they would list as empty rows.
             days = sorted({k[0] for k in self.daily} | {k[0][0] for k in self.buyers})
             d, b = KpiDaily.__table__, KpiBuyerDay.__table__
-            for part in _chunks(days):
-                conn.execute(delete(b).where(b.c.day.in_(part), b.c.orders <= 0))
-                conn.execute(delete(d).where(d.c.day.in_(part), *[d.c[m] == 0 for m in METRICS]))
+            for part in _parts(conn, days):
+                conn.execute(delete(b).where(_among(conn, b.c.day, part), b.c.orders <= 0))
+                conn.execute(delete(d).where(_among(conn, d.c.day, part), *[d.c[m] == 0 for m in METRICS]))
 
 
 # -- attribution with facts from the database ----------------------------------------------------
@@ -260,9 +276,10 @@ def attribute_orders(conn: Connection, orders: Sequence[OrderFacts], *, tz: Zone
     if customers:
         lo = min(o.paid_at for o in orders) - window
         hi = max(o.paid_at for o in orders)
-        for part in _chunks(customers):
+        for part in _parts(conn, customers):
             for r in conn.execute(select(lc.id, lc.code, lc.clicked_at, lc.counted, lc.external_userid).where(
-                    lc.external_userid.in_(part), lc.counted.is_(True), lc.clicked_at > lo, lc.clicked_at <= hi)):
+                    _among(conn, lc.external_userid, part), lc.counted.is_(True), lc.clicked_at > lo,
+                    lc.clicked_at <= hi)):
                 clicks[r.external_userid].append(ClickFact(r.id, r.code, as_utc(r.clicked_at), bool(r.counted),
                                                            r.external_userid))
 
@@ -278,23 +295,24 @@ def attribute_orders(conn: Connection, orders: Sequence[OrderFacts], *, tz: Zone
         if chat:
             chat_ids.add(chat)
     links: dict[str, LinkFact] = {}
-    for part in _chunks(sorted(codes)):
-        for r in conn.execute(select(tl.code, tl.post_id, tl.chat_id, tl.template_id).where(tl.code.in_(part))):
+    for part in _parts(conn, sorted(codes)):
+        for r in conn.execute(select(tl.code, tl.post_id, tl.chat_id, tl.template_id)
+                              .where(_among(conn, tl.code, part))):
             links[r.code] = LinkFact(r.code, r.post_id, r.chat_id, r.template_id)
     post_ids |= {link.post_id for link in links.values()}
     posts: dict[int, PostFact] = {}
-    for part in _chunks(sorted(post_ids)):
+    for part in _parts(conn, sorted(post_ids)):
         for r in conn.execute(select(sp.id, sp.chat_id, sp.template_id, sp.sent_at, sp.scheduled_for)
-                              .where(sp.id.in_(part))):
+                              .where(_among(conn, sp.id, part))):
             posts[r.id] = PostFact(r.id, r.chat_id, r.template_id, as_utc(r.sent_at or r.scheduled_for))
 
     # The customers' stores: the earliest store QR code that added them, else their earliest store group.
     stores = {r.code: r.name for r in conn.execute(select(Store.__table__.c.code, Store.__table__.c.name))}
     qr: dict[str, tuple[Any, int, CustomerStore]] = {}
     in_group: dict[str, tuple[Any, int, CustomerStore]] = {}
-    for part in _chunks(customers):
+    for part in _parts(conn, customers):
         for r in conn.execute(select(fr.id, fr.external_userid, fr.state, fr.added_at).where(
-                fr.external_userid.in_(part), fr.state.is_not(None))):
+                _among(conn, fr.external_userid, part), fr.state.is_not(None))):
             state = parse_state(r.state)
             if state is None or state.store_code not in stores:
                 continue
@@ -303,7 +321,7 @@ def attribute_orders(conn: Connection, orders: Sequence[OrderFacts], *, tz: Zone
                 qr[r.external_userid] = (*rank, CustomerStore(state.store_code, "qr", r.state))
         for r in conn.execute(select(gm.id, gm.member_id, gm.chat_id, gm.joined_at, g.store_code)
                               .join(CustomerGroup.__table__, g.chat_id == gm.chat_id)
-                              .where(gm.member_id.in_(part), gm.state == MemberState.member,
+                              .where(_among(conn, gm.member_id, part), gm.state == MemberState.member,
                                      g.store_code.is_not(None))):
             rank = (as_utc(r.joined_at) or dt.datetime.max.replace(tzinfo=dt.UTC), r.id)
             if r.member_id not in in_group or rank < in_group[r.member_id][:2]:
@@ -313,8 +331,8 @@ def attribute_orders(conn: Connection, orders: Sequence[OrderFacts], *, tz: Zone
     chat_ids |= {link.chat_id for link in links.values()} | {p.chat_id for p in posts.values()}
     group_stores: dict[str, str | None] = {}
     group_names: dict[str, str] = {}
-    for part in _chunks(sorted(chat_ids)):
-        for r in conn.execute(select(g.chat_id, g.store_code, g.name).where(g.chat_id.in_(part))):
+    for part in _parts(conn, sorted(chat_ids)):
+        for r in conn.execute(select(g.chat_id, g.store_code, g.name).where(_among(conn, g.chat_id, part))):
             group_stores[r.chat_id] = r.store_code
             group_names[r.chat_id] = r.name
     directory = Directory(links=links, posts=posts, group_stores=group_stores, group_names=group_names,
@@ -357,10 +375,10 @@ def _attribute_pks(conn: Connection, pks: Sequence[int], tz: ZoneInfo, window: d
     """Attribute the orders ``pks`` that have no attribution yet; returns how many."""
     o, a = Order.__table__.c, OrderAttributionRow.__table__.c
     facts: list[OrderFacts] = []
-    for part in _chunks(sorted(pks)):
+    for part in _parts(conn, sorted(pks)):
         facts += [_order_facts(r) for r in conn.execute(
             select(*_ORDER_COLUMNS).outerjoin(OrderAttributionRow.__table__, a.order_pk == o.id)
-            .where(o.id.in_(part), a.order_pk.is_(None)).order_by(o.id))]
+            .where(_among(conn, o.id, part), a.order_pk.is_(None)).order_by(o.id))]
     _record_new(conn, facts, attribute_orders(conn, facts, tz=tz, window=window), tz, deltas)
     return len(facts)
 
@@ -371,12 +389,12 @@ def reattribute(conn: Connection, order_pks: Sequence[int], tz: ZoneInfo, window
     o, a = Order.__table__.c, OrderAttributionRow.__table__
     stored: dict[int, Any] = {}
     facts: list[OrderFacts] = []
-    for part in _chunks(sorted(set(order_pks))):
+    for part in _parts(conn, sorted(set(order_pks))):
         for r in conn.execute(select(*_ORDER_COLUMNS, a.c.store_code.label("a_store"), a.c.chat_id.label("a_chat"),
                                      a.c.template_id.label("a_template"), a.c.post_id.label("a_post"),
                                      a.c.click_id.label("a_click"), a.c.rule.label("a_rule"), a.c.day.label("a_day"),
                                      a.c.refunded_fen.label("a_refunded"), a.c.buyer.label("a_buyer"))
-                              .join(a, a.c.order_pk == o.id).where(o.id.in_(part))):
+                              .join(a, a.c.order_pk == o.id).where(_among(conn, o.id, part))):
             stored[r.id] = r
             facts.append(_order_facts(r))
     moved = 0
@@ -414,15 +432,25 @@ def _roll_clicks(conn: Connection, lo: int, hi: int, tz: ZoneInfo, window: dt.ti
     counted = func.sum(case((lc.counted.is_(True), 1), else_=0)).label("unique_clicks")
     r: Any
     if conn.dialect.name == "postgresql":
-        # Summed in the database by local day (the zone's rules, exactly): a chunk comes back as a
-        # few thousand rows instead of every click.
+        # Summed in the database per link and local day (the zone's rules, exactly): a chunk comes
+        # back as a few thousand rows instead of every click; the links are then looked up by code
+        # (an index lookup per code, never a scan of tracked_links).
         day = cast(func.timezone(tz.key, lc.clicked_at), Date).label("day")
-        for r in conn.execute(select(day, g.store_code, tl.chat_id, tl.template_id, tl.post_id, person, counted,
-                                     func.count().label("n")).select_from(joined).where(*in_range)
-                              .group_by(day, g.store_code, tl.chat_id, tl.template_id, tl.post_id)):
-            key = (r.day, r.store_code or "", r.chat_id or "", r.template_id or "", r.post_id or 0)
-            deltas.add(key, clicks=int(r.clicks), unique_clicks=int(r.unique_clicks))
-            report.clicks += int(r.n)
+        sums = conn.execute(select(lc.code, day, person, counted, func.count().label("n")).where(*in_range)
+                            .group_by(lc.code, day)).all()
+        links: dict[str, Any] = {}
+        for part in _parts(conn, sorted({x.code for x in sums})):
+            for r in conn.execute(select(tl.code, tl.post_id, tl.chat_id, tl.template_id, g.store_code)
+                                  .select_from(TrackedLink.__table__.outerjoin(CustomerGroup.__table__,
+                                                                               g.chat_id == tl.chat_id))
+                                  .where(_among(conn, tl.code, part))):
+                links[r.code] = r
+        for x in sums:
+            link = links.get(x.code)
+            key = ((x.day, link.store_code or "", link.chat_id, link.template_id, link.post_id) if link is not None
+                   else (x.day, "", "", "", 0))
+            deltas.add(key, clicks=int(x.clicks), unique_clicks=int(x.unique_clicks))
+            report.clicks += int(x.n)
     else:
         # SQLite has no zone rules: the local day is taken here, click by click.
         for r in conn.execute(select(lc.clicked_at, lc.agent, lc.counted, g.store_code, tl.chat_id, tl.template_id,
@@ -467,8 +495,8 @@ def _roll_refunds(conn: Connection, lo: int, hi: int, tz: ZoneInfo, window: dt.t
     pks = sorted({x.order_pk for x in refunds})
     report.orders += _attribute_pks(conn, pks, tz, window, deltas)  # refunds of orders not rolled up yet
     attributions: dict[int, Any] = {}
-    for part in _chunks(pks):
-        for row in conn.execute(select(a).where(a.c.order_pk.in_(part))):
+    for part in _parts(conn, pks):
+        for row in conn.execute(select(a).where(_among(conn, a.c.order_pk, part))):
             attributions[row.order_pk] = row
     refunded = {pk: row.refunded_fen for pk, row in attributions.items()}
     for x in refunds:
@@ -509,28 +537,40 @@ def _follow(engine: Engine, name: str, upto: int, chunk: int, tz: ZoneInfo, wind
             progress(name, hi - start, upto - start)
 
 
-def _members_at(members: Sequence[Any], at: dt.datetime | None) -> int:
-    n = 0
-    for m in members:
-        joined, left = as_utc(m.joined_at), as_utc(m.left_at)
-        if at is not None and joined is not None and joined > at:
-            continue
-        if m.state == MemberState.member or (at is not None and left is not None and left > at):
-            n += 1
-    return n
+class _Audience:
+    """A group's customers over time, from its members' join and leave times: how many were in the
+    group at a moment is two binary searches (a post's "members reached")."""
+
+    def __init__(self, members: Iterable[Any]):
+        never = dt.datetime.min.replace(tzinfo=dt.UTC)
+        joins, leaves = [], []
+        for m in members:
+            joined, left = as_utc(m.joined_at) or never, as_utc(m.left_at)
+            if m.state == MemberState.member:
+                joins.append(joined)
+            elif left is not None and left >= joined:
+                joins.append(joined)
+                leaves.append(left)
+        self.joins, self.leaves = sorted(joins), sorted(leaves)
+
+    def at(self, moment: dt.datetime | None) -> int:
+        if moment is None:
+            return len(self.joins) - len(self.leaves)
+        return bisect_right(self.joins, moment) - bisect_right(self.leaves, moment)
 
 
-def _roll_deliveries(engine: Engine, tz: ZoneInfo, horizon_days: int, chunk: int, report: RefreshReport,
+def _roll_deliveries(engine: Engine, tz: ZoneInfo, horizon_days: int, chats_per_batch: int, report: RefreshReport,
                      progress: Progress | None) -> None:
     p, d, g, gm = SopPost.__table__.c, KpiPostDelivery.__table__.c, CustomerGroup.__table__.c, GroupMember.__table__.c
     today = utcnow().astimezone(tz).date()
     with engine.begin() as conn:
         _lock(conn)
         first = _get(conn, "post_days")
-    first_day = dt.date.fromordinal(first) if first > 0 else dt.date.min
-    added = 0
-    after: tuple[str, int] = ("", 0)  # keyset: (chat_id, id) of the last post taken
-    while True:
+        first_day = dt.date.fromordinal(first) if first > 0 else dt.date.min
+        chats = sorted(conn.execute(select(p.chat_id).where(p.day >= first_day).distinct()).scalars())
+    delivered = [str(s) for s in DELIVERED]
+    for i in range(0, len(chats), chats_per_batch):
+        batch = chats[i:i + chats_per_batch]
         with engine.begin() as conn:
             _lock(conn)
             posts = conn.execute(
@@ -538,45 +578,46 @@ def _roll_deliveries(engine: Engine, tz: ZoneInfo, horizon_days: int, chunk: int
                        g.store_code)
                 .select_from(SopPost.__table__.outerjoin(CustomerGroup.__table__, g.chat_id == p.chat_id)
                              .outerjoin(KpiPostDelivery.__table__, d.post_id == p.id))
-                .where(p.status.in_([str(s) for s in DELIVERED]), p.day >= first_day, d.post_id.is_(None),
-                       tuple_(p.chat_id, p.id) > tuple_(literal(after[0]), literal(after[1])))
-                .order_by(p.chat_id, p.id).limit(chunk)).all()
-            if not posts:
-                break
-            after = (posts[-1].chat_id, posts[-1].id)
-            members: dict[str, list[Any]] = defaultdict(list)
-            for part in _chunks(sorted({x.chat_id for x in posts})):
+                .where(_among(conn, p.chat_id, batch), p.status.in_(delivered), p.day >= first_day,
+                       d.post_id.is_(None))).all()
+            gone = conn.execute(
+                select(KpiPostDelivery.__table__).join(SopPost.__table__, p.id == d.post_id)
+                .where(_among(conn, d.chat_id, batch), d.day >= first_day, p.status.not_in(delivered))).all()
+            if not posts and not gone:
+                continue
+            audiences: dict[str, _Audience] = {}
+            if posts:
+                members: dict[str, list[Any]] = defaultdict(list)
                 for m in conn.execute(select(gm.chat_id, gm.joined_at, gm.left_at, gm.state)
-                                      .where(gm.chat_id.in_(part), gm.member_type == 2)):
+                                      .where(_among(conn, gm.chat_id, sorted({x.chat_id for x in posts})),
+                                             gm.member_type == 2)):
                     members[m.chat_id].append(m)
+                audiences = {chat: _Audience(ms) for chat, ms in members.items()}
             deltas = _Deltas()
             rows = []
             for x in posts:
                 at = as_utc(x.sent_at or x.confirmed_at or x.scheduled_for)
-                n = _members_at(members.get(x.chat_id, []), at)
+                audience = audiences.get(x.chat_id)
+                n = audience.at(at) if audience is not None else 0
                 rows.append(dict(post_id=x.id, day=x.day, store_code=x.store_code or "", chat_id=x.chat_id,
                                  template_id=x.template_id, members=n, delivered_at=at))
                 deltas.add((x.day, x.store_code or "", x.chat_id, x.template_id, x.id), posts_delivered=1,
                            members_reached=n)
-            conn.execute(KpiPostDelivery.__table__.insert(), rows)
+            for part in _chunks(rows, 5000):
+                conn.execute(KpiPostDelivery.__table__.insert(), list(part))
+            # Posts counted as delivered that no longer are (a mass send found over quota): taken out.
+            for y in gone:
+                deltas.add((y.day, y.store_code, y.chat_id, y.template_id, y.post_id), posts_delivered=-1,
+                           members_reached=-y.members)
+            for part in _parts(conn, [y.post_id for y in gone]):
+                conn.execute(delete(KpiPostDelivery.__table__).where(_among(conn, d.post_id, part)))
             deltas.write(conn)
-            added += len(posts)
         report.posts_added += len(posts)
+        report.posts_withdrawn += len(gone)
         if progress is not None:
-            progress("sop_posts", added, 0)
+            progress("sop_posts", min(i + chats_per_batch, len(chats)), len(chats))
     with engine.begin() as conn:
         _lock(conn)
-        gone = conn.execute(select(KpiPostDelivery.__table__).join(SopPost.__table__, p.id == d.post_id)
-                            .where(d.day >= first_day, p.status.not_in([str(s) for s in DELIVERED]))).all()
-        if gone:
-            deltas = _Deltas()
-            for x in gone:
-                deltas.add((x.day, x.store_code, x.chat_id, x.template_id, x.post_id), posts_delivered=-1,
-                           members_reached=-x.members)
-            for part in _chunks([x.post_id for x in gone]):
-                conn.execute(delete(KpiPostDelivery.__table__).where(d.post_id.in_(part)))
-            deltas.write(conn)
-            report.posts_withdrawn += len(gone)
         _set(conn, "post_days", (today - dt.timedelta(days=horizon_days)).toordinal())
 
 
@@ -601,7 +642,7 @@ def refresh_rollups(engine: Engine, *, tz: ZoneInfo | str, window: dt.timedelta,
             continue
         _follow(engine, name, upto, chunk if name == "link_clicks" else max(1, chunk // 5), tz, window, report,
                 progress)
-    _roll_deliveries(engine, tz, delivery_horizon_days, 5000, report, progress)
+    _roll_deliveries(engine, tz, delivery_horizon_days, 200, report, progress)
     report.seconds = time.monotonic() - began
     log.info("kpi_rollups_refreshed", clicks=report.clicks, orders=report.orders, refunds=report.refunds,
              reattributed=report.reattributed, posts_added=report.posts_added,
