@@ -36,6 +36,7 @@ from sqlalchemy.sql import ColumnElement
 from scrm.contacts.models import Employee
 from scrm.db import utcnow
 from scrm.groups.models import CustomerGroup
+from scrm.kpi.funnel import read_connection
 from scrm.kpi.report import KpiFilter, OwnerCompliance
 from scrm.logs import get_logger
 from scrm.sop.models import PostStatus, SopPost
@@ -89,7 +90,7 @@ def owner_compliance(engine: Engine, f: KpiFilter, *, tz: dt.tzinfo,
         .where(*where)
         .group_by(p.sender, g.store_code)
     )
-    with engine.connect() as conn:
+    with read_connection(engine) as conn:
         rows = conn.execute(query).all()
     out = [OwnerCompliance(owner_userid=r.sender, owner_name=r.name or r.sender, store_code=r.store_code,
                            due=int(r.due), sent_on_time=int(r.on_time or 0), expired=int(r.expired or 0),
