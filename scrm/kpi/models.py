@@ -83,7 +83,8 @@ class KpiBuyerDay(SQLModel, table=True):
     __tablename__ = "kpi_buyer_days"
     __table__: ClassVar[Table]
     __table_args__ = (
-        UniqueConstraint("day", "store_code", "chat_id", "template_id", "post_id", "buyer", name="uq_kpi_buyer_days_key"),
+        UniqueConstraint("day", "store_code", "chat_id", "template_id", "post_id", "buyer",
+                         name="uq_kpi_buyer_days_key"),
         Index("ix_kpi_buyer_days_store_code_day", "store_code", "day"),
         Index("ix_kpi_buyer_days_chat_id_day", "chat_id", "day"),
         Index("ix_kpi_buyer_days_template_id_day", "template_id", "day"),
