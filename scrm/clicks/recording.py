@@ -95,9 +95,10 @@ class ClickRecorder:
             return None
         return self.links.url(code)
 
-    def record(self, code: str, *, user_agent: str | None, headers: Mapping[str, str], method: str,
-               client_ip: str | None, token: str | None) -> None:
-        """Queue one click of a known code; never raises (the redirect must happen)."""
+    def queue(self, code: str, *, user_agent: str | None, headers: Mapping[str, str], method: str,
+              client_ip: str | None, token: str | None) -> ClickRecord | None:
+        """Push one click of a known code to Redis (one RPUSH, no database); the record when it
+        could not be queued, for :meth:`write_directly`. Never raises."""
         now = self.clock()
         facts = click_facts(secret=self.secret, user_agent=user_agent, headers=headers, method=method,
                             client_ip=client_ip, token=token, now=now, day=now.astimezone(self.tz).date())
@@ -109,16 +110,27 @@ class ClickRecorder:
             try:
                 redis.rpush(QUEUE_KEY, encode_click(event_id, code, now, facts.visitor, verdict.agent,
                                                     verdict.reason, facts.external_userid, refusal))
-                return
+                return None
             except RedisError as exc:
                 self._redis_down_until = self._monotonic() + self._retry_seconds
                 log.warning("click_queue_unavailable", code=code, error=type(exc).__name__,
                             fallback="database", retry_after_s=self._retry_seconds)
-        record = ClickRecord(event_id, code, now.astimezone(dt.UTC), facts.visitor, verdict.agent, verdict.reason,
-                             facts.external_userid, refusal)
+        return ClickRecord(event_id, code, now.astimezone(dt.UTC), facts.visitor, verdict.agent, verdict.reason,
+                           facts.external_userid, refusal)
+
+    def write_directly(self, record: ClickRecord) -> None:
+        """The fallback: this one click into the database now; logged (and lost) when that fails too."""
         try:
             write_clicks(self.engine, [record], self.window)
-            log.info("click_written_directly", code=code, event_id=event_id)
+            log.info("click_written_directly", code=record.code, event_id=record.event_id)
         except SQLAlchemyError as exc:
-            log.error("click_lost", code=code, event_id=event_id, error=type(exc).__name__,
+            log.error("click_lost", code=record.code, event_id=record.event_id, error=type(exc).__name__,
                       detail="neither Redis nor the database took the click; the customer was redirected")
+
+    def record(self, code: str, *, user_agent: str | None, headers: Mapping[str, str], method: str,
+               client_ip: str | None, token: str | None) -> None:
+        """:meth:`queue`, else :meth:`write_directly` (for synchronous callers)."""
+        record = self.queue(code, user_agent=user_agent, headers=headers, method=method, client_ip=client_ip,
+                            token=token)
+        if record is not None:
+            self.write_directly(record)

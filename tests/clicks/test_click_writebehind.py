@@ -137,7 +137,7 @@ def test_unique_clicks_are_counted_across_batches_and_flushes_and_machines_never
     got = sorted((as_utc(x.clicked_at) - T0, x.code, x.reason, x.counted, x.external_userid or "", x.agent)
                  for x in rows(engine))
     want = []
-    for when, path, ua, headers, reason in script + later:
+    for when, path, ua, _headers, reason in script + later:
         code = path.split("?")[0].rsplit("/", 1)[1]
         userid = {a: "wmCustomerA", a2: "wmCustomerA", b: "wmCustomerB"}.get(path, "")
         agent = "person" if reason != "not_a_person" else ("bot" if ua.startswith("curl") else "preview")
