@@ -263,39 +263,43 @@ class _Week:
             log.warning("demo_week_confirm_failed", msgid=msgid, userid=userid, errcode=exc.errcode)
 
     def _owners_see_due_posts(self, day: dt.date) -> None:
-        """Owner tasks that fell due: the owner sends most from the chat toolbar within their window
-        and misses some (they expire). No claim is left to lapse: its warning would reach the
-        `scrm run` console."""
+        """Owner tasks that fell due: each owner opens the chat toolbar once within the window and
+        sends most of them; some are missed (they expire). No claim is left to lapse: its warning
+        would reach the `scrm run` console."""
         c = SopPost.__table__.c
         with self.engine.connect() as conn:
             rows = conn.execute(select(c.id, c.chat_id, c.day, c.template_id, c.step_key, c.sender,
                                        c.window_ends_at).where(c.day == day, c.status == PostStatus.due)).all()
+        by_owner: dict[str, list] = defaultdict(list)
         for row in rows:
-            if row.id in self.handled:
-                continue
-            self.handled.add(row.id)
-            rng = _rng(self.seed, "owner", *self._post_key(row))
-            fate = rng.random()
-            room = (as_utc(row.window_ends_at) - self.clock.now).total_seconds() / 60 - 3
-            if fate >= 0.85 or room < 1:
-                continue  # missed: expires at the end of its window
+            if row.id not in self.handled:
+                self.handled.add(row.id)
+                by_owner[row.sender].append(row)
+        for owner, due in sorted(by_owner.items()):
+            sends = [r for r in due if _rng(self.seed, "owner", *self._post_key(r)).random() < 0.85]
+            room = min((as_utc(r.window_ends_at) - self.clock.now).total_seconds() for r in due) / 60 - 3
+            if not sends or room < 1:
+                continue  # missed: they expire at the end of their window
+            rng = _rng(self.seed, "toolbar", owner, *self._post_key(min(sends, key=self._post_key)))
             when = self.clock.now + dt.timedelta(minutes=rng.uniform(1, min(room, 120)))
-            self.at(when, "owner_send", row.id, row.chat_id, row.sender)
+            self.at(when, "owner_send", owner, tuple((r.id, r.chat_id) for r in sends))
 
-    def _owner_send(self, day: dt.date, post_id: int, chat_id: str, owner: str) -> None:
-        """What the toolbar page does: show the owner's day (content fixed, links tracked), claim
-        the post, put it into the chat, confirm."""
+    def _owner_send(self, day: dt.date, owner: str, posts: tuple[tuple[int, str], ...]) -> None:
+        """What the toolbar page does: show the owner's day (content fixed, links tracked), then for
+        each post: claim it, put it into the chat, confirm."""
         from scrm.sop import owner_posts
 
         now = self.clock.now
-        try:
-            owner_posts.day_posts(self.engine, owner, now=now, tz=self.tz, templates=lambda: self.templates,
-                                  link_base=self.link_base)
-            owner_posts.claim(self.engine, post_id, owner, chat_id, now=now, from_wecom=False, sandbox=True)
-        except owner_posts.OwnerPostError as exc:
-            log.warning("demo_week_claim_refused", post_id=post_id, reason=exc.message)
-            return
-        self.at(now + dt.timedelta(seconds=40), "owner_confirm", post_id, owner)
+        owner_posts.day_posts(self.engine, owner, now=now, tz=self.tz, templates=lambda: self.templates,
+                              link_base=self.link_base)
+        for n, (post_id, chat_id) in enumerate(posts):
+            try:
+                owner_posts.claim(self.engine, post_id, owner, chat_id, now=now + dt.timedelta(minutes=n),
+                                  from_wecom=False, sandbox=True)
+            except owner_posts.OwnerPostError as exc:
+                log.warning("demo_week_claim_refused", post_id=post_id, reason=exc.message)
+                continue
+            self.at(now + dt.timedelta(minutes=n, seconds=40), "owner_confirm", post_id, owner)
 
     def _owner_confirm(self, day: dt.date, post_id: int, owner: str) -> None:
         from scrm.sop import owner_posts

@@ -90,14 +90,16 @@ class Stack:
                                   client=self.client, redis=self.redis, **kw)
 
     def close(self) -> None:
-        self.broker.join("callbacks", timeout=20_000)
-        join_worker(self.worker)
-        self.worker.stop()
-        actors.set_processor(None)
-        self.web.__exit__(None, None, None)
-        self.sandbox_http.__exit__(None, None, None)
-        self.broker.close()
-        self.redis.close()
+        try:
+            self.broker.join("callbacks", timeout=20_000)
+            join_worker(self.worker)
+        finally:
+            self.worker.stop(timeout=10_000)  # never wait dramatiq's default ten minutes
+            actors.set_processor(None)
+            self.web.__exit__(None, None, None)
+            self.sandbox_http.__exit__(None, None, None)
+            self.broker.close()
+            self.redis.close()
 
 
 @pytest.fixture
