@@ -76,7 +76,7 @@ class FollowRelation(SQLModel, table=True):
     tag_ids: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     remark_mobiles: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     status: str = Field(default=FollowStatus.active, max_length=24, index=True)  # a FollowStatus
-    added_at: datetime | None = None
+    added_at: datetime | None = Field(default=None, index=True)  # the store funnel's scans by day
     removed_at: datetime | None = None
     removed_by: str | None = Field(default=None, max_length=24)
     updated_at: datetime = Field(default_factory=utcnow)
@@ -95,7 +95,7 @@ class ChurnAlert(SQLModel, table=True):
     userid: str = Field(max_length=64, index=True)
     external_userid: str = Field(max_length=64, index=True)
     detail: str | None = Field(default=None, max_length=128)
-    occurred_at: datetime
+    occurred_at: datetime = Field(index=True)  # churn by day (store funnel)
     acknowledged: bool = Field(default=False)
     created_at: datetime = Field(default_factory=utcnow)
 

@@ -65,7 +65,7 @@ class GroupMember(SQLModel, table=True):
     join_state: str | None = Field(default=None, max_length=64, index=True)
     invitor: str | None = Field(default=None, max_length=64)
     state: str = Field(default=MemberState.member, max_length=16, index=True)  # a MemberState
-    joined_at: datetime | None = None
-    left_at: datetime | None = None
+    joined_at: datetime | None = Field(default=None, index=True)  # joins/leaves by day (store funnel)
+    left_at: datetime | None = Field(default=None, index=True)
     quit_scene: int | None = None  # 0 left by themselves, 1 removed
     updated_at: datetime = Field(default_factory=utcnow)

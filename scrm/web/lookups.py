@@ -64,3 +64,10 @@ def local_time(value: dt.datetime | None, tz: dt.tzinfo) -> str:
     if value is None:
         return ""
     return as_utc(value).astimezone(tz).strftime("%Y-%m-%d %H:%M")
+
+
+def store_choices(engine) -> list[tuple[str, str]]:
+    """(code, name) of every store for the dashboard's filter, closed ones too (their history
+    still counts), by code."""
+    with Session(engine) as s:
+        return [(code, name) for code, name in s.exec(select(Store.code, Store.name).order_by(col(Store.code))).all()]
