@@ -1,0 +1,1 @@
+"""Tables of the store funnel and owner compliance rollups."""
