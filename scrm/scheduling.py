@@ -1,6 +1,7 @@
-"""Periodic jobs (APScheduler): the inbox relay and the SOP engine (plan ahead, fire due posts,
-read mass-send results). One scheduler at a time, guarded by a Redis lock; the SOP ledger's
-constraints keep its limits even if two ever run."""
+"""Periodic jobs (APScheduler): the inbox relay, the SOP engine (plan ahead, fire due posts,
+read mass-send results), the click write-behind and the KPI rollups. One scheduler at a time,
+guarded by a Redis lock; the SOP ledger's constraints keep its limits even if two ever run, and
+the click flush and the rollups take turns on their own locks."""
 
 from __future__ import annotations
 
@@ -75,11 +76,29 @@ def store_codes_job(settings: Settings) -> None:
                             cap=settings.routing.group_qr_cap, room_base_id=settings.routing.room_base_id)
 
 
+def clicks_flush_job(settings: Settings) -> None:
+    """Move the clicks /t/ queued in Redis into the database (the write-behind)."""
+    from scrm.clicks.flush import flush_from_settings
+
+    flush_from_settings(settings)
+
+
+def kpi_rollup_job(settings: Settings) -> None:
+    """Bring the dashboard's rollups up to the clicks, orders, refunds and deliveries stored."""
+    from scrm.kpi.jobs import refresh_kpi_rollups
+
+    refresh_kpi_rollups(get_engine(settings.database_url()), settings)
+
+
 def make_scheduler(settings: Settings, send: Callable[[int], None],
                    enqueue_sop: Callable[[list[int]], None] | None = None) -> BackgroundScheduler:
     sched = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30})
     sched.add_job(relay_job, "interval", seconds=settings.pipeline.relay_interval_seconds, args=[settings, send],
                   id="inbox_relay")
+    sched.add_job(clicks_flush_job, "interval", seconds=settings.clicks.flush_interval_seconds, args=[settings],
+                  id="clicks_flush")
+    sched.add_job(kpi_rollup_job, "interval", seconds=settings.kpi.rollup_interval_seconds, args=[settings],
+                  id="kpi_rollups", next_run_time=datetime.now(UTC))
     if enqueue_sop is not None:
         sop = settings.sop
         sched.add_job(sop_plan_job, "interval", seconds=sop.plan_interval_seconds, args=[settings], id="sop_plan",

@@ -93,6 +93,7 @@ def create_app(
     clicks_secret: str | None = None,
     click_window: dt.timedelta = DEFAULT_WINDOW,
     clock: Callable[[], dt.datetime] = utcnow,
+    auth=None,
 ) -> CallbackEndpoint:
     """The ASGI app: the callback fast path in front of the FastAPI app (``.api``).
 
@@ -104,7 +105,9 @@ def create_app(
     ``click_redis``: where ``/t/{code}`` queues clicks for the write-behind (``scrm.clicks.flush``);
     None writes each click to the database in the request. ``clicks_secret`` signs customer tokens
     and salts visitor keys (None: a random one for this app, fine for tests). ``clock``: the time a
-    click is recorded at (the demo drives the redirect with a simulated clock)."""
+    click is recorded at (the demo drives the redirect with a simulated clock).
+    ``auth``: sign-in (:class:`scrm.web.auth_routes.AuthConfig`); with it come /login and the
+    managers' dashboard (/dashboard, /api/kpi); without it neither is served."""
     from fastapi_offline import FastAPIOffline
 
     from scrm.web.pages import not_found_page
@@ -171,7 +174,7 @@ def create_app(
                            window=click_window, clock=clock)
     app.state.clicks = clicks
 
-    @app.api_route("/t/{code}", methods=["GET", "HEAD"])
+    @app.api_route("/t/{code}", methods=["GET", "HEAD"], include_in_schema=False)  # a customer link, not an API
     def tracked_link(code: str, request: Request):
         """A tracked SOP link: queue the click (no database write here), send the reader on.
         A plain ``def`` (threadpool): with the RPUSH awaited inline on the event loop, or through
@@ -193,6 +196,18 @@ def create_app(
                       method=request.method, client_ip=client.host if client else None,
                       token=request.query_params.get("c"))
         return RedirectResponse(url, status_code=302)
+
+    if auth is not None:
+        from scrm.config import RoutingSettings as _Routing
+        from scrm.web.auth_routes import csrf_token, current_principal, install_auth
+        from scrm.web.dashboard import KpiQueries, dashboard_router
+        from scrm.web.lookups import store_choices
+
+        install_auth(app, auth)
+        zone = ZoneInfo(timezone)
+        cap = (routing_settings or _Routing()).group_qr_cap
+        app.include_router(dashboard_router(KpiQueries(engine, tz=zone, cap=cap), current_principal, tz=zone,
+                                            stores=lambda: store_choices(engine), csrf=csrf_token))
 
     @app.get("/healthz")
     def healthz():
@@ -238,6 +253,14 @@ def app_from_settings(settings=None, *, clock: Callable[[], dt.datetime] = utcno
     from workers.actors import enqueue_callbacks
 
     r = get_redis(url)
+    auth = None
+    if settings.web.session_secret.get_secret_value() or settings.wecom.secret.get_secret_value():
+        from scrm.web.auth_routes import auth_from_settings
+
+        auth = auth_from_settings(settings, r)
+    else:
+        log.warning("dashboard_disabled", corp_id=settings.wecom.corp_id,
+                    hint="set SCRM_WEB__SESSION_SECRET (or the corp secret) to sign dashboard sessions")
     app = create_app(
         crypto=build_crypto(settings),
         engine=get_engine(settings.database_url()),
@@ -254,6 +277,7 @@ def app_from_settings(settings=None, *, clock: Callable[[], dt.datetime] = utcno
         clicks_secret=secret_for_clicks(settings),
         click_window=dt.timedelta(hours=settings.clicks.unique_window_hours),
         clock=clock,
+        auth=auth,
     )
     if settings.wecom.secret.get_secret_value():
         app.api.include_router(toolbar_from_settings(settings, r))
