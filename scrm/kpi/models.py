@@ -141,3 +141,80 @@ class KpiWatermark(SQLModel, table=True):
     value: int = Field(default=0, sa_type=BigInteger)
     holder: str | None = Field(default=None, max_length=64)
     updated_at: datetime = Field(default_factory=utcnow)
+
+
+# -- coarser rollups ------------------------------------------------------------------------------
+# The same additive figures as ``kpi_daily`` summed over fewer key columns, so the all-store queries
+# group thousands of rows instead of every (group, template, post) row of the range. Written in the
+# same upsert as ``kpi_daily`` (one delta, every table), so each equals ``kpi_daily`` summed over its
+# key at every commit.
+class KpiDailyStore(SQLModel, table=True):
+    """``kpi_daily`` summed per local day × store: the day and store tables and every total."""
+
+    __tablename__ = "kpi_daily_stores"
+    __table__: ClassVar[Table]
+    __table_args__ = (
+        UniqueConstraint("day", "store_code", name="uq_kpi_daily_stores_key"),
+        Index("ix_kpi_daily_stores_store_code_day", "store_code", "day"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    day: date
+    store_code: str = Field(default="", max_length=32)
+    posts_delivered: int = 0
+    members_reached: int = 0
+    clicks: int = 0
+    unique_clicks: int = 0
+    orders: int = 0
+    gmv_fen: int = Field(default=0, sa_type=BigInteger)
+    refunds_fen: int = Field(default=0, sa_type=BigInteger)
+    refunded_orders: int = 0
+
+
+class KpiDailyTemplate(SQLModel, table=True):
+    """``kpi_daily`` summed per local day × template (every store): the template table."""
+
+    __tablename__ = "kpi_daily_templates"
+    __table__: ClassVar[Table]
+    __table_args__ = (
+        UniqueConstraint("day", "template_id", name="uq_kpi_daily_templates_key"),
+        Index("ix_kpi_daily_templates_template_id_day", "template_id", "day"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    day: date
+    template_id: str = Field(default="", max_length=64)
+    posts_delivered: int = 0
+    members_reached: int = 0
+    clicks: int = 0
+    unique_clicks: int = 0
+    orders: int = 0
+    gmv_fen: int = Field(default=0, sa_type=BigInteger)
+    refunds_fen: int = Field(default=0, sa_type=BigInteger)
+    refunded_orders: int = 0
+
+
+class KpiDailyGroup(SQLModel, table=True):
+    """``kpi_daily`` summed per local day × store × group (every template and post): the group
+    table and the GMV decomposition by group."""
+
+    __tablename__ = "kpi_daily_groups"
+    __table__: ClassVar[Table]
+    __table_args__ = (
+        UniqueConstraint("day", "store_code", "chat_id", name="uq_kpi_daily_groups_key"),
+        Index("ix_kpi_daily_groups_store_code_day", "store_code", "day"),
+        Index("ix_kpi_daily_groups_chat_id_day", "chat_id", "day"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    day: date
+    store_code: str = Field(default="", max_length=32)
+    chat_id: str = Field(default="", max_length=64)
+    posts_delivered: int = 0
+    members_reached: int = 0
+    clicks: int = 0
+    unique_clicks: int = 0
+    orders: int = 0
+    gmv_fen: int = Field(default=0, sa_type=BigInteger)
+    refunds_fen: int = Field(default=0, sa_type=BigInteger)
+    refunded_orders: int = 0

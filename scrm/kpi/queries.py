@@ -36,7 +36,7 @@ from scrm.kpi.report import (
     KpiRow,
     OrderAttribution,
 )
-from scrm.kpi.rollups import METRICS
+from scrm.kpi.rollups import COARSE, METRICS
 from scrm.orders.models import Order
 from scrm.sop.models import SopPost
 from scrm.stores.models import Store, StoreCode
@@ -61,9 +61,30 @@ def _tz(tz: ZoneInfo | str | None) -> ZoneInfo:
     return ZoneInfo(tz)
 
 
+_DIM_COLUMN = {Dimension.day: "day", Dimension.store: "store_code", Dimension.group: "chat_id",
+               Dimension.template: "template_id", Dimension.post: "post_id"}
+
+
+def _table_for(f: KpiFilter, by: Dimension | None, *, with_store: bool = False) -> Table:
+    """The smallest rollup that has every column the query groups or filters by: a coarse table
+    (``kpi_daily`` pre-summed, :data:`scrm.kpi.rollups.COARSE`) when one has them, else ``kpi_daily``."""
+    need = {"day"}
+    if by is not None:
+        need.add(_DIM_COLUMN[by])
+    if with_store or f.stores is not None:
+        need.add("store_code")
+    if f.chat_id is not None:
+        need.add("chat_id")
+    if f.template_id is not None:
+        need.add("template_id")
+    for table, cols in COARSE:
+        if need <= set(cols):
+            return table
+    return KpiDaily.__table__
+
+
 def _dim(t: Table, by: Dimension) -> ColumnElement[Any]:
-    return {Dimension.day: t.c.day, Dimension.store: t.c.store_code, Dimension.group: t.c.chat_id,
-            Dimension.template: t.c.template_id, Dimension.post: t.c.post_id}[by]
+    return t.c[_DIM_COLUMN[by]]
 
 
 def _conditions(t: Table, f: KpiFilter) -> list[ColumnElement[bool]] | None:
@@ -111,8 +132,7 @@ def _buyers(conn: Connection, f: KpiFilter, by: Dimension | None, keys: Sequence
     return out
 
 
-def _sums() -> list[Any]:
-    d = KpiDaily.__table__
+def _sums(d: Table) -> list[Any]:
     return [func.coalesce(func.sum(d.c[m]), 0).label(m) for m in _ROW_METRICS]
 
 
@@ -164,14 +184,14 @@ def kpi_table(engine: Engine, f: KpiFilter, by: Dimension, *, limit: int = 50, o
     the whole filter (buyers distinct over it)."""
     if limit < 0 or offset < 0:
         raise KpiQueryError("limit and offset must not be negative")
-    d = KpiDaily.__table__
+    carries_store = by in (Dimension.store, Dimension.group, Dimension.post)
+    d = _table_for(f, by, with_store=carries_store)
     terms = _conditions(d, f)
     if terms is None:
         return KpiPage(rows=[], total_rows=0, totals=KpiRow(key="", label="合计"))
     dim = _dim(d, by).label("k")
-    carries_store = by in (Dimension.store, Dimension.group, Dimension.post)
     store_col = (func.max(d.c.store_code) if carries_store else literal("")).label("store")
-    sums = _sums()
+    sums = _sums(d)
     net = func.sum(d.c.gmv_fen) - func.sum(d.c.refunds_fen)
     order = ([dim] if by is Dimension.day else [net.desc(), func.sum(d.c.unique_clicks).desc(), dim])
     stmt = (select(dim, store_col, *sums, func.count().over().label("total_rows")).where(*terms)
@@ -188,7 +208,8 @@ def kpi_table(engine: Engine, f: KpiFilter, by: Dimension, *, limit: int = 50, o
         names = labels(conn, by, keys, tz=tz)
         out = [_row(by, key, names.get(key, key), r.store if by is not Dimension.store else key, r,
                     buyers.get(r.k, (0, 0))) for key, r in zip(keys, rows, strict=True)]
-        total_sums = conn.execute(select(*sums).where(*terms)).one()
+        whole = _table_for(f, None)
+        total_sums = conn.execute(select(*_sums(whole)).where(*(_conditions(whole, f) or []))).one()
         total_buyers = _buyers(conn, f, None, None).get(None, (0, 0))
     return KpiPage(rows=out, total_rows=total_rows,
                    totals=_row(by, "", "合计", None, total_sums, total_buyers))
@@ -234,7 +255,7 @@ def _customers(conn: Connection, f: KpiFilter, by: Dimension, tz: ZoneInfo) -> d
 
 
 def _factors(conn: Connection, f: KpiFilter, by: Dimension, tz: ZoneInfo) -> dict[str, tuple[GmvFactors, str]]:
-    d = KpiDaily.__table__
+    d = _table_for(f, by, with_store=True)
     terms = _conditions(d, f)
     if terms is None:
         return {}

@@ -12,8 +12,9 @@ from sqlalchemy import func, select
 
 from scrm.kpi.models import KpiBuyerDay, KpiDaily, OrderAttributionRow
 from scrm.kpi.report import AttributionRule, Dimension
-from scrm.kpi.rollups import rebuild_rollups, refresh_rollups, watermarks
+from scrm.kpi.rollups import COARSE, rebuild_rollups, refresh_rollups, watermarks
 from scrm.sop.models import PostStatus
+from tests.kpi.test_coarse_rollups import coarse_disagreements, coarse_rows
 from tests.kpi.world import TZ, WINDOW, World, at
 from tests.waiting import run_threads
 
@@ -262,6 +263,7 @@ def test_two_refreshes_racing_do_not_double_count(world):
     assert (totals.orders, totals.gmv_fen, totals.buyers, totals.repeat_buyers) == (20, 2000, 1, 1)
     with w.engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(OrderAttributionRow.__table__)).scalar_one() == 20
+    assert coarse_disagreements(w.engine) == []  # the coarse tables moved with kpi_daily, chunk by chunk
 
 
 def test_rebuild_gives_the_same_figures_as_the_incremental_refreshes(world):
@@ -285,12 +287,13 @@ def test_rebuild_gives_the_same_figures_as_the_incremental_refreshes(world):
             daily = sorted(tuple(r)[1:] for r in conn.execute(select(d)) if any(tuple(r)[6:]))
             buyers = sorted(tuple(r)[1:] for r in conn.execute(select(b)))
             atts = sorted(tuple(r)[:12] for r in conn.execute(select(OrderAttributionRow.__table__)))
-        return daily, buyers, atts
+        return daily, buyers, atts, [coarse_rows(w.engine, table) for table, _ in COARSE]
 
     incremental = snapshot()
     report = rebuild_rollups(w.engine, tz=TZ, window=WINDOW)
     assert (report.orders, report.refunds, report.posts_added) == (2, 1, 2)
     assert snapshot() == incremental
+    assert incremental[3][0] and coarse_disagreements(w.engine) == []
     assert watermarks(w.engine)["orders"] >= 2
 
 
