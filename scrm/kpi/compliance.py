@@ -51,18 +51,9 @@ def _count(condition: ColumnElement[bool]):
     return func.sum(case((condition, 1), else_=0))
 
 
-def owner_compliance(engine: Engine, f: KpiFilter, *, tz: dt.tzinfo,
-                     now: dt.datetime | None = None) -> list[OwnerCompliance]:
-    """The figures above per owner and store, sorted by store code (no store last), then owner.
-
-    ``f.stores`` scopes through the group's store (a set leaves out groups without a store);
-    ``f.chat_id`` and ``f.template_id`` narrow to that group or template. ``tz`` is accepted like
-    every KPI query's, but the ledger's ``day`` already is the local day. ``now`` (default: the
-    clock) decides what is due and which mass sends are past their window unconfirmed."""
-    del tz  # the ledger's day is already the corp's local day
-    if f.stores is not None and not f.stores:
-        return []
-    now = now or utcnow()
+def raw_compliance_query(f: KpiFilter, now: dt.datetime):
+    """The grouped query of the figures above: (sender, store_code, name, due, on_time, expired,
+    over_quota, unconfirmed) per owner and store."""
     p, g, e = SopPost.__table__.c, CustomerGroup.__table__.c, Employee.__table__.c
     owner_task, mass_send = p.channel == Channel.owner_task.value, p.channel == Channel.mass_send.value
     on_time = or_(
@@ -79,7 +70,7 @@ def owner_compliance(engine: Engine, f: KpiFilter, *, tz: dt.tzinfo,
         where.append(p.chat_id == f.chat_id)
     if f.template_id is not None:
         where.append(p.template_id == f.template_id)
-    query = (
+    return (
         select(p.sender, g.store_code, func.max(e.name).label("name"), func.count().label("due"),
                _count(on_time).label("on_time"), _count(p.status == PostStatus.expired).label("expired"),
                _count(p.status == PostStatus.over_quota).label("over_quota"),
@@ -90,8 +81,32 @@ def owner_compliance(engine: Engine, f: KpiFilter, *, tz: dt.tzinfo,
         .where(*where)
         .group_by(p.sender, g.store_code)
     )
+
+
+def owner_compliance(engine: Engine, f: KpiFilter, *, tz: dt.tzinfo,
+                     now: dt.datetime | None = None, use_rollups: bool | None = None) -> list[OwnerCompliance]:
+    """The figures above per owner and store, sorted by store code (no store last), then owner.
+
+    ``f.stores`` scopes through the group's store (a set leaves out groups without a store);
+    ``f.chat_id`` and ``f.template_id`` narrow to that group or template. ``tz`` is accepted like
+    every KPI query's, but the ledger's ``day`` already is the local day. ``now`` (default: the
+    clock) decides what is due and which mass sends are past their window unconfirmed.
+
+    Without ``now``, a group or a template, the figures come from the day rollups
+    (:mod:`scrm.kpi.funnel_rollups`: as of their last refresh, which is their ``now``) once a
+    refresh has run; otherwise from the ledger. ``use_rollups`` forces one or the other."""
+    del tz  # the ledger's day is already the corp's local day
+    if f.stores is not None and not f.stores:
+        return []
+    from scrm.kpi.funnel_rollups import rolled_compliance, rollups_ready
+
     with read_connection(engine) as conn:
-        rows = conn.execute(query).all()
+        rolled = f.chat_id is None and f.template_id is None and (
+            use_rollups if use_rollups is not None else now is None and rollups_ready(conn, None))
+        if rolled:
+            rows = rolled_compliance(conn, f.start, f.end, None if f.stores is None else sorted(f.stores))
+        else:
+            rows = list(conn.execute(raw_compliance_query(f, now or utcnow())))
     out = [OwnerCompliance(owner_userid=r.sender, owner_name=r.name or r.sender, store_code=r.store_code,
                            due=int(r.due), sent_on_time=int(r.on_time or 0), expired=int(r.expired or 0),
                            over_quota=int(r.over_quota or 0), unconfirmed=int(r.unconfirmed or 0))

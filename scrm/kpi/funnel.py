@@ -26,6 +26,10 @@ What each figure counts (a manager reads this in the README):
 
 Every store in the filter is listed, zeros included (a silent store is news); a closed store only
 when it has a figure. The filter's ``chat_id`` and ``template_id`` do not apply to the funnel.
+
+Speed: computed from the raw tables this takes seconds for all stores of a large chain, so once
+``scrm.kpi.funnel_rollups.refresh_funnel_rollups`` has run the range figures are read from its
+per-day rollups (the same definitions, as of the last refresh); group sizes are always live.
 """
 
 from __future__ import annotations
@@ -82,55 +86,101 @@ def _before(earlier, later, margin: dt.timedelta, dialect: str) -> ColumnElement
     return earlier < later - margin
 
 
-def store_funnel(engine: Engine, f: KpiFilter, *, tz: dt.tzinfo, cap: int = 200) -> list[StoreFunnel]:
+def raw_staff_scans(conn: Connection, lo: dt.datetime, hi: dt.datetime, stores: list[str] | None):
+    """(store_code, userid, scans, new) of relations added in [lo, hi) through a staff code."""
+    sc, fr, cu = StoreCode.__table__.c, FollowRelation.__table__.c, Customer.__table__.c
+    earlier = FollowRelation.__table__.alias("earlier")
+    seen_before = or_(
+        exists().where(earlier.c.external_userid == fr.external_userid, earlier.c.id != fr.id,
+                       earlier.c.added_at < fr.added_at),
+        exists().where(cu.external_userid == fr.external_userid,
+                       _before(cu.created_at, fr.added_at, SEEN_BEFORE_GRACE, conn.dialect.name)),
+    )
+    return conn.execute(
+        select(sc.store_code, sc.userid, func.count(fr.id).label("scans"),
+               func.sum(case((seen_before, 0), else_=1)).label("new"))
+        .select_from(StoreCode.__table__.join(FollowRelation.__table__, fr.state == sc.state))
+        .where(sc.kind == "staff", _in(fr.added_at, lo, hi),
+               *([] if stores is None else [sc.store_code.in_(stores)]))
+        .group_by(sc.store_code, sc.userid)
+    ).all()
+
+
+def raw_moves(conn: Connection, lo: dt.datetime, hi: dt.datetime, stores: list[str] | None):
+    """(store_code, joins, leaves) of customers in any group of the store (a dismissed one too)."""
+    g, m = CustomerGroup.__table__.c, GroupMember.__table__.c
+    joined, left = _in(m.joined_at, lo, hi), and_(m.state == MemberState.left, _in(m.left_at, lo, hi))
+    return conn.execute(
+        select(g.store_code, func.sum(case((joined, 1), else_=0)).label("joins"),
+               func.sum(case((left, 1), else_=0)).label("leaves"))
+        .select_from(CustomerGroup.__table__.join(GroupMember.__table__, m.chat_id == g.chat_id))
+        .where(g.store_code.is_not(None), m.member_type == EXTERNAL_MEMBER, or_(joined, left),
+               *([] if stores is None else [g.store_code.in_(stores)]))
+        .group_by(g.store_code)
+    ).all()
+
+
+def raw_churned(conn: Connection, lo: dt.datetime, hi: dt.datetime,
+                stores: list[str] | None) -> dict[str, set[str]]:
+    """Store code → customers brought by its staff codes who deleted a staff member in [lo, hi).
+    The store is looked up here, not joined: PostgreSQL underestimates the alerts-relations join
+    and would nest-loop it over every code."""
+    sc, fr, ca = StoreCode.__table__.c, FollowRelation.__table__.c, ChurnAlert.__table__.c
+    codes = dict(conn.execute(select(sc.state, sc.store_code).where(
+        sc.kind == "staff", *([] if stores is None else [sc.store_code.in_(stores)]))).all())
+    if not codes:
+        return {}
+    deleted = conn.execute(
+        select(fr.state, ca.external_userid).distinct()
+        .select_from(ChurnAlert.__table__.join(
+            FollowRelation.__table__, and_(fr.userid == ca.userid, fr.external_userid == ca.external_userid)))
+        .where(ca.kind == CHURN_KIND, _in(ca.occurred_at, lo, hi), fr.state.is_not(None),
+               *([] if stores is None else [fr.state.in_(sorted(codes))]))
+    ).all()
+    out: dict[str, set[str]] = {}
+    for r in deleted:
+        if r.state in codes:
+            out.setdefault(codes[r.state], set()).add(r.external_userid)
+    return out
+
+
+def store_funnel(engine: Engine, f: KpiFilter, *, tz: dt.tzinfo, cap: int = 200,
+                 use_rollups: bool | None = None) -> list[StoreFunnel]:
     """The funnel of every store in ``f.stores`` (None: all), sorted by store code. See the module
-    docstring for what each figure counts."""
+    docstring for what each figure counts.
+
+    Range figures come from the day rollups (:mod:`scrm.kpi.funnel_rollups`, as of their last
+    refresh) once they exist for ``tz``, else straight from the raw tables (seconds for a large
+    chain); ``use_rollups`` forces one or the other. Group sizes are always read now."""
     if f.stores is not None and not f.stores:
         return []
     lo, hi = local_day_bounds(f, tz)
-    st, ss, sc = Store.__table__.c, StoreStaff.__table__.c, StoreCode.__table__.c
-    fr, cu, emp = FollowRelation.__table__.c, Customer.__table__.c, Employee.__table__.c
-    g, m, ca = CustomerGroup.__table__.c, GroupMember.__table__.c, ChurnAlert.__table__.c
+    st, ss, emp = Store.__table__.c, StoreStaff.__table__.c, Employee.__table__.c
+    g, m = CustomerGroup.__table__.c, GroupMember.__table__.c
+    wanted = None if f.stores is None else sorted(f.stores)
 
     def scoped(column) -> list[ColumnElement[bool]]:
-        return [] if f.stores is None else [column.in_(sorted(f.stores))]
+        return [] if wanted is None else [column.in_(wanted)]
 
     with read_connection(engine) as conn:
         stores = conn.execute(select(st.code, st.name, st.status).where(*scoped(st.code)).order_by(st.code)).all()
         if not stores:
             return []
+        from scrm.kpi.funnel_rollups import rolled_churned, rolled_moves, rolled_staff_scans, rollups_ready
 
-        # Scans and new customers per staff code: relations carrying a staff code's state.
-        earlier = FollowRelation.__table__.alias("earlier")
-        seen_before = or_(
-            exists().where(earlier.c.external_userid == fr.external_userid, earlier.c.id != fr.id,
-                           earlier.c.added_at < fr.added_at),
-            exists().where(cu.external_userid == fr.external_userid,
-                           _before(cu.created_at, fr.added_at, SEEN_BEFORE_GRACE, engine.dialect.name)),
-        )
-        scans = conn.execute(
-            select(sc.store_code, sc.userid, func.count(fr.id).label("scans"),
-                   func.sum(case((seen_before, 0), else_=1)).label("new"))
-            .select_from(StoreCode.__table__.join(FollowRelation.__table__, fr.state == sc.state))
-            .where(sc.kind == "staff", _in(fr.added_at, lo, hi), *scoped(sc.store_code))
-            .group_by(sc.store_code, sc.userid)
-        ).all()
+        if rollups_ready(conn, tz) if use_rollups is None else use_rollups:
+            scans = rolled_staff_scans(conn, f.start, f.end, wanted)
+            moves = rolled_moves(conn, f.start, f.end, wanted)
+            churned_by = rolled_churned(conn, f.start, f.end, wanted)
+        else:
+            scans = raw_staff_scans(conn, lo, hi, wanted)
+            moves = raw_moves(conn, lo, hi, wanted)
+            churned_by = {code: len(c) for code, c in raw_churned(conn, lo, hi, wanted).items()}
 
         staff = conn.execute(select(ss.store_code, ss.userid).where(*scoped(ss.store_code))).all()
         userids = {r.userid for r in staff} | {r.userid for r in scans}
         names = dict(conn.execute(select(emp.userid, emp.name).where(emp.userid.in_(sorted(userids)))).all()) \
             if userids else {}
-
-        # Group joins and leaves of customers, in any group of the store (a dismissed one too).
-        joined, left = _in(m.joined_at, lo, hi), and_(m.state == MemberState.left, _in(m.left_at, lo, hi))
-        moves = conn.execute(
-            select(g.store_code, func.sum(case((joined, 1), else_=0)).label("joins"),
-                   func.sum(case((left, 1), else_=0)).label("leaves"))
-            .select_from(CustomerGroup.__table__.join(GroupMember.__table__, m.chat_id == g.chat_id))
-            .where(g.store_code.is_not(None), m.member_type == EXTERNAL_MEMBER, or_(joined, left),
-                   *scoped(g.store_code))
-            .group_by(g.store_code)
-        ).all()
 
         # Groups now: members per active group (employees included), then per store.
         per_group = (
@@ -147,19 +197,6 @@ def store_funnel(engine: Engine, f: KpiFilter, *, tz: dt.tzinfo, cap: int = 200)
             .group_by(per_group.c.store_code)
         ).all()
 
-        # Churn: customers who deleted a staff member, by the store whose code brought them. The
-        # store is looked up here, not joined: PostgreSQL underestimates the alerts-relations join
-        # and would nest-loop it over every code.
-        codes = dict(conn.execute(select(sc.state, sc.store_code).where(sc.kind == "staff",
-                                                                         *scoped(sc.store_code))).all())
-        deleted = conn.execute(
-            select(fr.state, ca.external_userid).distinct()
-            .select_from(ChurnAlert.__table__.join(
-                FollowRelation.__table__, and_(fr.userid == ca.userid, fr.external_userid == ca.external_userid)))
-            .where(ca.kind == CHURN_KIND, _in(ca.occurred_at, lo, hi), fr.state.is_not(None),
-                   *([] if f.stores is None else [fr.state.in_(sorted(codes))]))
-        ).all() if codes else []
-
     by_staff: dict[str, dict[str, tuple[int, int]]] = {}
     for r in scans:
         by_staff.setdefault(r.store_code, {})[r.userid] = (int(r.scans), int(r.new or 0))
@@ -167,11 +204,7 @@ def store_funnel(engine: Engine, f: KpiFilter, *, tz: dt.tzinfo, cap: int = 200)
         by_staff.setdefault(r.store_code, {}).setdefault(r.userid, (0, 0))
     move = {r.store_code: (int(r.joins or 0), int(r.leaves or 0)) for r in moves}
     size = {r.store_code: (int(r.groups), int(r.members or 0), int(r.at_cap or 0)) for r in sizes}
-    churned_by: dict[str, set[str]] = {}
-    for r in deleted:
-        if r.state in codes:
-            churned_by.setdefault(codes[r.state], set()).add(r.external_userid)
-    churned = {code: len(customers) for code, customers in churned_by.items()}
+    churned = {code: int(n) for code, n in churned_by.items()}
 
     out: list[StoreFunnel] = []
     for s in stores:

@@ -42,6 +42,27 @@ WINDOW_END = local(15)
 EVENING = local(20)  # when the manager looks: every window of the day has ended
 
 
+_owner_compliance = owner_compliance
+
+
+@pytest.fixture(autouse=True, params=["raw", "rollups"])
+def path(request, monkeypatch):
+    """Every test runs twice: straight from the ledger, and from the day rollups rebuilt at the
+    query's ``now`` (scrm.kpi.funnel_rollups): the two must agree (a group or template filter
+    always reads the ledger). Mutation tried on the rollup path: ``store_code or ''`` dropped on
+    the way back (the no-store row sorted and compared as ''): the S1/none test failed."""
+    from scrm.kpi.funnel_rollups import rebuild_funnel_rollups
+
+    def query(engine, f, *, tz, now=None, **kw):
+        if request.param == "raw":
+            return _owner_compliance(engine, f, tz=tz, now=now, use_rollups=False, **kw)
+        rebuild_funnel_rollups(engine, tz=tz, now=now)
+        return _owner_compliance(engine, f, tz=tz, use_rollups=True, **kw)
+
+    monkeypatch.setitem(globals(), "owner_compliance", query)
+    return request.param
+
+
 @pytest.fixture
 def corp(engine):
     with Session(engine) as s:

@@ -52,6 +52,28 @@ class ContactWays:
         pass
 
 
+_store_funnel = store_funnel
+
+
+@pytest.fixture(autouse=True, params=["raw", "rollups"])
+def path(request, monkeypatch):
+    """Every test runs twice: straight from the raw tables, and from the day rollups rebuilt just
+    before the query (scrm.kpi.funnel_rollups): the two must agree. Mutations tried on the rollup
+    path: churn stored as per-day counts summed over the range (a customer who deleted two clerks
+    on two days counted twice: test_a_deletion... failed), and the staff rows keyed by store only
+    (the per-staff assertions failed)."""
+    from scrm.kpi.funnel_rollups import rebuild_funnel_rollups
+
+    def query(engine, f, *, tz, **kw):
+        if request.param == "raw":
+            return _store_funnel(engine, f, tz=tz, use_rollups=False, **kw)
+        rebuild_funnel_rollups(engine, tz=tz)
+        return _store_funnel(engine, f, tz=tz, use_rollups=True, **kw)
+
+    monkeypatch.setitem(globals(), "store_funnel", query)
+    return request.param
+
+
 @pytest.fixture
 def corp(engine):
     with Session(engine) as s:
