@@ -61,6 +61,14 @@ class LinkCache:
         self._monotonic = monotonic
         self._entries: dict[str, tuple[str | None, float]] = {}
 
+    def cached(self, code: str) -> str | None:
+        """The URL of ``code`` if a fresh entry holds one, else None (never asks the database: the
+        ASGI fast path of ``/t/`` leaves misses, unknown codes and expiries to the FastAPI route)."""
+        hit = self._entries.get(code)
+        if hit is not None and hit[1] > self._monotonic():
+            return hit[0]
+        return None
+
     def url(self, code: str) -> str | None:
         now = self._monotonic()
         hit = self._entries.get(code)
@@ -88,6 +96,10 @@ class ClickRecorder:
         self.links = links or LinkCache(lambda code: link_url(engine, code))
         self._retry_seconds, self._monotonic = redis_retry_seconds, monotonic
         self._redis_down_until = 0.0
+
+    def queue_ready(self) -> bool:
+        """Whether :meth:`queue` would try Redis now (a client, and not inside a back-off)."""
+        return self.redis is not None and self._monotonic() >= self._redis_down_until
 
     def url(self, code: str) -> str | None:
         """The real page behind ``code``, None for an unknown code; :class:`LinkLookupFailed`."""

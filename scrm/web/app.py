@@ -177,8 +177,8 @@ def create_app(
     @app.api_route("/t/{code}", methods=["GET", "HEAD"], include_in_schema=False)  # a customer link, not an API
     def tracked_link(code: str, request: Request):
         """A tracked SOP link: queue the click (no database write here), send the reader on.
-        A plain ``def`` (threadpool): with the RPUSH awaited inline on the event loop, or through
-        redis.asyncio, the redirect measured slower (the Redis round trips no longer overlap)."""
+        Cached codes with Redis up are answered before FastAPI by :mod:`scrm.web.click_fastpath`;
+        this route takes the rest (first sight of a code, unknown codes, Redis backing off)."""
         try:
             url = clicks.url(code)
         except LinkLookupFailed as exc:
@@ -234,7 +234,10 @@ def create_app(
     def metrics():
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    return CallbackEndpoint(app, crypto=crypto, store=writer.store, on_result=count, max_body_bytes=max_body_bytes)
+    from scrm.web.click_fastpath import ClickFastPath
+
+    return CallbackEndpoint(app, crypto=crypto, store=writer.store, on_result=count, max_body_bytes=max_body_bytes,
+                            rest=ClickFastPath(app, clicks))
 
 
 def app_from_settings(settings=None, *, clock: Callable[[], dt.datetime] = utcnow) -> CallbackEndpoint:

@@ -4,7 +4,8 @@ WeCom retries a callback that is not answered within 5 s and the receiver is the
 scrm that takes bursts (a store event, a mass join), so its hot path skips FastAPI's routing,
 dependency solving and response classes: it reads the body with a size cap, opens the envelope,
 stores the row through the group-commit writer and answers. Every other request (including GET
-URL verification) goes to the FastAPI app unchanged.
+URL verification) goes to ``rest`` (default: the FastAPI app; ``create_app`` puts the ``/t/``
+fast path, :mod:`scrm.web.click_fastpath`, there), while ``.api`` stays the FastAPI app.
 
 A body over ``max_body_bytes`` is read and thrown away (up to ``drain_limit_bytes``) before the
 413: answering while the client is still sending makes the server close a socket with unread
@@ -52,14 +53,16 @@ class CallbackEndpoint:
         path: str = "/wecom/callback",
         max_body_bytes: int = 1024 * 1024,
         drain_limit_bytes: int | None = None,
+        rest=None,
     ):
+        self.rest = rest if rest is not None else api
         self.api, self.crypto, self.store, self.on_result = api, crypto, store, on_result
         self.path, self.max_body_bytes = path, max_body_bytes
         self.drain_limit_bytes = max(drain_limit_bytes or DRAIN_FACTOR * max_body_bytes, max_body_bytes)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != self.path:
-            await self.api(scope, receive, send)
+            await self.rest(scope, receive, send)
             return
         status, text, close = await self._handle(scope, receive)
         body = text.encode("utf-8")
