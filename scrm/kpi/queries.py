@@ -1,5 +1,8 @@
 """The dashboard's figures, read from the rollups (:mod:`scrm.kpi.rollups`), never from raw clicks
-or orders, so every query is a grouped read of pre-aggregated rows by indexed day ranges.
+or orders, so every query is a grouped read of pre-aggregated rows by indexed day ranges — from the
+smallest rollup that has the columns the query groups and filters by (``kpi_daily_stores`` for days,
+stores and totals, ``kpi_daily_templates`` for all-store templates, ``kpi_daily_groups`` for groups,
+``kpi_daily`` for posts or a group and template filter together).
 
 Every query honours ``KpiFilter.stores`` (a clerk's scope): None is every store, including what no
 store earned (the unattributed row); a set limits every figure to rows of those stores (an empty
