@@ -144,6 +144,20 @@ def raw_churned(conn: Connection, lo: dt.datetime, hi: dt.datetime,
     return out
 
 
+def raw_group_sizes(stores: list[str] | None):
+    """(store_code, chat_id, n): the current members of each active store group."""
+    g, m = CustomerGroup.__table__.c, GroupMember.__table__.c
+    return (
+        select(g.store_code, g.chat_id, func.count(m.id).label("n"))
+        .select_from(CustomerGroup.__table__.outerjoin(
+            GroupMember.__table__, and_(m.chat_id == g.chat_id, m.state == MemberState.member)))
+        .where(g.store_code.is_not(None), g.status == GroupStatus.active,
+               *([] if stores is None else [g.store_code.in_(stores)]))
+        .group_by(g.store_code, g.chat_id)
+        .subquery()
+    )
+
+
 def store_funnel(engine: Engine, f: KpiFilter, *, tz: dt.tzinfo, cap: int = 200,
                  use_rollups: bool | None = None) -> list[StoreFunnel]:
     """The funnel of every store in ``f.stores`` (None: all), sorted by store code. See the module
@@ -151,12 +165,11 @@ def store_funnel(engine: Engine, f: KpiFilter, *, tz: dt.tzinfo, cap: int = 200,
 
     Range figures come from the day rollups (:mod:`scrm.kpi.funnel_rollups`, as of their last
     refresh) once they exist for ``tz``, else straight from the raw tables (seconds for a large
-    chain); ``use_rollups`` forces one or the other. Group sizes are always read now."""
+    chain); ``use_rollups`` forces one or the other. Group sizes are then as of the last refresh too."""
     if f.stores is not None and not f.stores:
         return []
     lo, hi = local_day_bounds(f, tz)
     st, ss, emp = Store.__table__.c, StoreStaff.__table__.c, Employee.__table__.c
-    g, m = CustomerGroup.__table__.c, GroupMember.__table__.c
     wanted = None if f.stores is None else sorted(f.stores)
 
     def scoped(column) -> list[ColumnElement[bool]]:
@@ -166,9 +179,16 @@ def store_funnel(engine: Engine, f: KpiFilter, *, tz: dt.tzinfo, cap: int = 200,
         stores = conn.execute(select(st.code, st.name, st.status).where(*scoped(st.code)).order_by(st.code)).all()
         if not stores:
             return []
-        from scrm.kpi.funnel_rollups import rolled_churned, rolled_moves, rolled_staff_scans, rollups_ready
+        from scrm.kpi.funnel_rollups import (
+            rolled_churned,
+            rolled_group_sizes,
+            rolled_moves,
+            rolled_staff_scans,
+            rollups_ready,
+        )
 
-        if rollups_ready(conn, tz) if use_rollups is None else use_rollups:
+        rolled = rollups_ready(conn, tz) if use_rollups is None else use_rollups
+        if rolled:
             scans = rolled_staff_scans(conn, f.start, f.end, wanted)
             moves = rolled_moves(conn, f.start, f.end, wanted)
             churned_by = rolled_churned(conn, f.start, f.end, wanted)
@@ -183,14 +203,7 @@ def store_funnel(engine: Engine, f: KpiFilter, *, tz: dt.tzinfo, cap: int = 200,
             if userids else {}
 
         # Groups now: members per active group (employees included), then per store.
-        per_group = (
-            select(g.store_code, g.chat_id, func.count(m.id).label("n"))
-            .select_from(CustomerGroup.__table__.outerjoin(
-                GroupMember.__table__, and_(m.chat_id == g.chat_id, m.state == MemberState.member)))
-            .where(g.store_code.is_not(None), g.status == GroupStatus.active, *scoped(g.store_code))
-            .group_by(g.store_code, g.chat_id)
-            .subquery()
-        )
+        per_group = rolled_group_sizes(wanted) if rolled else raw_group_sizes(wanted)
         sizes = conn.execute(
             select(per_group.c.store_code, func.count().label("groups"), func.sum(per_group.c.n).label("members"),
                    func.sum(case((per_group.c.n >= literal(cap), 1), else_=0)).label("at_cap"))

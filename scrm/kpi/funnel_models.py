@@ -2,8 +2,8 @@
 
 Filled and kept current by :mod:`scrm.kpi.funnel_rollups`; read by ``store_funnel`` and
 ``owner_compliance`` once a refresh has run (``funnel_rollup_state`` has its row). Keys use ``''``
-for "none" (no store), so the primary key holds. Figures that are "now" (groups, members, groups
-at the cap) are not rolled up: they are read live.
+for "none" (no store), so the primary key holds. Group sizes ("now") are a snapshot taken by
+each refresh.
 """
 
 from __future__ import annotations
@@ -88,3 +88,16 @@ class FunnelRollupState(SQLModel, table=True):
     through: date | None = None  # the latest local day rolled up (partly, when it is today)
     as_of: datetime | None = None  # when the last refresh read the raw tables
     updated_at: datetime = Field(default_factory=utcnow)
+
+
+class FunnelGroupSize(SQLModel, table=True):
+    """An active store group's current members (employees included), as of the last refresh:
+    counting 1.2M members live took seconds, this is a few thousand rows."""
+
+    __tablename__ = "kpi_funnel_group_sizes"
+    __table__: ClassVar[Table]
+    __table_args__ = (Index("ix_kpi_funnel_group_sizes_store_code", "store_code"),)
+
+    chat_id: str = Field(primary_key=True, max_length=64)
+    store_code: str = Field(max_length=32)
+    members: int = 0

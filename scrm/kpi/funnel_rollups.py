@@ -3,7 +3,8 @@ rows instead of millions (issue 12: p95 ≤ 300 ms for all stores over 30 days).
 
 Per corp-local day: scans and new customers per store × staff member, group joins and leaves per
 store, the churned customers per store (one row each, so a range still counts distinct
-customers), and owner compliance per owner × store. Group sizes ("now") are not rolled up.
+customers), and owner compliance per owner × store; and a snapshot of each active store group's
+members (the funnel's "now" figures, as of the refresh: counting them live took seconds).
 
 :func:`refresh_funnel_rollups` recomputes the days from ``lookback_days`` before the last day it
 rolled up through today, from the raw tables, in one transaction that first updates the state
@@ -30,7 +31,14 @@ from scrm.contacts.models import ChurnAlert, FollowRelation
 from scrm.db import as_utc, utcnow
 from scrm.groups.models import GroupMember
 from scrm.kpi.funnel import local_day_bounds, raw_churned, raw_moves, raw_staff_scans
-from scrm.kpi.funnel_models import ComplianceDay, FunnelChurnDay, FunnelRollupState, FunnelStaffDay, FunnelStoreDay
+from scrm.kpi.funnel_models import (
+    ComplianceDay,
+    FunnelChurnDay,
+    FunnelGroupSize,
+    FunnelRollupState,
+    FunnelStaffDay,
+    FunnelStoreDay,
+)
 from scrm.kpi.report import KpiFilter
 from scrm.logs import get_logger
 from scrm.sop.models import SopPost
@@ -86,6 +94,25 @@ class _Row:
         self.sender, self.store_code, self.name = r.sender, r.store_code or None, r.name
         self.due, self.on_time, self.expired = r.due, r.on_time, r.expired
         self.over_quota, self.unconfirmed = r.over_quota, r.unconfirmed
+
+
+def rolled_group_sizes(stores: Sequence[str] | None):
+    """Like :func:`scrm.kpi.funnel.raw_group_sizes`, from the last refresh's snapshot."""
+    c = FunnelGroupSize.__table__.c
+    return (select(c.store_code, c.chat_id, c.members.label("n"))
+            .where(*([] if stores is None else [c.store_code.in_(stores)])).subquery())
+
+
+def _snapshot_group_sizes(conn: Connection) -> int:
+    from scrm.kpi.funnel import raw_group_sizes
+
+    sizes = raw_group_sizes(None)
+    rows = [{"chat_id": r.chat_id, "store_code": r.store_code, "members": int(r.n)}
+            for r in conn.execute(select(sizes))]
+    conn.execute(delete(FunnelGroupSize.__table__))
+    if rows:
+        conn.execute(insert(FunnelGroupSize.__table__), rows)
+    return len(rows)
 
 
 def rolled_compliance(conn: Connection, start: dt.date, end: dt.date, stores: Sequence[str] | None) -> list[Any]:
@@ -170,6 +197,7 @@ def refresh_funnel_rollups(engine: Engine, *, tz: ZoneInfo | str, now: dt.dateti
             rows += _roll_day(conn, day, zone, now)
             day += dt.timedelta(days=1)
             days += 1
+        rows += _snapshot_group_sizes(conn)
         conn.execute(update(_STATE).where(_STATE.c.name == STATE).values(
             tz=_tz_name(zone), through=today, as_of=now, updated_at=utcnow(),
             first_day=(first if full else state.first_day)))

@@ -44,6 +44,13 @@ def upgrade() -> None:
     _day_table('kpi_compliance_days', [sa.Column('sender', _s(64), nullable=False),
                                        sa.Column('store_code', _s(32), nullable=False)],
                ['due', 'sent_on_time', 'expired', 'over_quota', 'unconfirmed'])
+    op.create_table('kpi_funnel_group_sizes',
+    sa.Column('chat_id', _s(64), nullable=False),
+    sa.Column('store_code', _s(32), nullable=False),
+    sa.Column('members', sa.Integer(), nullable=False),
+    sa.PrimaryKeyConstraint('chat_id', name=op.f('pk_kpi_funnel_group_sizes'))
+    )
+    op.create_index('ix_kpi_funnel_group_sizes_store_code', 'kpi_funnel_group_sizes', ['store_code'], unique=False)
     op.create_table('kpi_funnel_rollup_state',
     sa.Column('name', _s(16), nullable=False),
     sa.Column('tz', _s(64), nullable=False),
@@ -57,6 +64,8 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table('kpi_funnel_rollup_state')
+    op.drop_index('ix_kpi_funnel_group_sizes_store_code', table_name='kpi_funnel_group_sizes')
+    op.drop_table('kpi_funnel_group_sizes')
     for name in ('kpi_compliance_days', 'kpi_funnel_churn_days', 'kpi_funnel_store_days', 'kpi_funnel_staff_days'):
         op.drop_index(f'ix_{name}_store_code_day', table_name=name)
         op.drop_table(name)
