@@ -55,6 +55,9 @@ def _chunks(items: Sequence, size: int = _CHUNK) -> Iterable[Sequence]:
 
 
 def _stored_event_ids(conn: Connection, ids: list[str]) -> set[str]:
+    if conn.dialect.name == "postgresql":
+        return set(conn.execute(text("SELECT event_id FROM link_clicks WHERE event_id = ANY(CAST(:ids AS text[]))"),
+                                {"ids": ids}).scalars())
     c = LinkClick.__table__.c
     found: set[str] = set()
     for chunk in _chunks(ids):
@@ -63,8 +66,15 @@ def _stored_event_ids(conn: Connection, ids: list[str]) -> set[str]:
 
 
 def _load_state(conn: Connection, keys: list[tuple[str, str]]) -> dict[tuple[str, str], dt.datetime]:
-    c = ClickVisitorState.__table__.c
     state: dict[tuple[str, str], dt.datetime] = {}
+    if conn.dialect.name == "postgresql":
+        rows = conn.execute(text(
+            "SELECT s.code, s.visitor, s.last_counted_at FROM click_visitor_state AS s"
+            " JOIN unnest(CAST(:codes AS text[]), CAST(:visitors AS text[])) AS k(code, visitor)"
+            " ON s.code = k.code AND s.visitor = k.visitor"),
+            {"codes": [k[0] for k in keys], "visitors": [k[1] for k in keys]})
+        return {(code, visitor): as_utc(at) for code, visitor, at in rows}
+    c = ClickVisitorState.__table__.c
     for chunk in _chunks(keys):
         rows = conn.execute(select(c.code, c.visitor, c.last_counted_at)
                             .where(tuple_(c.code, c.visitor).in_(chunk)))
@@ -75,6 +85,13 @@ def _load_state(conn: Connection, keys: list[tuple[str, str]]) -> dict[tuple[str
 
 def _upsert_state(conn: Connection, changed: dict[tuple[str, str], dt.datetime]) -> None:
     if not changed:
+        return
+    if conn.dialect.name == "postgresql":
+        conn.execute(text(
+            "INSERT INTO click_visitor_state (code, visitor, last_counted_at)"
+            " SELECT * FROM unnest(CAST(:codes AS text[]), CAST(:visitors AS text[]), CAST(:ats AS timestamptz[]))"
+            " ON CONFLICT (code, visitor) DO UPDATE SET last_counted_at = EXCLUDED.last_counted_at"),
+            {"codes": [k[0] for k in changed], "visitors": [k[1] for k in changed], "ats": list(changed.values())})
         return
     table = ClickVisitorState.__table__
     insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
@@ -88,6 +105,20 @@ def _upsert_state(conn: Connection, changed: dict[tuple[str, str], dt.datetime])
 def _update_links(conn: Connection, per_code: dict[str, list]) -> None:
     if not per_code:
         return
+    if conn.dialect.name == "postgresql":
+        items = sorted(per_code.items())
+        conn.execute(text(
+            "UPDATE tracked_links AS t SET clicks = t.clicks + v.n, unique_clicks = t.unique_clicks + v.u,"
+            " first_clicked_at = CASE WHEN t.first_clicked_at IS NULL OR t.first_clicked_at > v.f"
+            " THEN v.f ELSE t.first_clicked_at END,"
+            " last_clicked_at = CASE WHEN t.last_clicked_at IS NULL OR t.last_clicked_at < v.l"
+            " THEN v.l ELSE t.last_clicked_at END"
+            " FROM unnest(CAST(:codes AS text[]), CAST(:n AS integer[]), CAST(:u AS integer[]),"
+            " CAST(:f AS timestamptz[]), CAST(:l AS timestamptz[])) AS v(code, n, u, f, l)"
+            " WHERE t.code = v.code"),
+            {"codes": [c for c, _ in items], "n": [a[0] for _, a in items], "u": [a[1] for _, a in items],
+             "f": [a[2] for _, a in items], "l": [a[3] for _, a in items]})
+        return
     c = TrackedLink.__table__.c
     first, last = bindparam("b_first", type_=c.first_clicked_at.type), bindparam("b_last", type_=c.last_clicked_at.type)
     stmt = (update(TrackedLink.__table__).where(c.code == bindparam("b_code")).values(
@@ -100,6 +131,22 @@ def _update_links(conn: Connection, per_code: dict[str, list]) -> None:
     ))
     conn.execute(stmt, [{"b_code": code, "b_clicks": n, "b_unique": u, "b_first": f, "b_last": la}
                         for code, (n, u, f, la) in sorted(per_code.items())])
+
+
+_ROW_COLUMNS = ("event_id", "code", "clicked_at", "visitor", "agent", "agent_reason", "reason", "counted",
+                "external_userid")
+_ROW_TYPES = ("text", "text", "timestamptz", "text", "text", "text", "text", "boolean", "text")
+
+
+def _insert_rows(conn: Connection, rows: list[dict]) -> None:
+    """The batch's ``link_clicks`` rows; on PostgreSQL one INSERT … SELECT FROM unnest(arrays) (a
+    statement per batch instead of a page of VALUES per few hundred rows)."""
+    if conn.dialect.name != "postgresql":
+        conn.execute(LinkClick.__table__.insert(), rows)
+        return
+    arrays = ", ".join(f"CAST(:{name} AS {kind}[])" for name, kind in zip(_ROW_COLUMNS, _ROW_TYPES, strict=True))
+    conn.execute(text(f"INSERT INTO link_clicks ({', '.join(_ROW_COLUMNS)}) SELECT * FROM unnest({arrays})"),
+                 {name: [row[name] for row in rows] for name in _ROW_COLUMNS})
 
 
 def write_clicks(engine: Engine, records: Iterable[ClickRecord], window: dt.timedelta) -> WriteResult:
@@ -138,7 +185,7 @@ def write_clicks(engine: Engine, records: Iterable[ClickRecord], window: dt.time
                     agg[1] += int(d.counted)
                     agg[2] = min(agg[2], r.at)
                     agg[3] = max(agg[3], r.at)
-        conn.execute(LinkClick.__table__.insert(), rows)
+        _insert_rows(conn, rows)
         _upsert_state(conn, counted.changed)
         _update_links(conn, per_code)
         conn.commit()
