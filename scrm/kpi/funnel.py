@@ -199,8 +199,9 @@ def store_funnel(engine: Engine, f: KpiFilter, *, tz: dt.tzinfo, cap: int = 200,
 
         staff = conn.execute(select(ss.store_code, ss.userid).where(*scoped(ss.store_code))).all()
         userids = {r.userid for r in staff} | {r.userid for r in scans}
-        names = dict(conn.execute(select(emp.userid, emp.name).where(emp.userid.in_(sorted(userids)))).all()) \
-            if userids else {}
+        # All stores: every name (an IN list of thousands of userids cost more than the rows).
+        names = dict(conn.execute(select(emp.userid, emp.name).where(
+            *([] if wanted is None else [emp.userid.in_(sorted(userids))]))).all()) if userids else {}
 
         # Groups now: members per active group (employees included), then per store.
         per_group = rolled_group_sizes(wanted) if rolled else raw_group_sizes(wanted)

@@ -58,10 +58,9 @@ _store_funnel = store_funnel
 @pytest.fixture(autouse=True, params=["raw", "rollups"])
 def path(request, monkeypatch):
     """Every test runs twice: straight from the raw tables, and from the day rollups rebuilt just
-    before the query (scrm.kpi.funnel_rollups): the two must agree. Mutations tried on the rollup
-    path: churn stored as per-day counts summed over the range (a customer who deleted two clerks
-    on two days counted twice: test_a_deletion... failed), and the staff rows keyed by store only
-    (the per-staff assertions failed)."""
+    before the query (scrm.kpi.funnel_rollups): the two must agree. Mutation tried on the rollup
+    path: the day rows written with new_customers = scans: test_a_returning_customer failed on
+    both backends (churn over a range: see test_funnel_rollups)."""
     from scrm.kpi.funnel_rollups import rebuild_funnel_rollups
 
     def query(engine, f, *, tz, **kw):
