@@ -90,6 +90,13 @@ def kpi_rollup_job(settings: Settings) -> None:
     refresh_kpi_rollups(get_engine(settings.database_url()), settings)
 
 
+def funnel_rollup_job(settings: Settings) -> None:
+    """The store funnel's and owner compliance's per-day rollups (re-reads the last few days)."""
+    from scrm.kpi.funnel_rollups import refresh_funnel_rollups
+
+    refresh_funnel_rollups(get_engine(settings.database_url()), tz=settings.sop.timezone)
+
+
 def make_scheduler(settings: Settings, send: Callable[[int], None],
                    enqueue_sop: Callable[[list[int]], None] | None = None) -> BackgroundScheduler:
     sched = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30})
@@ -99,6 +106,8 @@ def make_scheduler(settings: Settings, send: Callable[[int], None],
                   id="clicks_flush")
     sched.add_job(kpi_rollup_job, "interval", seconds=settings.kpi.rollup_interval_seconds, args=[settings],
                   id="kpi_rollups", next_run_time=datetime.now(UTC))
+    sched.add_job(funnel_rollup_job, "interval", seconds=max(300.0, settings.kpi.rollup_interval_seconds),
+                  args=[settings], id="funnel_rollups")
     if enqueue_sop is not None:
         sop = settings.sop
         sched.add_job(sop_plan_job, "interval", seconds=sop.plan_interval_seconds, args=[settings], id="sop_plan",

@@ -10,10 +10,8 @@
    the JSON API's rows only theirs) and gets 403 on another store's page and API; a hostile
    store name and group name are shown as text, never run.
 
-Mutations tried: the rollups' attribution taking the customer's store before the click (step 1
-failed: the order moved off the post); the dashboard's scope ignoring the clerk's stores (step 2
-failed: the clerk's API rows named other stores); the store name rendered ``| safe`` in the
-decomposition table (step 2 failed: the hostile name's script ran).
+Mutation tried: the dashboard's scope ignoring the clerk's stores (``resolve_scope`` giving
+``stores = None``): the browser test failed (the clerk's API rows named every store).
 """
 
 from __future__ import annotations
