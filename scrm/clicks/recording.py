@@ -107,28 +107,45 @@ class ClickRecorder:
             return None
         return self.links.url(code)
 
-    def queue(self, code: str, *, user_agent: str | None, headers: Mapping[str, str], method: str,
-              client_ip: str | None, token: str | None) -> ClickRecord | None:
-        """Push one click of a known code to Redis (one RPUSH, no database); the record when it
-        could not be queued, for :meth:`write_directly`. Never raises."""
+    def prepare(self, code: str, *, user_agent: str | None, headers: Mapping[str, str], method: str,
+                client_ip: str | None, token: str | None) -> tuple[str, ClickRecord]:
+        """One click of a known code as its queue element and its record (for the database when
+        the element cannot be queued); no I/O."""
         now = self.clock()
         facts = click_facts(secret=self.secret, user_agent=user_agent, headers=headers, method=method,
                             client_ip=client_ip, token=token, now=now, day=now.astimezone(self.tz).date())
         event_id = uuid.uuid4().hex
         verdict = facts.verdict
         refusal = facts.token_refusal
+        element = encode_click(event_id, code, now, facts.visitor, verdict.agent, verdict.reason,
+                               facts.external_userid, refusal)
+        return element, ClickRecord(event_id, code, now.astimezone(dt.UTC), facts.visitor, verdict.agent,
+                                    verdict.reason, facts.external_userid, refusal)
+
+    def push(self, elements: list[str], *, code: str) -> bool:
+        """RPUSH ``elements`` (one command); False when Redis failed (then it is not asked again
+        for ``redis_retry_seconds``: :meth:`queue_ready` is False). Never raises."""
         redis = self.redis
-        if redis is not None and self._monotonic() >= self._redis_down_until:
-            try:
-                redis.rpush(QUEUE_KEY, encode_click(event_id, code, now, facts.visitor, verdict.agent,
-                                                    verdict.reason, facts.external_userid, refusal))
-                return None
-            except RedisError as exc:
-                self._redis_down_until = self._monotonic() + self._retry_seconds
-                log.warning("click_queue_unavailable", code=code, error=type(exc).__name__,
-                            fallback="database", retry_after_s=self._retry_seconds)
-        return ClickRecord(event_id, code, now.astimezone(dt.UTC), facts.visitor, verdict.agent, verdict.reason,
-                           facts.external_userid, refusal)
+        if redis is None:
+            return False
+        try:
+            redis.rpush(QUEUE_KEY, *elements)
+            return True
+        except RedisError as exc:
+            self._redis_down_until = self._monotonic() + self._retry_seconds
+            log.warning("click_queue_unavailable", code=code, clicks=len(elements), error=type(exc).__name__,
+                        fallback="database", retry_after_s=self._retry_seconds)
+            return False
+
+    def queue(self, code: str, *, user_agent: str | None, headers: Mapping[str, str], method: str,
+              client_ip: str | None, token: str | None) -> ClickRecord | None:
+        """Push one click of a known code to Redis (one RPUSH, no database); the record when it
+        could not be queued, for :meth:`write_directly`. Never raises."""
+        element, record = self.prepare(code, user_agent=user_agent, headers=headers, method=method,
+                                       client_ip=client_ip, token=token)
+        if self.queue_ready() and self.push([element], code=code):
+            return None
+        return record
 
     def write_directly(self, record: ClickRecord) -> None:
         """The fallback: this one click into the database now; logged (and lost) when that fails too."""

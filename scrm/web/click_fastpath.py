@@ -11,14 +11,18 @@ Everything else (an unknown or uncached code, whose lookup and Chinese 404/503 p
 route's; Redis in its back-off; other methods and paths) goes to FastAPI unchanged. When the
 RPUSH itself fails the click is written to the database in a worker thread, as the route does.
 
-The RPUSH runs inline on the event loop: on loopback it costs tens of microseconds, less than a
-hop to the threadpool; its client has a 0.5 s timeout and no retries, and after a failure the
-recorder sends clicks to the route (database writes in the threadpool) for its back-off period,
-so a Redis that hangs stalls the loop for at most one timeout per back-off period.
+The RPUSH is group-committed: requests arriving while a push is in flight wait for the next one,
+which carries all of them in one ``RPUSH key e1 e2 …`` run in a worker thread; each redirect goes
+out only after the push carrying its click returned (nothing is answered before it is queued).
+Measured first with one sync RPUSH inline per request: the event loop stood still for every
+Redis round trip and the server answered ~700/s at 40 % of a core. The push uses the recorder's
+client (0.5 s timeout, no retries); when it fails, each of its clicks is written to the database
+(worker thread) and the recorder backs off, sending the next requests to the route.
 """
 
 from __future__ import annotations
 
+import asyncio
 from functools import lru_cache
 from urllib.parse import parse_qsl, quote
 
@@ -38,11 +42,50 @@ def _location(url: str) -> bytes:
     return quote(url, safe=":/%#?=@[]!$&'()*+,;").encode("latin-1")
 
 
+_LEAD = object()  # a waiter's result meaning "the push is yours now"
+
+
+class _GroupPush:
+    """Pushes queue elements in groups: one push in flight at a time, carrying every element
+    that arrived while the previous one was in flight (leader hand-over, no background task)."""
+
+    def __init__(self, clicks: ClickRecorder):
+        self.clicks = clicks
+        self._pending: list[tuple[str, str, asyncio.Future]] = []
+        self._leading = False
+
+    async def push(self, element: str, code: str) -> bool:
+        """True once ``element`` is in Redis, False when the push failed."""
+        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._pending.append((element, code, fut))
+        if self._leading:
+            result = await fut
+            if result is not _LEAD:
+                return result
+        self._leading = True
+        batch, self._pending = self._pending, []
+        ok = False
+        try:
+            ok = await anyio.to_thread.run_sync(
+                lambda: self.clicks.push([e for e, _, _ in batch], code=batch[0][1]))
+        finally:
+            for _, _, f in batch:
+                if not f.done():
+                    f.set_result(ok)
+            waiting = next((f for _, _, f in self._pending if not f.done()), None)
+            if waiting is not None:
+                waiting.set_result(_LEAD)
+            else:  # nothing queued, or only cancelled waiters: the next request leads (and takes them)
+                self._leading = False
+        return ok
+
+
 class ClickFastPath:
     """ASGI app answering cached ``/t/{code}`` redirects itself and passing the rest to ``api``."""
 
     def __init__(self, api, clicks: ClickRecorder):
         self.api, self.clicks = api, clicks
+        self._pusher = _GroupPush(clicks)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
@@ -73,9 +116,9 @@ class ClickFastPath:
         if query:  # as Starlette's query_params.get: blanks kept, the last value wins
             token = dict(parse_qsl(query.decode("latin-1"), keep_blank_values=True)).get("c")
         client = scope.get("client")
-        record = self.clicks.queue(code, user_agent=user_agent, headers=prefetch, method=scope["method"],
-                                   client_ip=client[0] if client else None, token=token)
-        if record is not None:  # Redis failed just now: the database, off the event loop
+        element, record = self.clicks.prepare(code, user_agent=user_agent, headers=prefetch, method=scope["method"],
+                                              client_ip=client[0] if client else None, token=token)
+        if not await self._pusher.push(element, code):  # Redis failed: the database, off the event loop
             await anyio.to_thread.run_sync(self.clicks.write_directly, record)
         await send({"type": "http.response.start", "status": 302,
                     "headers": [_EMPTY, (b"location", _location(url))]})
