@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 
 from scrm.clicks.agents import AgentVerdict, classify
 from scrm.clicks.counting import ClickEvent
@@ -28,7 +29,12 @@ from scrm.clicks.visitor import (
     read_customer_token,
 )
 
-UNKNOWN_NETWORK = "0.0.0.0"  # stands for "no usable address": keyed with the user agent only
+UNKNOWN_NETWORK = "0.0.0.0"
+
+
+@lru_cache(maxsize=4096)  # the same few user agents click all day; a verdict is immutable
+def _classify_plain(user_agent: str | None, method: str) -> AgentVerdict:
+    return classify(user_agent, None, method)  # stands for "no usable address": keyed with the user agent only
 
 
 @dataclass(frozen=True)
@@ -46,7 +52,7 @@ class ClickFacts:
 def click_facts(*, secret: str | bytes, user_agent: str | None, headers: Mapping[str, str], method: str,
                 client_ip: str | None, token: str | None, now: dt.datetime, day: dt.date) -> ClickFacts:
     """``day`` is the corp's local date of ``now`` (the anonymous key's salt changes with it)."""
-    verdict = classify(user_agent, headers, method)
+    verdict = classify(user_agent, headers, method) if headers else _classify_plain(user_agent, method)
     refusal: TokenRefusal | None = None
     userid: str | None = None
     if token:

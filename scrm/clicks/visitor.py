@@ -39,6 +39,7 @@ import ipaddress
 import json
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import lru_cache
 
 _TOKEN_PURPOSE = b"scrm.clicks.customer-token.v1|"
 _SALT_PURPOSE = b"scrm.clicks.visitor-salt|"
@@ -149,11 +150,13 @@ def read_customer_token(secret: str | bytes, token: str, now: dt.datetime) -> Cu
     return CustomerToken(userid, expires_at)
 
 
+@lru_cache(maxsize=64)  # one HMAC per day and secret, not per click
 def daily_salt(secret: str | bytes, day: dt.date) -> bytes:
     """The salt of one day, the same in every process, unguessable without the secret."""
     return hmac.new(_secret_bytes(secret), _SALT_PURPOSE + day.isoformat().encode(), hashlib.sha256).digest()
 
 
+@lru_cache(maxsize=65536)  # parsing an address costs more than the rest of the visitor key
 def network_of(ip: str) -> str:
     """The IPv4 /24 or IPv6 /64 an address belongs to (an IPv4-mapped IPv6 address counts as IPv4)."""
     try:
