@@ -8,8 +8,8 @@ One flusher at a time holds ``LOCK_KEY`` (SET NX with an expiry). Under it a flu
    unique-click state, the link counters; event ids already stored are skipped);
 3. only then deletes ``PROCESSING_KEY``.
 
-Both Redis steps are WATCHed transactions: the move goes through only while this flusher still
-holds the lock, and the delete only while the processing list still holds exactly the batch
+The move is one Lua script (atomic) that goes through only while this flusher still holds the
+lock; the delete is a WATCHed transaction that goes through only while the processing list still holds exactly the batch
 written, so a flusher whose lock expired mid-flush (a long pause) cannot move or drop what its
 successor is working on; if both reach the database with the same batch, the database
 serialises them and the second finds every event id stored. A database error leaves the batch in
@@ -76,28 +76,31 @@ class FlushReport:
         return {k: v for k, v in dataclasses.asdict(self).items() if v not in (0, None, False)}
 
 
+# The batch move as one script (atomic in Redis like a MULTI, but one round trip instead of one
+# LMOVE per record): check the lock, hand back a leftover processing list, else move up to ARGV[2]
+# records from the head of the queue to the processing list (RPUSH in slices: Lua's unpack has a
+# stack limit) and trim them off the queue. The RPUSHes of /t/ only append at the tail.
+_TAKE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+local held = redis.call('LRANGE', KEYS[2], 0, -1)
+if #held > 0 then return {1, held} end
+local xs = redis.call('LRANGE', KEYS[3], 0, tonumber(ARGV[2]) - 1)
+if #xs == 0 then return {0, xs} end
+for i = 1, #xs, 1000 do
+  redis.call('RPUSH', KEYS[2], unpack(xs, i, math.min(i + 999, #xs)))
+end
+redis.call('LTRIM', KEYS[3], #xs, -1)
+return {0, xs}
+"""
+
+
 def _take(redis: Redis, token: bytes, batch: int) -> tuple[list, bool]:
     """The batch to write and whether it was left over from an earlier flush."""
-    with redis.pipeline() as pipe:
-        while True:
-            try:
-                pipe.watch(LOCK_KEY, PROCESSING_KEY)
-                if pipe.get(LOCK_KEY) != token:
-                    raise _LockLost
-                held = pipe.lrange(PROCESSING_KEY, 0, -1)
-                if held:
-                    pipe.unwatch()
-                    return held, True
-                n = min(batch, pipe.llen(QUEUE_KEY))  # only this flusher removes from the queue
-                if n == 0:
-                    pipe.unwatch()
-                    return [], False
-                pipe.multi()
-                for _ in range(n):
-                    pipe.lmove(QUEUE_KEY, PROCESSING_KEY, "LEFT", "RIGHT")
-                return [m for m in pipe.execute() if m is not None], False
-            except WatchError:
-                continue
+    answer = redis.eval(_TAKE, 3, LOCK_KEY, PROCESSING_KEY, QUEUE_KEY, token, batch)
+    if answer == -1:
+        raise _LockLost
+    leftover, raws = answer
+    return list(raws), bool(leftover)
 
 
 def _done(redis: Redis, batch: list) -> bool:

@@ -309,3 +309,21 @@ def test_a_flusher_whose_lock_expired_mid_write_does_not_double_write(engine, r)
     assert row_count(engine) == 40 and sum(x.counted for x in rows(engine)) == 40
     assert (link(engine, "lk1").clicks, link(engine, "lk1").unique_clicks) == (40, 40)
     assert queued(r) == 0
+
+
+def test_a_flusher_that_lost_its_lock_moves_nothing(r):
+    """The batch move checks the lock inside the same atomic step: a flusher whose lock expired
+    and was taken by another moves nothing out of the queue. Tried: the lock check removed from
+    the move's script → the records were moved to the processing list under the other's lock."""
+    from scrm.clicks.queue import LOCK_KEY, PROCESSING_KEY
+
+    r.rpush(QUEUE_KEY, *[encode_record(ClickRecord(f"{k:032x}", "lk1", T0, "a:x", AgentClass.PERSON,
+                                                   AgentReason.WECHAT)) for k in range(3)])
+    r.set(LOCK_KEY, b"someone-else")
+    with pytest.raises(flush_module._LockLost):
+        flush_module._take(r, b"mine", 10)
+    assert (r.llen(QUEUE_KEY), r.llen(PROCESSING_KEY)) == (3, 0)
+    r.set(LOCK_KEY, b"mine")
+    raws, leftover = flush_module._take(r, b"mine", 2)
+    assert (len(raws), leftover, r.llen(QUEUE_KEY), r.llen(PROCESSING_KEY)) == (2, False, 1, 2)
+    assert flush_module._take(r, b"mine", 2) == (raws, True)  # the leftover first, unchanged
