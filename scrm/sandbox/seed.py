@@ -66,7 +66,10 @@ def seed_demo(sandbox: Sandbox, stores: tuple[DemoStore, ...] = DEMO_STORES) -> 
             for n, group_name in enumerate(store.group_names):
                 # the other staff, and the store's customers dealt out over its groups
                 members = staff[1:] + customers[n :: len(store.group_names)]
-                chat_ids.append(sandbox.create_group(store.owner, group_name, members).chat_id)
+                # made after the customers were added (base + at most a week), so the demo's past
+                # posts reach members who were already in their groups
+                chat_ids.append(sandbox.create_group(store.owner, group_name, members,
+                                                     created_at=base + 10 * 86400).chat_id)
             way = sandbox.api_add_contact_way({"type": 2, "scene": 2, "state": store.state,
                                                "remark": f"{store.name}导购码", "user": staff})
             join_way = sandbox.api_add_join_way({

@@ -368,10 +368,13 @@ class CorpState:
             self._changed()
             return f
 
-    def create_group(self, owner: str, name: str, members: Sequence[str] = (), *, chat_id: str | None = None) -> Group:
+    def create_group(self, owner: str, name: str, members: Sequence[str] = (), *, chat_id: str | None = None,
+                     created_at: int | None = None) -> Group:
+        """``created_at`` (Unix seconds, default now): when the group was made and its first members
+        joined, so a seeded corp can have history."""
         with self.lock:
             self.member(owner)
-            now = self.now()
+            now = self.now() if created_at is None else created_at
             g = Group(chat_id or _rand("wr", 30), name, owner, now)
             g.members.append(GroupMember(owner, 1, now, 1))
             for uid in members:
