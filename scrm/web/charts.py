@@ -59,7 +59,7 @@ def nice_ticks(low: float, high: float, count: int = 4, *, integers: bool = Fals
     """Round tick values covering [low, high] (0 always inside), about ``count`` steps; whole
     steps when the values are counts."""
     low, high = min(low, 0.0), max(high, 0.0)
-    if high == low:
+    if high - low < 1e-9:  # nothing to scale (or a span no chart shows: log10 would underflow)
         high = low + 1
     raw = (high - low) / count
     if integers:
