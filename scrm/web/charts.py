@@ -68,6 +68,10 @@ def nice_ticks(low: float, high: float, count: int = 4, *, integers: bool = Fals
     step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
     first = math.floor(low / step)
     last = math.ceil(high / step)
+    if last * step < high:  # high / step underflowed (a subnormal high beside a large low)
+        last += 1
+    if first * step > low:
+        first -= 1
     return [k * step for k in range(first, max(last, first + 1) + 1)]
 
 

@@ -186,3 +186,10 @@ def test_a_vanishingly_small_value_still_draws(chart):
     root = parse(chart(["11-01"], [Series("GMV", [5e-324])], title="t"))
     assert root.tag.endswith("svg")
     assert nice_ticks(0, 5e-324)[-1] >= 5e-324
+
+
+def test_ticks_cover_a_subnormal_high_beside_a_large_low():
+    """Hypothesis found it in CI: low -2e11 and high 2.2e-313 gave a last tick of 0 (high / step
+    underflowed to 0). Mutation tried: without the ``last * step < high`` correction."""
+    ticks = nice_ticks(-200000000001.0, 2.2250738585e-313)
+    assert ticks[0] <= -200000000001.0 and ticks[-1] >= 2.2250738585e-313
