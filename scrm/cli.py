@@ -55,6 +55,14 @@ from scrm.kpi.cli import kpi_app  # noqa: E402
 
 app.add_typer(kpi_app, name="kpi")
 
+from scrm.layers.cli import layers_app  # noqa: E402
+
+app.add_typer(layers_app, name="layers")
+
+from scrm.journeys.cli import journeys_app  # noqa: E402
+
+app.add_typer(journeys_app, name="journeys")
+
 
 def _setup_logging() -> None:
     from scrm.logs import configure_logging

@@ -221,6 +221,32 @@ class KpiSettings(BaseModel):
     rollup_interval_seconds: float = Field(default=60.0, gt=0)
 
 
+class LayersSettings(BaseModel):
+    """Customer layers, behaviour tags and their WeCom tags (issue 13)."""
+
+    # Layer and tag rules (YAML, every *.yaml in the folder; see layers/README.md).
+    rules_dir: Path = Path("layers")
+    # Events (orders, refunds, counted clicks, joins, leaves, adds, deletes) re-layer their customer
+    # after this quiet time, so a burst of events is one job.
+    debounce_seconds: float = Field(default=5.0, ge=0, le=3600)
+    # Customers re-layered per job (the rest wait for the next one).
+    relayer_batch: int = Field(default=5000, ge=1, le=100_000)
+    # The nightly full pass, local time (sop.timezone).
+    nightly_at: str = "03:30"
+    # The WeCom corp tag group scrm owns; the tags in it are the rule tags (never hand-set tags).
+    tag_group_name: str = "scrm自动标签"
+    # mark_tag calls per minute scrm allows itself (WeCom: 10,000 per API per minute for the corp).
+    mark_tag_per_minute: int = Field(default=3000, ge=1, le=10_000)
+    tag_sync_interval_seconds: float = Field(default=60.0, gt=0)
+
+
+class JourneySettings(BaseModel):
+    """Layer journeys: 1:1 messages a layer change starts (YAML like SOP templates)."""
+
+    templates_dir: Path = Path("journeys")
+    plan_interval_seconds: float = Field(default=600.0, gt=0)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="SCRM_",
@@ -243,6 +269,8 @@ class Settings(BaseSettings):
     orders: OrdersSettings = Field(default_factory=OrdersSettings)
     clicks: ClicksSettings = Field(default_factory=ClicksSettings)
     kpi: KpiSettings = Field(default_factory=KpiSettings)
+    layers: LayersSettings = Field(default_factory=LayersSettings)
+    journeys: JourneySettings = Field(default_factory=JourneySettings)
 
     @classmethod
     def settings_customise_sources(

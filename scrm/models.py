@@ -4,6 +4,7 @@ import scrm.auth.models  # noqa: F401  (each domain's tables register themselves
 import scrm.clicks.models  # noqa: F401
 import scrm.kpi.funnel_models  # noqa: F401
 import scrm.kpi.models  # noqa: F401
+import scrm.layers.models  # noqa: F401
 from scrm.callbacks.models import CallbackInbox
 from scrm.contacts.models import ChurnAlert, Customer, Employee, FollowRelation, WelcomeSend
 from scrm.groups.models import CustomerGroup, GroupMember

@@ -13,6 +13,7 @@ one warning (no traceback, no retry).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -52,8 +53,15 @@ class Refused:
 
 class Processor:
     def __init__(self, engine: Engine, client: WeComAPI, *, welcome_text: str = "", chat_delay_ms: int = 0,
-                 max_attempts: int = 10, router=None):
+                 max_attempts: int = 10, router=None,
+                 on_customers_changed: Callable[[list[str]], None] | None = None,
+                 on_tag_library_changed: Callable[[], None] | None = None):
         self.max_attempts = max_attempts
+        # Called after a contact or group-member event is applied, with the customers it touched
+        # (the layering workers re-layer them, debounced). Never raises into the job.
+        self.on_customers_changed = on_customers_changed
+        # Called after a tag event re-read the corp tag library (rule tags are reconciled).
+        self.on_tag_library_changed = on_tag_library_changed
         # Store routing (scrm.routing.router.StoreRouter): store tags, the welcome's group card,
         # live-code rotation. None: plain welcome, no routing.
         self.router = router
@@ -102,11 +110,33 @@ class Processor:
             self._warn_refused(inbox_id, event, fetched, note)
         bound.info("callback_applied", chat_id=getattr(event, "chat_id", None) or None,
                    external_userid=getattr(event, "external_user_id", None) or None)
+        self._after_apply(event, fetched, bound)
         if self.router and isinstance(event, ev.ChatEvent) and fetched != "current":
             try:
                 self.router.on_group_changed(event.chat_id)
             except WeComAPIError as exc:  # the scheduled refresh catches up
                 bound.warning("store_code_refresh_failed", errcode=exc.errcode)
+
+    def _after_apply(self, event: ev.Event, fetched, bound) -> None:
+        """Tell the layering workers which customers an applied event touched. A failure here is
+        logged, never raised: the callback is applied, and the nightly pass catches up."""
+        try:
+            if isinstance(event, ev.TagEvent):
+                if self.on_tag_library_changed is not None:
+                    self.on_tag_library_changed()
+                return
+            if self.on_customers_changed is None:
+                return
+            ids: list[str] = []
+            if isinstance(event, ev.ContactEvent) and event.external_user_id:
+                ids = [event.external_user_id]
+            elif isinstance(event, ev.ChatEvent) and fetched != "current":
+                # Joins and leaves; an employee's id among them is harmless (only customers are layered).
+                ids = list(event.mem_change_list)
+            if ids:
+                self.on_customers_changed(ids)
+        except Exception as exc:  # noqa: BLE001 - the callback itself is applied; layers catch up nightly
+            bound.warning("layer_notify_failed", error=str(exc)[:200])
 
     @staticmethod
     def _warn_refused(inbox_id: int, event: ev.Event, refused: Refused, note: str) -> None:

@@ -41,6 +41,11 @@ class PostStatus(StrEnum):
     unconfirmed = "unconfirmed"  # an owner's claim lapsed without a confirmation: never re-offered as unsent
 
 
+class Audience(StrEnum):
+    group = "group"
+    customer = "customer"
+
+
 OPEN_STATUSES = (PostStatus.planned, PostStatus.sending, PostStatus.due)
 FINAL_STATUSES = (PostStatus.sent, PostStatus.confirmed, PostStatus.failed, PostStatus.expired, PostStatus.over_quota,
                   PostStatus.unconfirmed)
@@ -60,6 +65,11 @@ class SopPost(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     day: date = Field(index=True)  # the group's calendar day in the corp's time zone
+    # ``group``: a group SOP post, ``chat_id`` is the customer group. ``customer``: a 1:1 journey
+    # message, ``chat_id`` is the customer's external_userid (their 1:1 chat). The same limits hold
+    # per chat: journey messages take slot 1 only, so a customer gets at most one a day.
+    audience: str = Field(default="group", max_length=8, index=True,
+                          sa_column_kwargs={"server_default": "group"})  # an Audience
     chat_id: str = Field(max_length=64, index=True)
     slot: int
     mass_seq: int | None = None

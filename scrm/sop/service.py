@@ -25,7 +25,7 @@ from sqlalchemy.engine import Connection, Engine
 from scrm.db import utcnow
 from scrm.groups.models import CustomerGroup, GroupStatus
 from scrm.logs import get_logger
-from scrm.sop.models import HARD_MAX_POSTS_PER_DAY, PostStatus, SopPost
+from scrm.sop.models import HARD_MAX_POSTS_PER_DAY, Audience, PostStatus, SopPost
 from scrm.sop.planner import (
     LEDGER_FULL,
     LEDGER_MASS_TAKEN,
@@ -117,7 +117,8 @@ def read_day(conn: Connection, day: dt.date, *, now: dt.datetime, tz: ZoneInfo) 
     table = SopPost.__table__
     c = table.c
     ledger = DayLedger(defaultdict(list), {}, defaultdict(set), defaultdict(set))
-    for r in conn.execute(select(table).where(c.day == day)):
+    # Group posts only: a customer's 1:1 journey messages share the ledger but not a group's day.
+    for r in conn.execute(select(table).where(c.day == day, c.audience == Audience.group)):
         if r.status == PostStatus.planned and r.scheduled_for > now + REPLACE_GUARD:
             ledger.replaceable[(r.chat_id, r.template_id, r.step_key)] = r
         else:

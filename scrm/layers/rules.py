@@ -1,0 +1,159 @@
+"""The layer and tag rule format: what operators write in ``layers/*.yaml``.
+
+A layer exists only where it leads to a different operation (new, first-time buyer, repeat
+buyer, high value, dormant, churned), so the catalogue says what each layer is *for*. Rules are
+tried top to bottom and the first whose conditions all hold puts the customer in its layer:
+precedence is the order of ``rules``, written down, never implied. A customer no rule matches is
+in ``default_layer``.
+
+Tags are what a reader of the customer acts on: the layer, the home store (for sales), the region
+(for operators), and condition tags ("近7天点击未下单"). They live as WeCom corp tags in one tag
+group scrm owns.
+
+Condition semantics (the SQL full pass and every test oracle follow them exactly):
+- ``now`` is the moment of evaluation; a "day" is 24 h, so "days since t" is
+  ``floor((now - t) / 24 h)``; ``within_days: N`` means ``now - N days < t <= now``.
+- An order counts when it is paid and not fully refunded (``refunded_fen < amount_fen``); GMV is
+  ``amount - refunded`` in yuan over the counted orders.
+- ``unique_clicks`` counts the customer's counted clicks (``link_clicks.counted`` with their
+  ``external_userid``): one per link per unique-click window.
+- ``days_since_last_order`` / ``days_since_last_active`` / ``days_since_added`` never hold for a
+  customer without such a moment (no order, nothing at all, no add time).
+- Keys of one condition are AND; ``any`` is OR over its items; ``all`` AND; ``not`` negates.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,31}$"
+WECOM_TAG_NAME_MAX = 30  # characters (add_corp_tag / edit_corp_tag refuse longer names)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True, populate_by_name=True)
+
+
+class _Bounds(_Strict):
+    min: float | None = Field(default=None, ge=0)
+    max: float | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.min is None and self.max is None:
+            raise ValueError("give min, max or both")
+        if self.min is not None and self.max is not None and self.max < self.min:
+            raise ValueError(f"max ({self.max}) is below min ({self.min})")
+        return self
+
+
+class Count(_Bounds):
+    """How many (orders, unique clicks), optionally only within the last N days."""
+
+    within_days: int | None = Field(default=None, ge=1, le=3650)
+
+
+class Amount(_Bounds):
+    """Net GMV in yuan (paid minus refunded), optionally only within the last N days."""
+
+    within_days: int | None = Field(default=None, ge=1, le=3650)
+
+
+class Days(_Bounds):
+    """Whole days since a moment (``floor((now - t) / 24 h)``)."""
+
+
+class Condition(_Strict):
+    orders: Count | None = Field(default=None, description="Counted orders (paid, not fully refunded)")
+    gmv: Amount | None = Field(default=None, description="Net GMV in yuan")
+    days_since_last_order: Days | None = None
+    unique_clicks: Count | None = Field(default=None, description="Counted clicks on tracked links")
+    days_since_last_active: Days | None = Field(
+        default=None, description="Since the last order, counted click or add, whichever is latest")
+    days_since_added: Days | None = Field(default=None, description="Since the first follow relation was added")
+    in_group: bool | None = Field(default=None, description="Member of at least one active customer group")
+    stores: list[str] = Field(default_factory=list, description="Home store code is one of these")
+    cities: list[str] = Field(default_factory=list, description="Home store's city is one of these")
+    states: list[str] = Field(default_factory=list, description=(
+        "The state (渠道码 state) that brought them: exact, or a prefix ending in *"))
+    deleted: bool | None = Field(default=None, description="No employee follows them any more (churned)")
+    any: list[Condition] = Field(default_factory=list)
+    all: list[Condition] = Field(default_factory=list)
+    not_: Condition | None = Field(default=None, alias="not")
+
+    @model_validator(mode="after")
+    def _not_empty(self):
+        if not self.model_dump(exclude_defaults=True, by_alias=True):
+            raise ValueError("an empty condition: give at least one key (an empty `when` would match everyone)")
+        return self
+
+
+class Layer(_Strict):
+    id: str = Field(pattern=ID_PATTERN, description="Stable: history and SOP targets refer to it")
+    name: str = Field(min_length=1, max_length=24, description="Chinese name shown to people")
+    operation: str = Field(min_length=1, description="What is done differently for this layer (why it exists)")
+
+
+class LayerRule(_Strict):
+    id: str = Field(pattern=ID_PATTERN, description="Stable: a customer's history says which rule moved them")
+    layer: str = Field(description="A layer id from `layers`")
+    when: Condition
+    description: str = ""
+
+
+class TagRule(_Strict):
+    id: str = Field(pattern=ID_PATTERN)
+    name: str = Field(min_length=1, description="The WeCom tag's name (≤30 characters)")
+    audience: Literal["sales", "operators", "all"] = "all"
+    when: Condition
+
+    @field_validator("name")
+    @classmethod
+    def _wecom_length(cls, v: str) -> str:
+        if len(v) > WECOM_TAG_NAME_MAX:
+            raise ValueError(f"{v!r} has {len(v)} characters; WeCom tag names hold at most {WECOM_TAG_NAME_MAX}")
+        return v
+
+
+class TagSettings(_Strict):
+    """Which rule tags exist. Names with ``{name}`` / ``{city}`` make one tag per store / city."""
+
+    layer_tag: str | None = Field(default="分层·{name}", description="One tag per layer; null: none")
+    store_tag: str | None = Field(default="门店·{name}", description="The home store, for sales; null: none")
+    city_tag: str | None = Field(default="区域·{city}", description="The home store's city, for operators")
+    rules: list[TagRule] = Field(default_factory=list)
+
+
+class RuleSet(_Strict):
+    layers: list[Layer] = Field(min_length=1)
+    default_layer: str
+    rules: list[LayerRule] = Field(default_factory=list)
+    tags: TagSettings = Field(default_factory=TagSettings)
+
+    @model_validator(mode="after")
+    def _references(self):
+        ids = [layer.id for layer in self.layers]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"layer ids used twice: {', '.join(dupes)}")
+        known = set(ids)
+        if self.default_layer not in known:
+            raise ValueError(f"default_layer {self.default_layer!r} is not a layer ({', '.join(ids)})")
+        for rule in self.rules:
+            if rule.layer not in known:
+                raise ValueError(f"rule {rule.id!r} puts customers in {rule.layer!r}, which is not a layer")
+        rule_ids = [r.id for r in self.rules]
+        for name, seen in (("rule", rule_ids), ("tag rule", [t.id for t in self.tags.rules])):
+            twice = sorted({i for i in seen if seen.count(i) > 1})
+            if twice:
+                raise ValueError(f"{name} ids used twice: {', '.join(twice)}")
+        return self
+
+    def layer(self, layer_id: str) -> Layer:
+        return next(layer for layer in self.layers if layer.id == layer_id)
+
+    def tag_bit(self, tag_rule_id: str) -> int:
+        """Condition tag i is bit i of ``customer_layers.tag_bits`` (order of ``tags.rules``)."""
+        return 1 << [t.id for t in self.tags.rules].index(tag_rule_id)
