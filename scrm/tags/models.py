@@ -35,3 +35,40 @@ class Tag(SQLModel, table=True):
     created_at: datetime | None = None
     deleted: bool = Field(default=False)
     updated_at: datetime = Field(default_factory=utcnow)
+
+
+class RuleTag(SQLModel, table=True):
+    """A rule tag scrm owns in WeCom, found by its key, never by its name.
+
+    Keys: ``group`` (scrm's tag group; ``tag_id`` is the group id), ``layer:<layer id>``,
+    ``store:<store code>``, ``city:<city>``, ``tag:<tag rule id>``. ``rule_name`` is the name the
+    rules gave when scrm last created or renamed the tag; ``name`` is the name WeCom has (a person may
+    have renamed it: accepted, and only a change of ``rule_name`` renames it again). A row whose tag
+    was deleted in WeCom is deleted here (forgotten); the next sync creates the tag again."""
+
+    __tablename__ = "rule_tags"
+    __table__: ClassVar[Table]
+
+    key: str = Field(primary_key=True, max_length=96)
+    tag_id: str = Field(max_length=64, unique=True)
+    name: str = Field(max_length=64)
+    rule_name: str = Field(max_length=64)
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class RuleTagMark(SQLModel, table=True):
+    """A rule tag scrm put on a follow relation (member x customer) with mark_tag: what tells a tag
+    scrm applied from one a person applied. ``removed_by_hand_at`` set: a person took it off the
+    relation in WeCom, and scrm does not put it back while the customer keeps qualifying for it
+    (the override ends when the tag stops being one of the customer's desired tags)."""
+
+    __tablename__ = "rule_tag_marks"
+    __table__: ClassVar[Table]
+
+    userid: str = Field(primary_key=True, max_length=64)
+    external_userid: str = Field(primary_key=True, max_length=64, index=True)
+    key: str = Field(primary_key=True, max_length=96)
+    tag_id: str = Field(max_length=64, index=True)
+    marked_at: datetime = Field(default_factory=utcnow)
+    removed_by_hand_at: datetime | None = None
