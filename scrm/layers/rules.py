@@ -24,7 +24,11 @@ Condition semantics (the SQL full pass and every test oracle follow them exactly
 
 from __future__ import annotations
 
-from typing import Literal
+import json
+import string
+import sys
+from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -117,6 +121,16 @@ class TagRule(_Strict):
         return v
 
 
+# The one placeholder each per-layer / per-store / per-city tag name is filled in with.
+TAG_PLACEHOLDERS = {"layer_tag": "name", "store_tag": "name", "city_tag": "city"}
+
+
+def placeholders(pattern: str) -> list[str]:
+    """The ``{field}`` names in a tag name pattern (``'门店·{name}'`` -> ``['name']``); raises
+    ValueError on a stray brace."""
+    return [field for _, field, _, _ in string.Formatter().parse(pattern) if field is not None]
+
+
 class TagSettings(_Strict):
     """Which rule tags exist. Names with ``{name}`` / ``{city}`` make one tag per store / city."""
 
@@ -125,12 +139,41 @@ class TagSettings(_Strict):
     city_tag: str | None = Field(default="区域·{city}", description="The home store's city, for operators")
     rules: list[TagRule] = Field(default_factory=list)
 
+    @field_validator("layer_tag", "store_tag", "city_tag")
+    @classmethod
+    def _one_placeholder(cls, v: str | None, info: Any) -> str | None:
+        """Each pattern names its one placeholder exactly once: without it every layer / store /
+        city would get the same tag, and an unknown one could not be filled in."""
+        if v is None:
+            return v
+        want = TAG_PLACEHOLDERS[info.field_name]
+        try:
+            found = placeholders(v)
+        except ValueError as exc:
+            raise ValueError(f"{v!r} is not a tag name pattern ({exc}); write {{{want}}} where the "
+                             f"{want} goes, and no other braces") from None
+        if found != [want]:
+            others = [f for f in found if f != want]
+            extra = f"; {{{others[0]}}} is not filled in" if others else ""
+            raise ValueError(f"{v!r} must contain {{{want}}} exactly once{extra}")
+        return v
+
+    def fill(self, key: str, value: str) -> str | None:
+        """The tag name ``key`` (layer_tag, store_tag, city_tag) makes for one layer name / store
+        name / city, or None when that kind of tag is switched off."""
+        pattern = getattr(self, key)
+        return None if pattern is None else pattern.replace("{" + TAG_PLACEHOLDERS[key] + "}", value)
+
 
 class RuleSet(_Strict):
-    layers: list[Layer] = Field(min_length=1)
-    default_layer: str
-    rules: list[LayerRule] = Field(default_factory=list)
-    tags: TagSettings = Field(default_factory=TagSettings)
+    """Everything in the rules folder (``layers.rules_dir``): each top-level key lives in one of
+    its files (see scrm/layers/lint.py)."""
+
+    layers: list[Layer] = Field(min_length=1, description="The layers: each leads to a different operation")
+    default_layer: str = Field(description="The layer of a customer no rule matches")
+    rules: list[LayerRule] = Field(default_factory=list, description=(
+        "Tried top to bottom; the first whose `when` holds puts the customer in its layer"))
+    tags: TagSettings = Field(default_factory=TagSettings, description="The WeCom tags scrm keeps on customers")
 
     @model_validator(mode="after")
     def _references(self):
@@ -157,3 +200,38 @@ class RuleSet(_Strict):
     def tag_bit(self, tag_rule_id: str) -> int:
         """Condition tag i is bit i of ``customer_layers.tag_bits`` (order of ``tags.rules``)."""
         return 1 << [t.id for t in self.tags.rules].index(tag_rule_id)
+
+    def layer_ids(self) -> list[str]:
+        return [layer.id for layer in self.layers]
+
+
+# --------------------------------------------------------------------------------------------
+# JSON Schema for editors
+
+SCHEMA_PATH = Path("layers") / "schema.json"
+
+
+def json_schema() -> dict[str, Any]:
+    """The schema of one rules file, with YAML key names (``not``, not ``not_``). A file may hold
+    only some of the top-level keys (another file in the folder holds the rest), so none is
+    required at the top; lint checks the folder as a whole."""
+    schema = RuleSet.model_json_schema(by_alias=True)
+    schema.pop("required", None)
+    schema["description"] = ("One file of the layer and tag rules folder (layers/): any of layers, "
+                             "default_layer, rules, tags; each top-level key in one file only.")
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
+
+
+def render_json_schema() -> str:
+    """The exact text of layers/schema.json (stable key order, Chinese-safe, trailing newline)."""
+    return json.dumps(json_schema(), ensure_ascii=False, indent=2) + "\n"
+
+
+def write_json_schema(path: str | Path = SCHEMA_PATH) -> Path:
+    path = Path(path)
+    path.write_text(render_json_schema(), encoding="utf-8")
+    return path
+
+
+if __name__ == "__main__":  # python -m scrm.layers.rules [PATH]: regenerate layers/schema.json
+    print(write_json_schema(sys.argv[1] if len(sys.argv) > 1 else SCHEMA_PATH))

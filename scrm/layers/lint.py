@@ -1,0 +1,587 @@
+"""Loading and checking the layer and tag rules (``layers/``), with file and line numbers.
+
+The rules folder (``layers.rules_dir``) holds any number of ``*.yaml`` / ``*.yml`` files; their
+top-level keys (``layers``, ``default_layer``, ``rules``, ``tags``) are merged into one
+:class:`~scrm.layers.rules.RuleSet`. Each top-level key lives in exactly one file: the rules are
+tried in order, and an order spread over files sorted by name would be precedence nobody wrote
+down. The shipped folder keeps layers, default and rules in ``layers.yaml`` and the tags in
+``tags.yaml``.
+
+Like ``scrm sop lint`` (whose YAML helpers this reuses), every problem is reported in one run, each
+at its line: schema errors, duplicate keys, references to layers that don't exist, rules an earlier
+rule always beats (warning), layers no rule fills (warning), WeCom tag names over 30 characters
+once ``{name}`` / ``{city}`` is filled in, and more tags than a corp may hold. Parts of a file
+that fail validation don't hide the checks on the parts that pass: layers, rules and tags are
+validated one by one for the later checks.
+"""
+
+from __future__ import annotations
+
+import difflib
+import typing
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+from yaml.nodes import MappingNode, ScalarNode
+
+from scrm.layers.rules import (
+    WECOM_TAG_NAME_MAX,
+    Amount,
+    Condition,
+    Count,
+    Days,
+    Layer,
+    LayerRule,
+    RuleSet,
+    TagRule,
+    TagSettings,
+)
+from scrm.sop.lint import (
+    ERROR,
+    WARNING,
+    Problem,
+    _duplicate_keys,
+    _Loader,
+    _yaml_error,
+    errors_in,
+    line_of,
+    template_files,
+)
+from scrm.sop.render import format_loc
+
+WECOM_CORP_TAGS_MAX = 3000  # add_corp_tag's 40126: 「最多为3000个」 corp tags, hand-set ones included
+TOP_KEYS = ("layers", "default_layer", "rules", "tags")
+# Without a database, store and city tag names are checked with these (long, real-world) values.
+SAMPLE_STORE_NAMES = ("瑞幸咖啡(南京西路恒隆广场店)", "瑞幸咖啡(北京首都国际机场T3航站楼国际出发店)")
+SAMPLE_CITIES = ("上海", "西双版纳傣族自治州")
+
+
+@dataclass(frozen=True)
+class StoreRef:
+    """What tag names and conditions need of a store."""
+
+    code: str
+    name: str
+    city: str = ""
+
+
+class RulesError(Exception):
+    """The rules folder does not load: ``problems`` says where and why (``file:line: message``)."""
+
+    def __init__(self, problems: Sequence[Problem]):
+        self.problems = list(problems)
+        super().__init__("the layer rules do not load:\n" + "\n".join(str(p) for p in self.problems))
+
+
+# --------------------------------------------------------------------------------------------
+# Reading the folder
+
+
+@dataclass
+class _Source:
+    path: str
+    root: MappingNode
+    key_lines: dict[str, int]
+
+
+@dataclass
+class _Folder:
+    data: dict[str, Any] = field(default_factory=dict)
+    origin: dict[str, _Source] = field(default_factory=dict)  # top-level key -> its file
+    files: list[str] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+    def at(self, loc: tuple, message: str, severity: str = ERROR) -> Problem:
+        """A problem at ``loc`` (a path into the merged data) in the file holding ``loc[0]``."""
+        src = self.origin.get(str(loc[0])) if loc else None
+        if src is None:
+            where = next(iter(self.origin.values()), None)
+            return Problem(where.path if where else (self.files[0] if self.files else "layers"), None, message,
+                           severity)
+        return Problem(src.path, line_of(src.root, loc), message, severity)
+
+    def add(self, loc: tuple, message: str, severity: str = ERROR) -> None:
+        self.problems.append(self.at(loc, message, severity))
+
+
+def _read(rules_dir: str | Path) -> _Folder:
+    folder = _Folder()
+    base = Path(rules_dir)
+    if not base.exists():
+        folder.problems.append(Problem(str(base), None, "no such file or directory"))
+        return folder
+    files = template_files(base)
+    if not files:
+        folder.problems.append(Problem(str(base), None, "no rule files (*.yaml) here"))
+        return folder
+    for file in files:
+        name = str(file)
+        folder.files.append(name)
+        try:
+            text = file.read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError) as exc:
+            folder.problems.append(Problem(name, None, f"cannot read the file: {exc}"))
+            continue
+        loader = _Loader(text)
+        try:
+            root = loader.get_single_node()
+            if root is None:
+                folder.problems.append(Problem(name, None, "the file is empty; it is ignored", WARNING))
+                continue
+            folder.problems.extend(_duplicate_keys(name, root))
+            data = loader.construct_document(root)
+        except yaml.YAMLError as exc:
+            folder.problems.append(_yaml_error(name, text, exc))
+            continue
+        except (ValueError, TypeError) as exc:
+            folder.problems.append(Problem(name, None, f"cannot read a value: {exc}"))
+            continue
+        finally:
+            loader.dispose()
+        if not isinstance(root, MappingNode) or not isinstance(data, dict):
+            folder.problems.append(Problem(name, root.start_mark.line + 1, "the top level must be a mapping of keys "
+                                           f"({', '.join(TOP_KEYS)})"))
+            continue
+        src = _Source(name, root, {})
+        for key_node, _ in root.value:
+            if isinstance(key_node, ScalarNode):
+                src.key_lines.setdefault(key_node.value, key_node.start_mark.line + 1)
+        for key, value in data.items():
+            key = str(key)
+            if key in folder.origin:
+                first = folder.origin[key]
+                folder.problems.append(Problem(
+                    name, src.key_lines.get(key),
+                    f"{key!r} is already given in {first.path} (line {first.key_lines.get(key)}); each top-level "
+                    "key lives in one file (rules are tried in the order written, so they stay in one list)"))
+                continue
+            folder.origin[key] = src
+            folder.data[key] = value
+    return folder
+
+
+# --------------------------------------------------------------------------------------------
+# Validation errors -> problems
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
+
+
+def _keys_at(model: type[BaseModel], loc: Iterable[str | int]) -> list[str]:
+    """The keys allowed in the mapping at ``loc`` below ``model``, to suggest one for a typo."""
+    models: list[type[BaseModel]] = [model]
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        found = [f for m in models for name, f in m.model_fields.items() if (f.alias or name) == part]
+        if not found:
+            return []
+        models = _models_in(found[0].annotation)
+    return sorted({(f.alias or name) for m in models for name, f in m.model_fields.items()})
+
+
+def _suggest(word: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _validation_problems(folder: _Folder, exc: ValidationError, prefix: tuple, model: type[BaseModel]
+                         ) -> list[Problem]:
+    """One problem per pydantic error of ``model`` validated at ``prefix`` of the merged data."""
+    out = []
+    for err in exc.errors():
+        own = tuple(err["loc"])
+        loc = prefix + own
+        kind, msg, value = err["type"], err["msg"].removeprefix("Value error, "), err.get("input")
+        where, label = loc, format_loc(loc)
+        if kind == "extra_forbidden":
+            label = format_loc(loc[:-1])
+            what = f"unknown key {loc[-1]!r}{_suggest(str(loc[-1]), _keys_at(model, own[:-1]))}"
+        elif kind == "missing":
+            where = label_loc = loc[:-1]
+            label = format_loc(label_loc)
+            what = f"missing required key {loc[-1]!r}"
+        elif kind == "string_pattern_mismatch" and loc[-1] == "id":
+            what = (f"{_short(value)} is not a valid id: lowercase letters, digits, '-' and '_', starting with a "
+                    "letter or digit, at most 32 characters")
+        elif kind == "value_error" or not isinstance(value, (str, int, float, bool, type(None))):
+            what = msg
+        else:
+            what = f"{msg} (got {_short(value)})"
+        out.append(folder.at(where, f"{label}: {what}" if label else what))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Checks
+
+
+@dataclass
+class _Parts:
+    """What validated, piece by piece, with its index in the raw lists."""
+
+    layers: list[tuple[int, Layer]] = field(default_factory=list)
+    rules: list[tuple[int, LayerRule]] = field(default_factory=list)
+    tags: TagSettings | None = None
+    tag_rules: list[tuple[int, TagRule]] = field(default_factory=list)
+
+
+def _validate_parts(folder: _Folder) -> tuple[_Parts, list[Problem]]:
+    parts, problems = _Parts(), []
+    data = folder.data
+    for key, model in (("layers", Layer), ("rules", LayerRule)):
+        raw = data.get(key)
+        if raw is None:
+            continue
+        if not isinstance(raw, list):
+            problems.append(folder.at((key,), f"{key}: a list is expected (got {_short(raw)})"))
+            continue
+        for i, item in enumerate(raw):
+            try:
+                valid = model.model_validate(item)
+            except ValidationError as exc:
+                problems.extend(_validation_problems(folder, exc, (key, i), model))
+                continue
+            getattr(parts, key).append((i, valid))
+    if "default_layer" in data and not isinstance(data["default_layer"], str):
+        problems.append(folder.at(("default_layer",), f"default_layer: a layer id is expected "
+                                                      f"(got {_short(data['default_layer'])})"))
+    raw_tags = data.get("tags", {})
+    if raw_tags is None:
+        raw_tags = {}
+    if isinstance(raw_tags, dict):
+        raw_rules = raw_tags.get("rules", [])
+        try:
+            parts.tags = TagSettings.model_validate({k: v for k, v in raw_tags.items() if k != "rules"})
+        except ValidationError as exc:
+            problems.extend(_validation_problems(folder, exc, ("tags",), TagSettings))
+        if isinstance(raw_rules, list):
+            for i, item in enumerate(raw_rules):
+                try:
+                    parts.tag_rules.append((i, TagRule.model_validate(item)))
+                except ValidationError as exc:
+                    problems.extend(_validation_problems(folder, exc, ("tags", "rules", i), TagRule))
+        elif raw_rules is not None:
+            problems.append(folder.at(("tags", "rules"), f"tags.rules: a list is expected (got {_short(raw_rules)})"))
+    else:
+        problems.append(folder.at(("tags",), f"tags: a mapping is expected (got {_short(raw_tags)})"))
+    for key in data:
+        if key not in TOP_KEYS:
+            problems.append(folder.at((key,), f"unknown top-level key {key!r}{_suggest(key, TOP_KEYS)}; "
+                                              f"a rules file holds {', '.join(TOP_KEYS)}"))
+    for key in ("layers", "default_layer"):
+        if key not in data and folder.origin:
+            problems.append(folder.at((), f"missing required key {key!r}: no file in the folder gives it"))
+    return parts, problems
+
+
+def _twice(folder: _Folder, items: Iterable[tuple[int, str]], loc_of: Any, what: str) -> list[Problem]:
+    first: dict[str, int] = {}
+    out = []
+    for i, ident in items:
+        if ident in first:
+            out.append(folder.at(loc_of(i), f"{format_loc(loc_of(i))}: {what} {ident!r} is already used by "
+                                            f"{format_loc(loc_of(first[ident])[:2])}"))
+        else:
+            first[ident] = i
+    return out
+
+
+def _reference_problems(folder: _Folder, parts: _Parts) -> list[Problem]:
+    """Ids used twice and layers that don't exist, each at its line."""
+    problems = _twice(folder, [(i, layer.id) for i, layer in parts.layers], lambda i: ("layers", i, "id"), "layer id")
+    problems += _twice(folder, [(i, r.id) for i, r in parts.rules], lambda i: ("rules", i, "id"), "rule id")
+    problems += _twice(folder, [(i, t.id) for i, t in parts.tag_rules], lambda i: ("tags", "rules", i, "id"),
+                       "tag rule id")
+    raw_layers = folder.data.get("layers")
+    if not isinstance(raw_layers, list) or len(parts.layers) != len(raw_layers):
+        return problems  # a layer failed validation: its id may be the one referred to
+    ids = [layer.id for _, layer in parts.layers]
+    known = f" (layers: {', '.join(ids)})"
+    default = folder.data.get("default_layer")
+    if isinstance(default, str) and default not in ids:
+        problems.append(folder.at(("default_layer",), f"default_layer: {default!r} is not a layer"
+                                                      f"{_suggest(default, ids)}{known}"))
+    for i, rule in parts.rules:
+        if rule.layer not in ids:
+            problems.append(folder.at(("rules", i, "layer"), f"rules[{i}].layer: rule {rule.id!r} puts customers in "
+                                                             f"{rule.layer!r}, which is not a layer"
+                                                             f"{_suggest(rule.layer, ids)}{known}"))
+    return problems
+
+
+def _within(inner: Any, outer: Any) -> bool:
+    """Whether every value ``inner``'s bounds allow is allowed by ``outer``'s."""
+    if getattr(inner, "within_days", None) != getattr(outer, "within_days", None):
+        return False
+    if outer.min is not None and (inner.min is None or inner.min < outer.min):
+        return False
+    return outer.max is None or (inner.max is not None and inner.max <= outer.max)
+
+
+def implies(b: Condition, a: Condition) -> bool:
+    """Whether every customer ``b`` holds for is one ``a`` holds for, as far as a cheap look can
+    tell: False means "not shown", never "shown not to". Each key ``a`` sets must be set in ``b``
+    at least as tightly (bounds inside ``a``'s, list values a subset, the same flag); ``a``'s
+    ``any`` needs one item ``b`` implies, its ``all`` every item, its ``not`` the same ``not``."""
+    for name in a.model_fields_set:
+        mine, theirs = getattr(a, name), getattr(b, name)
+        if mine in (None, []):
+            continue
+        if isinstance(mine, Count | Amount | Days):
+            if theirs is None or not _within(theirs, mine):
+                return False
+        elif isinstance(mine, bool):
+            if theirs is not mine:
+                return False
+        elif name == "any":
+            if not any(implies(b, item) for item in mine):
+                return False
+        elif name == "all":
+            if not all(implies(b, item) for item in mine):
+                return False
+        elif name == "not_":
+            if theirs != mine:
+                return False
+        elif isinstance(mine, list):
+            if not theirs or not set(theirs) <= set(mine):
+                return False
+        else:  # a key this check does not know: not shown
+            return False
+    return bool(a.model_fields_set)
+
+
+def _shadow_problems(folder: _Folder, parts: _Parts) -> list[Problem]:
+    """A rule an earlier rule always beats: every customer it would take, the earlier one takes."""
+    out = []
+    for later, (j, rule) in enumerate(parts.rules):
+        for i, earlier in parts.rules[:later]:
+            if implies(rule.when, earlier.when):
+                same = "the same" if rule.when == earlier.when else "a weaker"
+                out.append(folder.at(("rules", j, "when"), (
+                    f"rules[{j}].when: rule {rule.id!r} can never match: rule {earlier.id!r} "
+                    f"(rules[{i}], line {line_of(folder.origin['rules'].root, ('rules', i))}) comes first and has "
+                    f"{same} condition, so it takes every customer this one would. Move this rule above it or "
+                    "narrow the earlier one"), WARNING))
+                break
+    return out
+
+
+def _unused_layer_problems(folder: _Folder, parts: _Parts) -> list[Problem]:
+    default = folder.data.get("default_layer")
+    used = {rule.layer for _, rule in parts.rules}
+    return [folder.at(("layers", i, "id"), f"layers[{i}]: no rule puts anyone in layer {layer.id!r} and it is not "
+                                           "the default_layer, so it stays empty", WARNING)
+            for i, layer in parts.layers if layer.id not in used and layer.id != default]
+
+
+def _condition_locs(cond: Condition, loc: tuple) -> Iterable[tuple[tuple, Condition]]:
+    yield loc, cond
+    for i, item in enumerate(cond.any):
+        yield from _condition_locs(item, loc + ("any", i))
+    for i, item in enumerate(cond.all):
+        yield from _condition_locs(item, loc + ("all", i))
+    if cond.not_ is not None:
+        yield from _condition_locs(cond.not_, loc + ("not",))
+
+
+def _store_problems(folder: _Folder, parts: _Parts, stores: Sequence[StoreRef]) -> list[Problem]:
+    """Conditions naming stores or cities the database doesn't have (a typo matches nobody)."""
+    codes = {s.code for s in stores}
+    cities = {s.city for s in stores if s.city}
+    out = []
+    conditions: list[tuple[tuple, Condition]] = [(("rules", i, "when"), r.when) for i, r in parts.rules]
+    conditions += [(("tags", "rules", i, "when"), t.when) for i, t in parts.tag_rules]
+    for base, when in conditions:
+        for loc, cond in _condition_locs(when, base):
+            for key, values, known in (("stores", cond.stores, codes), ("cities", cond.cities, cities)):
+                for k, value in enumerate(values):
+                    if value not in known:
+                        kind = "store code" if key == "stores" else "city of a store"
+                        out.append(folder.at(loc + (key, k), f"{format_loc(loc + (key,))}: {value!r} is not a {kind} "
+                                                             f"in the database{_suggest(value, known)}; it matches "
+                                                             "nobody", WARNING))
+    return out
+
+
+def _tag_problems(folder: _Folder, parts: _Parts, stores: Sequence[StoreRef] | None) -> list[Problem]:
+    """Tag names over WeCom's 30 characters once filled in, names used twice in scrm's tag group,
+    and more tags than a corp may hold."""
+    tags = parts.tags
+    if tags is None:
+        return []
+    out: list[Problem] = []
+    names: dict[str, str] = {}  # tag name -> what makes it
+    raw_tags = folder.data.get("tags") if isinstance(folder.data.get("tags"), dict) else {}
+
+    def loc_of(key: str) -> tuple:
+        return ("tags", key) if key in (raw_tags or {}) else ()
+
+    def claim(name: str, what: str, loc: tuple) -> None:
+        if name in names and names[name] != what:
+            out.append(folder.at(loc, f"{format_loc(loc)}: the tag name {name!r} is made twice ({names[name]} and "
+                                      f"{what}); tag names in scrm's tag group must differ"))
+        names.setdefault(name, what)
+
+    def too_long(name: str) -> bool:
+        return len(name) > WECOM_TAG_NAME_MAX
+
+    if tags.layer_tag is not None:
+        for i, layer in parts.layers:
+            name = tags.fill("layer_tag", layer.name) or ""
+            loc = loc_of("layer_tag") or ("layers", i, "name")
+            if too_long(name):
+                out.append(folder.at(loc, f"{format_loc(loc)}: layer {layer.id!r} gets the tag {name!r} "
+                                          f"({len(name)} characters); WeCom tag names hold at most "
+                                          f"{WECOM_TAG_NAME_MAX}: shorten the layer's name or tags.layer_tag"))
+            claim(name, f"layer {layer.id!r}", loc)
+    for i, rule in parts.tag_rules:
+        claim(rule.name, f"tag rule {rule.id!r}", ("tags", "rules", i, "name"))
+    count = len(names)
+    for key, what, real, samples in (
+        ("store_tag", "store name", sorted({s.name for s in stores}) if stores is not None else None,
+         SAMPLE_STORE_NAMES),
+        ("city_tag", "city", sorted({s.city for s in stores if s.city}) if stores is not None else None,
+         SAMPLE_CITIES),
+    ):
+        if getattr(tags, key) is None:
+            continue
+        loc = ("tags", key) if key in (raw_tags or {}) else ("tags",) if raw_tags else ()
+        label = format_loc(("tags", key))
+        if real is None:
+            longest = max(samples, key=len)
+            name = tags.fill(key, longest) or ""
+            if too_long(name):
+                out.append(folder.at(loc, f"{label}: with a {what} as long as {longest!r} the tag is {name!r} "
+                                          f"({len(name)} characters; WeCom allows {WECOM_TAG_NAME_MAX}); "
+                                          "check the real names with `scrm layers lint --stores`", WARNING))
+            continue
+        long_ones = [(v, tags.fill(key, v) or "") for v in real]
+        long_ones = [(v, n) for v, n in long_ones if too_long(n)]
+        if long_ones:
+            shown = ", ".join(f"{n!r} ({len(n)})" for _, n in long_ones[:3])
+            more = f" and {len(long_ones) - 3} more" if len(long_ones) > 3 else ""
+            out.append(folder.at(loc, f"{label}: {len(long_ones)} {what}{'s' if len(long_ones) > 1 else ''} make tag "
+                                      f"names over WeCom's {WECOM_TAG_NAME_MAX} characters: {shown}{more}; shorten "
+                                      f"tags.{key} or those names"))
+        for v in real:
+            claim(tags.fill(key, v) or "", f"{key.removesuffix('_tag')} {v!r}", loc)
+        count += len(real)
+    if count > WECOM_CORP_TAGS_MAX:
+        unknown = "" if stores is not None else " before the per-store and per-city tags"
+        out.append(folder.at(("tags",), f"tags: {count} tags{unknown}; WeCom holds at most {WECOM_CORP_TAGS_MAX} "
+                                        "corp tags (hand-set tags included)"))
+    return out
+
+
+def _check(folder: _Folder, stores: Sequence[StoreRef] | None) -> tuple[RuleSet | None, list[Problem]]:
+    parts, problems = _validate_parts(folder)
+    problems += _reference_problems(folder, parts)
+    if "rules" in folder.origin:
+        problems += _shadow_problems(folder, parts)
+    problems += _unused_layer_problems(folder, parts)
+    problems += _tag_problems(folder, parts, stores)
+    if stores is not None:
+        problems += _store_problems(folder, parts, stores)
+    ruleset = None
+    if not errors_in(folder.problems + problems) and folder.origin:
+        try:
+            ruleset = RuleSet.model_validate(folder.data)
+        except ValidationError as exc:  # a whole-ruleset check lint has no twin for
+            problems += [folder.at((), err["msg"].removeprefix("Value error, ")) for err in exc.errors()]
+    return ruleset, problems
+
+
+def _sorted(problems: Iterable[Problem]) -> list[Problem]:
+    unique = list(dict.fromkeys(problems))
+    return sorted(unique, key=lambda p: (p.path, p.line or 0))
+
+
+def lint_rules(rules_dir: str | Path, *, stores: Sequence[StoreRef] | None = None) -> list[Problem]:
+    """Every problem of the rules folder, errors and warnings, sorted by file and line: the entry
+    point of ``scrm layers lint``. ``stores`` (from :func:`stores_for_lint`) checks the per-store and
+    per-city tag names with the real names, and the store codes and cities conditions name;
+    without it tag names are checked with long sample names (a warning)."""
+    folder = _read(rules_dir)
+    _, problems = _check(folder, stores)
+    return _sorted(folder.problems + problems)
+
+
+def load_ruleset(rules_dir: str | Path, *, stores: Sequence[StoreRef] | None = None) -> RuleSet:
+    """The rules of the folder, merged and validated; :class:`RulesError` listing every error
+    (``file:line: message``) when it has any. Warnings don't stop it."""
+    folder = _read(rules_dir)
+    ruleset, problems = _check(folder, stores)
+    errors = errors_in(_sorted(folder.problems + problems))
+    if errors or ruleset is None:
+        raise RulesError(errors or [Problem(str(rules_dir), None, "no rules")])
+    return ruleset
+
+
+def defined_layer_ids(rules_dir: str | Path) -> set[str] | None:
+    """The layer ids the rules define, or None when the folder does not load (``scrm sop lint``
+    checks SOP targets against them only then)."""
+    try:
+        return set(load_ruleset(rules_dir).layer_ids())
+    except RulesError:
+        return None
+
+
+def stores_for_lint(engine: Any) -> list[StoreRef]:
+    """Every store (open or closed: a closed store's customers keep its tag), for the tag checks."""
+    from sqlalchemy import select
+
+    from scrm.stores.models import Store
+
+    c = Store.__table__.c
+    with engine.connect() as conn:
+        return [StoreRef(r.code, r.name, r.city or "") for r in conn.execute(select(c.code, c.name, c.city))]
+
+
+def condition_summary(cond: Condition) -> str:
+    """A one-line reading of a condition for tables (``orders>=3 in 30d, deleted``)."""
+    bits = []
+    for name in ("orders", "gmv", "unique_clicks", "days_since_last_order", "days_since_last_active",
+                 "days_since_added"):
+        value = getattr(cond, name)
+        if value is None:
+            continue
+        span = f" in {value.within_days}d" if getattr(value, "within_days", None) else ""
+        if value.min is not None and value.max is not None:
+            bits.append(f"{value.min:g}<={name}<={value.max:g}{span}")
+        elif value.min is not None:
+            bits.append(f"{name}>={value.min:g}{span}")
+        else:
+            bits.append(f"{name}<={value.max:g}{span}")
+    for name in ("in_group", "deleted"):
+        value = getattr(cond, name)
+        if value is not None:
+            bits.append(name if value else f"not {name}")
+    for name in ("stores", "cities", "states"):
+        if getattr(cond, name):
+            bits.append(f"{name}: {','.join(getattr(cond, name))}")
+    if cond.any:
+        bits.append("any(" + " | ".join(condition_summary(c) for c in cond.any) + ")")
+    if cond.all:
+        bits.append("all(" + " & ".join(condition_summary(c) for c in cond.all) + ")")
+    if cond.not_ is not None:
+        bits.append(f"not({condition_summary(cond.not_)})")
+    return ", ".join(bits)
+
+
+__all__ = [
+    "WECOM_CORP_TAGS_MAX", "RulesError", "StoreRef", "condition_summary", "defined_layer_ids", "implies",
+    "lint_rules", "load_ruleset", "stores_for_lint",
+]
