@@ -23,7 +23,7 @@ import datetime as dt
 import difflib
 import re
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -529,10 +529,32 @@ def _store_warning(path: str, root: Node, targets: Any, steps: list[Any]) -> lis
                     WARNING)]
 
 
-def check_template(item: LoadedTemplate, *, quiet_hours: tuple[str, str] | None = DEFAULT_QUIET_HOURS
-                   ) -> list[Problem]:
+def _layer_warnings(path: str, root: Node, targets: Any, layer_ids: Collection[str] | None) -> list[Problem]:
+    """A warning at each layer the targets name that the layer rules don't define: no group ever
+    has it, so the key matches nothing (a typo, or a layer renamed in layers/)."""
+    if layer_ids is None or not isinstance(targets, Mapping):
+        return []
+    known = sorted(layer_ids)
+    out = []
+    named: list[tuple[tuple, Any]] = []
+    if isinstance(targets.get("layers"), list):
+        named += [(("targets", "layers", k), v) for k, v in enumerate(targets["layers"])]
+    if isinstance(targets.get("member_layers"), list):
+        named += [(("targets", "member_layers", k, "layer"), item.get("layer"))
+                  for k, item in enumerate(targets["member_layers"]) if isinstance(item, Mapping)]
+    for loc, layer in named:
+        if isinstance(layer, str) and layer not in layer_ids:
+            out.append(Problem(path, line_of(root, loc), (
+                f"{format_loc(loc)}: {layer!r} is not a layer of the layer rules{_suggest(layer, known)} "
+                f"(layers: {', '.join(known)}); no group is in it, so this matches nothing"), WARNING))
+    return out
+
+
+def check_template(item: LoadedTemplate, *, quiet_hours: tuple[str, str] | None = DEFAULT_QUIET_HOURS,
+                   layer_ids: Collection[str] | None = None) -> list[Problem]:
     """Lint checks for one validated template (template fields, rendering with sample values,
-    timing, WeCom page paths, store fields for groups without a store)."""
+    timing, WeCom page paths, store fields for groups without a store, layers the layer rules
+    don't define when ``layer_ids`` is given)."""
     template, path, root = item.template, item.path, item.root
     steps = [step.model_dump() for step in template.steps]
     problems: list[Problem] = []
@@ -548,35 +570,39 @@ def check_template(item: LoadedTemplate, *, quiet_hours: tuple[str, str] | None 
                     break
     problems.extend(_step_problems(path, root, steps, quiet_hours))
     problems.extend(_store_warning(path, root, template.targets.model_dump(), steps))
+    problems.extend(_layer_warnings(path, root, template.targets.model_dump(), layer_ids))
     return problems
 
 
-def check_raw(path: str, root: Node, data: Any, *, quiet_hours: tuple[str, str] | None = DEFAULT_QUIET_HOURS
-              ) -> list[Problem]:
+def check_raw(path: str, root: Node, data: Any, *, quiet_hours: tuple[str, str] | None = DEFAULT_QUIET_HOURS,
+              layer_ids: Collection[str] | None = None) -> list[Problem]:
     """Lint checks for a file that failed validation, on whatever of its steps can be read, so a
     schema error doesn't hide the other problems until the next run (rendering needs a valid
     template and waits)."""
     steps = _raw_steps(data)
     targets = data.get("targets") if isinstance(data, Mapping) else None
     return (_source_problems(path, root, steps) + _step_problems(path, root, steps, quiet_hours)
-            + _store_warning(path, root, targets, steps))
+            + _store_warning(path, root, targets, steps) + _layer_warnings(path, root, targets, layer_ids))
 
 
-def lint(path: str | Path, *, quiet_hours: tuple[str, str] | None = DEFAULT_QUIET_HOURS
-         ) -> tuple[list[SopTemplate], list[Problem]]:
+def lint(path: str | Path, *, quiet_hours: tuple[str, str] | None = DEFAULT_QUIET_HOURS,
+         layer_ids: Collection[str] | None = None) -> tuple[list[SopTemplate], list[Problem]]:
     """Load and check every template in ``path``: the entry point of ``scrm sop lint``.
 
     ``quiet_hours`` is (start, end) as HH:MM (from sop.quiet_hours_start/_end), None to skip
-    that check. Returns the templates that validated (see load_templates) and all problems,
+    that check. ``layer_ids`` are the layers the layer rules define
+    (:func:`scrm.layers.lint.defined_layer_ids`); targets naming others get a warning; None skips it.
+    Returns the templates that validated (see load_templates) and all problems,
     errors and warnings, sorted by file and line. Callers that act on templates refuse only on
     errors (:func:`errors_in`): a warning never stops a template."""
     loaded, problems, parsed = _load(path)
     for file in parsed:
         if file.template is not None:
             problems.extend(check_template(LoadedTemplate(file.template, file.path, file.root),
-                                           quiet_hours=quiet_hours))
+                                           quiet_hours=quiet_hours, layer_ids=layer_ids))
         else:
-            problems.extend(check_raw(file.path, file.root, file.data, quiet_hours=quiet_hours))
+            problems.extend(check_raw(file.path, file.root, file.data, quiet_hours=quiet_hours,
+                                      layer_ids=layer_ids))
     problems.sort(key=lambda p: (p.path, p.line or 0))
     return [item.template for item in loaded], problems
 

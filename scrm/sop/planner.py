@@ -24,13 +24,14 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+from bisect import bisect_left
 from collections import Counter, defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from scrm.config import WECOM_MASS_SENDS_PER_GROUP_PER_DAY
 from scrm.sop.render import uses_store_fields
-from scrm.sop.template import Channel, SopTemplate, parse_clock
+from scrm.sop.template import Channel, MemberLayers, SopTemplate, parse_clock
 
 # Why a candidate post was not planned.
 QUIET_HOURS = "quiet_hours"
@@ -60,11 +61,18 @@ class GroupInfo:
     layer: str | None = None
     name: str = ""
     store_missing: bool = False  # store_code names no store (any more): its fields would render empty
+    # (layer, share) for each layer some of its active customers are in: the share of its active
+    # external members whose customer layer it is (scrm.sop.service.load_groups). Members without a
+    # layer count in the whole, so shares may add up to less than 1.
+    member_layers: tuple[tuple[str, float], ...] = ()
 
     @property
     def has_store(self) -> bool:
         """Whether the group's store fields can be filled in."""
         return bool(self.store_code) and not self.store_missing
+
+    def member_share(self, layer: str) -> float:
+        return next((share for name, share in self.member_layers if name == layer), 0.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +229,29 @@ class GroupIndex:
                 self.by_tag[tag].add(g.chat_id)
             if g.layer:
                 self.by_layer[g.layer].add(g.chat_id)
+        self._shares: dict[str, tuple[list[float], list[str]]] | None = None
+
+    def _by_share(self, layer: str) -> tuple[list[float], list[str]]:
+        """The groups with members in ``layer``, by share ascending (shares, chat ids), built for
+        every layer on the first member_layers target, so one target costs a bisection."""
+        if self._shares is None:
+            pairs: dict[str, list[tuple[float, str]]] = defaultdict(list)
+            for g in self.groups.values():
+                for name, share in g.member_layers:
+                    if share > 0:
+                        pairs[name].append((share, g.chat_id))
+            self._shares = {}
+            for name, items in pairs.items():
+                items.sort()
+                self._shares[name] = ([s for s, _ in items], [c for _, c in items])
+        return self._shares.get(layer, ([], []))
+
+    def _member_layers(self, targets: Sequence[MemberLayers]) -> set[str]:
+        out: set[str] = set()
+        for t in targets:
+            shares, chats = self._by_share(t.layer)
+            out.update(chats[bisect_left(shares, t.at_least):])
+        return out
 
     def _union(self, index: Mapping[str, set[str]], keys: Sequence[str]) -> set[str]:
         out: set[str] = set()
@@ -239,6 +270,8 @@ class GroupIndex:
             parts.append(self._union(self.by_tag, t.group_tags))
         if t.layers:
             parts.append(self._union(self.by_layer, t.layers))
+        if t.member_layers:
+            parts.append(self._member_layers(t.member_layers))
         if t.chat_ids:
             parts.append(set(t.chat_ids) & self.all)
         if t.with_store:

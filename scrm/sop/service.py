@@ -17,13 +17,14 @@ from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import delete, select, text, update
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 
 from scrm.db import utcnow
-from scrm.groups.models import CustomerGroup, GroupStatus
+from scrm.groups.models import CustomerGroup, GroupMember, GroupStatus, MemberState
+from scrm.layers.models import CustomerLayer
 from scrm.logs import get_logger
 from scrm.sop.models import HARD_MAX_POSTS_PER_DAY, Audience, PostStatus, SopPost
 from scrm.sop.planner import (
@@ -45,6 +46,7 @@ from scrm.stores.models import Store
 
 log = get_logger(__name__)
 REPLACE_GUARD = dt.timedelta(seconds=60)  # a post this close to its time is left alone
+EXTERNAL_MEMBER = 2  # group_members.member_type of a customer (1 is an employee)
 
 
 @dataclass
@@ -66,9 +68,13 @@ class ReplanResult:
         return out
 
 
-def load_groups(conn: Connection) -> list[GroupInfo]:
-    """Active customer groups with what templates can target (the store's city), and whether
-    their store exists (a code naming no store renders as no store)."""
+def load_groups(conn: Connection, *, member_layers: bool = True) -> list[GroupInfo]:
+    """Active customer groups with what templates can target (the store's city, the layers of
+    their members), and whether their store exists (a code naming no store renders as no store).
+
+    ``member_layers``: each group's share of active customers (external members still in it) per
+    customer layer, in one grouped query over group_members and customer_layers; False skips it
+    (no template targets member_layers)."""
     g, s = CustomerGroup.__table__.c, Store.__table__.c
     rows = conn.execute(
         select(g.chat_id, g.owner_userid, g.store_code, g.tags, g.layer, g.name, s.city,
@@ -76,12 +82,38 @@ def load_groups(conn: Connection) -> list[GroupInfo]:
         .select_from(CustomerGroup.__table__.outerjoin(Store.__table__, s.code == g.store_code))
         .where(g.status == GroupStatus.active)
     )
+    shares = member_layer_shares(conn) if member_layers else {}
     return [
         GroupInfo(chat_id=r.chat_id, owner=r.owner_userid, store_code=r.store_code, city=r.city or None,
                   tags=frozenset(r.tags or ()), layer=r.layer, name=r.name or "",
-                  store_missing=bool(r.store_code) and r.known_store is None)
+                  store_missing=bool(r.store_code) and r.known_store is None,
+                  member_layers=shares.get(r.chat_id, ()))
         for r in rows
     ]
+
+
+def member_layer_shares(conn: Connection) -> dict[str, tuple[tuple[str, float], ...]]:
+    """chat_id -> ((layer, share), ...) for active groups: of the group's active external members,
+    the fraction whose customer layer is each layer. A member the layering pass has not placed yet
+    counts in the whole and in no layer. One query: members left-joined to their layer, counted by
+    (group, layer)."""
+    m, cl, g = GroupMember.__table__.c, CustomerLayer.__table__.c, CustomerGroup.__table__.c
+    rows = conn.execute(
+        select(m.chat_id, cl.layer, func.count().label("n"))
+        .select_from(GroupMember.__table__
+                     .join(CustomerGroup.__table__, g.chat_id == m.chat_id)
+                     .outerjoin(CustomerLayer.__table__, cl.external_userid == m.member_id))
+        .where(m.state == MemberState.member, m.member_type == EXTERNAL_MEMBER, g.status == GroupStatus.active)
+        .group_by(m.chat_id, cl.layer)
+    )
+    counts: dict[str, dict[str | None, int]] = defaultdict(dict)
+    for r in rows:
+        counts[r.chat_id][r.layer] = r.n
+    out: dict[str, tuple[tuple[str, float], ...]] = {}
+    for chat_id, by_layer in counts.items():
+        total = sum(by_layer.values())
+        out[chat_id] = tuple(sorted((layer, n / total) for layer, n in by_layer.items() if layer is not None))
+    return out
 
 
 def local_window(day: dt.date, tz: ZoneInfo) -> tuple[dt.datetime, dt.datetime]:

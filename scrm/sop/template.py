@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from decimal import Decimal, InvalidOperation
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
 from scrm.wecom.messages import MAX_ATTACHMENTS  # WeCom's limits live with the payload builders
 
@@ -40,6 +41,47 @@ def parse_clock(value: str) -> dt.time:
     return dt.time(int(m.group(1)), int(m.group(2)))
 
 
+def parse_share(value: Any) -> float:
+    """``'30%'`` or ``0.3`` -> 0.3: a share of a group's members, above 0 and at most 1. A bare
+    number above 1 (``30``) is refused rather than guessed to mean 30%."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a share: write a percentage such as 30% or a fraction such as 0.3")
+    if isinstance(value, str) and value.strip().endswith("%"):
+        try:
+            share = Decimal(value.strip()[:-1].strip()) / 100
+        except InvalidOperation:
+            raise ValueError(f"{value!r} is not a percentage such as 30%") from None
+    elif isinstance(value, int | float | str):
+        try:
+            share = Decimal(str(value).strip())
+        except InvalidOperation:
+            raise ValueError(f"{value!r} is not a share: write a percentage such as 30% or a fraction such as "
+                             "0.3") from None
+    else:
+        raise ValueError(f"{value!r} is not a share: write a percentage such as 30% or a fraction such as 0.3")
+    if not share.is_finite():
+        raise ValueError(f"{value!r} is not a share between 0% (excluded) and 100%")
+    if share <= 0 or share > 1:
+        hint = f" (did you mean {value}%?)" if share > 1 and not str(value).strip().endswith("%") else ""
+        raise ValueError(f"{value!r} is not a share between 0% (excluded) and 100%{hint}")
+    return float(share)
+
+
+Share = Annotated[float, BeforeValidator(parse_share), WithJsonSchema({
+    "anyOf": [{"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+              {"type": "string", "pattern": r"^\s*(100(\.0+)?|[0-9]{1,2}(\.[0-9]+)?)\s*%\s*$"}],
+    "description": "A share of the group's active customers: 30% or 0.3",
+})]
+
+
+class MemberLayers(_Strict):
+    """Groups where at least ``at_least`` of the active customers (external members) are in
+    ``layer`` (their customer layer, from ``customer_layers``)."""
+
+    layer: str = Field(min_length=1, description="A layer id from the layer rules (layers/)")
+    at_least: Share
+
+
 class Targets(_Strict):
     """Which groups get the template. Lists are OR within a key and AND across keys; no
     positive key means every active group. Exclusions always win."""
@@ -48,6 +90,8 @@ class Targets(_Strict):
     cities: list[str] = Field(default_factory=list)
     group_tags: list[str] = Field(default_factory=list, description="Tags set on the group in scrm")
     layers: list[str] = Field(default_factory=list, description="Groups whose members' main layer is one of these")
+    member_layers: list[MemberLayers] = Field(default_factory=list, description=(
+        "Groups where at least a share of the active customers are in a layer (any item)"))
     chat_ids: list[str] = Field(default_factory=list)
     with_store: bool = Field(default=False, description="Only groups that belong to a store (templates "
                              "printing store fields: a group without a store never gets them anyway)")
