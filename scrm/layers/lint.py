@@ -550,38 +550,7 @@ def stores_for_lint(engine: Any) -> list[StoreRef]:
         return [StoreRef(r.code, r.name, r.city or "") for r in conn.execute(select(c.code, c.name, c.city))]
 
 
-def condition_summary(cond: Condition) -> str:
-    """A one-line reading of a condition for tables (``orders>=3 in 30d, deleted``)."""
-    bits = []
-    for name in ("orders", "gmv", "unique_clicks", "days_since_last_order", "days_since_last_active",
-                 "days_since_added"):
-        value = getattr(cond, name)
-        if value is None:
-            continue
-        span = f" in {value.within_days}d" if getattr(value, "within_days", None) else ""
-        if value.min is not None and value.max is not None:
-            bits.append(f"{value.min:g}<={name}<={value.max:g}{span}")
-        elif value.min is not None:
-            bits.append(f"{name}>={value.min:g}{span}")
-        else:
-            bits.append(f"{name}<={value.max:g}{span}")
-    for name in ("in_group", "deleted"):
-        value = getattr(cond, name)
-        if value is not None:
-            bits.append(name if value else f"not {name}")
-    for name in ("stores", "cities", "states"):
-        if getattr(cond, name):
-            bits.append(f"{name}: {','.join(getattr(cond, name))}")
-    if cond.any:
-        bits.append("any(" + " | ".join(condition_summary(c) for c in cond.any) + ")")
-    if cond.all:
-        bits.append("all(" + " & ".join(condition_summary(c) for c in cond.all) + ")")
-    if cond.not_ is not None:
-        bits.append(f"not({condition_summary(cond.not_)})")
-    return ", ".join(bits)
-
-
 __all__ = [
-    "WECOM_CORP_TAGS_MAX", "RulesError", "StoreRef", "condition_summary", "defined_layer_ids", "implies",
-    "lint_rules", "load_ruleset", "stores_for_lint",
+    "ERROR", "WARNING", "WECOM_CORP_TAGS_MAX", "Problem", "RulesError", "StoreRef",
+    "defined_layer_ids", "errors_in", "implies", "lint_rules", "load_ruleset", "stores_for_lint",
 ]
