@@ -93,7 +93,8 @@ def render_report(console: Console, report: PassReport, ruleset: RuleSet, *, tit
                                          item[0] or ""))
         for k, (rule, n) in enumerate(rules):
             table.add_row(escape(_layer_label(ruleset, layer_id)) if k == 0 else "",
-                          escape(described.get(rule, rule) if rule else DEFAULT_RULE), str(n), f"{n / total:.1%}" if total else "-")
+                          escape(described.get(rule, rule) if rule else DEFAULT_RULE), str(n),
+                          f"{n / total:.1%}" if total else "-")
     for layer in ruleset.layers:
         if layer.id not in by_layer:
             table.add_row(escape(_layer_label(ruleset, layer.id)), "", "0", "-")
