@@ -299,12 +299,24 @@ def _twice(folder: _Folder, items: Iterable[tuple[int, str]], loc_of: Any, what:
     return out
 
 
+def _raw_items(data: Any, *loc: str) -> list[tuple[int, dict]]:
+    """The mapping items of the list at ``loc`` in the raw data, with their index (items that
+    failed validation included: their ids and layers still count)."""
+    for key in loc:
+        data = data.get(key) if isinstance(data, dict) else None
+    return [(i, item) for i, item in enumerate(data) if isinstance(item, dict)] if isinstance(data, list) else []
+
+
+def _raw_ids(data: Any, *loc: str) -> list[tuple[int, str]]:
+    return [(i, item["id"]) for i, item in _raw_items(data, *loc) if isinstance(item.get("id"), str)]
+
+
 def _reference_problems(folder: _Folder, parts: _Parts) -> list[Problem]:
     """Ids used twice and layers that don't exist, each at its line."""
-    problems = _twice(folder, [(i, layer.id) for i, layer in parts.layers], lambda i: ("layers", i, "id"), "layer id")
-    problems += _twice(folder, [(i, r.id) for i, r in parts.rules], lambda i: ("rules", i, "id"), "rule id")
-    problems += _twice(folder, [(i, t.id) for i, t in parts.tag_rules], lambda i: ("tags", "rules", i, "id"),
-                       "tag rule id")
+    data = folder.data
+    problems = _twice(folder, _raw_ids(data, "layers"), lambda i: ("layers", i, "id"), "layer id")
+    problems += _twice(folder, _raw_ids(data, "rules"), lambda i: ("rules", i, "id"), "rule id")
+    problems += _twice(folder, _raw_ids(data, "tags", "rules"), lambda i: ("tags", "rules", i, "id"), "tag rule id")
     raw_layers = folder.data.get("layers")
     if not isinstance(raw_layers, list) or len(parts.layers) != len(raw_layers):
         return problems  # a layer failed validation: its id may be the one referred to
@@ -322,19 +334,34 @@ def _reference_problems(folder: _Folder, parts: _Parts) -> list[Problem]:
     return problems
 
 
+def _window_inside(inner: int | None, outer: int | None) -> bool:
+    """Whether the last ``inner`` days lie inside the last ``outer`` days (None: all time)."""
+    return outer is None or (inner is not None and inner <= outer)
+
+
 def _within(inner: Any, outer: Any) -> bool:
-    """Whether every value ``inner``'s bounds allow is allowed by ``outer``'s."""
-    if getattr(inner, "within_days", None) != getattr(outer, "within_days", None):
-        return False
-    if outer.min is not None and (inner.min is None or inner.min < outer.min):
-        return False
-    return outer.max is None or (inner.max is not None and inner.max <= outer.max)
+    """Whether every customer ``inner``'s bounds allow, ``outer``'s allow. Counts and net GMV never
+    shrink as the window grows, so a lower bound carries to a wider window (3 orders in 30 days
+    are at least 1 order ever) and an upper bound to a narrower one; both bounds need the same."""
+    inner_days, outer_days = getattr(inner, "within_days", None), getattr(outer, "within_days", None)
+    if outer.min is not None:
+        if inner.min is None or inner.min < outer.min:
+            return False
+        if not _window_inside(inner_days, outer_days):
+            return False
+    if outer.max is not None:
+        if inner.max is None or inner.max > outer.max:
+            return False
+        if not _window_inside(outer_days, inner_days):
+            return False
+    return True
 
 
 def implies(b: Condition, a: Condition) -> bool:
     """Whether every customer ``b`` holds for is one ``a`` holds for, as far as a cheap look can
     tell: False means "not shown", never "shown not to". Each key ``a`` sets must be set in ``b``
-    at least as tightly (bounds inside ``a``'s, list values a subset, the same flag); ``a``'s
+    at least as tightly (bounds inside ``a``'s over a window that keeps them, list values a
+    subset, the same flag); ``a``'s
     ``any`` needs one item ``b`` implies, its ``all`` every item, its ``not`` the same ``not``."""
     for name in a.model_fields_set:
         mine, theirs = getattr(a, name), getattr(b, name)
@@ -381,7 +408,7 @@ def _shadow_problems(folder: _Folder, parts: _Parts) -> list[Problem]:
 
 def _unused_layer_problems(folder: _Folder, parts: _Parts) -> list[Problem]:
     default = folder.data.get("default_layer")
-    used = {rule.layer for _, rule in parts.rules}
+    used = {item.get("layer") for _, item in _raw_items(folder.data, "rules")}
     return [folder.at(("layers", i, "id"), f"layers[{i}]: no rule puts anyone in layer {layer.id!r} and it is not "
                                            "the default_layer, so it stays empty", WARNING)
             for i, layer in parts.layers if layer.id not in used and layer.id != default]
