@@ -805,16 +805,28 @@ class CorpState:
         if tid in self.tags:
             obj = self.tags[tid]
             if name is not None:
+                self.check_tag_rename(tid, str(name))
                 obj.name = str(name)
         elif tid in self.tag_groups:
             obj = self.tag_groups[tid]
             if name is not None:
+                self.check_tag_rename(tid, str(name))
                 obj.group_name = str(name)
         else:
             raise SandboxError(40068, f"invalid tagid: {tid}")
         if b.get("order") is not None:
             obj.order = int(b["order"])
         return {}
+
+    def check_tag_rename(self, id: str, name: str) -> None:
+        """A tag's name is unique in its group, a group's among groups (40071, as when creating)."""
+        _param(bool(name) and len(name) <= 30, "name must be 1..30 characters")
+        if id in self.tags:
+            grp = self.tag_groups[self.tags[id].group_id]
+            if any(self.tags[t].name == name for t in grp.tag_ids if t != id):
+                raise SandboxError(40071, f"tag name exists: {name}")
+        elif any(g.group_name == name for g in self.tag_groups.values() if g.group_id != id):
+            raise SandboxError(40071, f"tag group name exists: {name}")
 
     def api_del_corp_tag(self, b: dict) -> dict:
         tag_ids, group_ids = b.get("tag_id") or [], b.get("group_id") or []

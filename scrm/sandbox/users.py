@@ -232,7 +232,10 @@ class Sandbox(CorpState):
                             [(TAG, "create", ev)])
 
     def admin_edit_tag(self, id: str, *, name: str) -> ActionResult:
+        """An admin renames a tag or a group in the console: one update event (reference §2.3)."""
         with self.lock:
+            if id in self.tags or id in self.tag_groups:
+                self.check_tag_rename(id, name)
             if id in self.tags:
                 self.tags[id].name, kind = name, "tag"
             elif id in self.tag_groups:

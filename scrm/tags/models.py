@@ -72,3 +72,19 @@ class RuleTagMark(SQLModel, table=True):
     tag_id: str = Field(max_length=64, index=True)
     marked_at: datetime = Field(default_factory=utcnow)
     removed_by_hand_at: datetime | None = None
+
+
+class RuleTagFailure(SQLModel, table=True):
+    """A customer whose last tag sync failed on a relation (kept dirty): what WeCom said, so an
+    operator can read it, and so the next runs take customers that have not failed first (a
+    relation WeCom keeps refusing must not hold up everyone behind it)."""
+
+    __tablename__ = "rule_tag_failures"
+    __table__: ClassVar[Table]
+
+    external_userid: str = Field(primary_key=True, max_length=64)
+    userid: str = Field(max_length=64)
+    errcode: int
+    error: str = Field(max_length=500)
+    attempts: int = 1
+    failed_at: datetime = Field(default_factory=utcnow, index=True)

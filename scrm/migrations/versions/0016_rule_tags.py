@@ -42,8 +42,19 @@ def upgrade() -> None:
     )
     op.create_index('ix_rule_tag_marks_external_userid', 'rule_tag_marks', ['external_userid'])
     op.create_index('ix_rule_tag_marks_tag_id', 'rule_tag_marks', ['tag_id'])
+    op.create_table('rule_tag_failures',
+    sa.Column('external_userid', _s(64), nullable=False),
+    sa.Column('userid', _s(64), nullable=False),
+    sa.Column('errcode', sa.Integer(), nullable=False),
+    sa.Column('error', _s(500), nullable=False),
+    sa.Column('attempts', sa.Integer(), nullable=False),
+    sa.Column('failed_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+    sa.PrimaryKeyConstraint('external_userid', name=op.f('pk_rule_tag_failures')),
+    )
+    op.create_index('ix_rule_tag_failures_failed_at', 'rule_tag_failures', ['failed_at'])
 
 
 def downgrade() -> None:
+    op.drop_table('rule_tag_failures')
     op.drop_table('rule_tag_marks')
     op.drop_table('rule_tags')
