@@ -213,3 +213,109 @@ def bar_chart(labels: Sequence[str], series: Sequence[Series], *, title: str,
                        f'{_esc(fmt(v))}</title></rect>')
     out.append("</svg>")
     return "".join(out)
+
+
+# --- charts of categories and stacks (the layers page) --------------------------------------------
+
+HBAR_ROW = 26
+HBAR_LABEL_W = 96
+HBAR_VALUE_W = 64
+
+
+def _short(text: str, size: int) -> str:
+    return text if len(text) <= size else text[:size - 1] + "…"
+
+
+def hbar_chart(labels: Sequence[str], values: Sequence[float], *, title: str, color: str = PALETTE[0],
+               fmt: Callable[[float], str] = compact_number, notes: Sequence[str] | None = None) -> str:
+    """One horizontal bar (``rect.bar``) per label, every label shown (a category chart: a bar
+    chart's thinned x labels would hide some), lengths proportional to the values (which must be
+    ≥ 0), the value written at the end; ``notes`` add a line to each bar's tooltip."""
+    if len(values) != len(labels):
+        raise ValueError(f"{len(values)} values for {len(labels)} labels")
+    if not all(math.isfinite(v) and v >= 0 for v in values):
+        raise ValueError("hbar_chart draws finite values ≥ 0")
+    if not labels:
+        return empty_chart(title)
+    height = 10 + HBAR_ROW * len(labels)
+    plot_w = WIDTH - HBAR_LABEL_W - HBAR_VALUE_W
+    top = max(values)
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="chart hbar" viewBox="0 0 {WIDTH} {height}" '
+           f'width="100%" role="img" aria-label="{_esc(title)}"><title>{_esc(title)}</title>']
+    for i, (label, v) in enumerate(zip(labels, values, strict=True)):
+        y = 5 + HBAR_ROW * i
+        w = plot_w * v / top if top > 0 else 0.0
+        note = f"\n{notes[i]}" if notes and i < len(notes) and notes[i] else ""
+        out.append(f'<text x="{HBAR_LABEL_W - 6}" y="{y + 17}" text-anchor="end" font-size="13" '
+                   f'fill="#333">{_esc(_short(label, 7))}</text>')
+        out.append(f'<rect x="{HBAR_LABEL_W}" y="{y + 3}" width="{plot_w}" height="{HBAR_ROW - 8}" rx="3" '
+                   f'fill="#f3f5f7"/>')
+        out.append(f'<rect class="bar" data-series="0" x="{HBAR_LABEL_W}" y="{y + 3}" width="{w:.2f}" '
+                   f'height="{HBAR_ROW - 8}" rx="3" fill="{_esc(color)}"><title>{_esc(label)}：{_esc(fmt(v))}'
+                   f'{_esc(note)}</title></rect>')
+        out.append(f'<text x="{HBAR_LABEL_W + w + 4:.2f}" y="{y + 17}" font-size="12" '
+                   f'fill="#555">{_esc(fmt(v))}</text>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+def _legend_rows(series: Sequence[Series]) -> list[list[tuple[int, str, float]]]:
+    """The legend wrapped to the chart's width: rows of (series index, shown name, x)."""
+    rows: list[list[tuple[int, str, float]]] = [[]]
+    x = 8.0
+    for i, s in enumerate(series):
+        name = _short(s.name, 10)
+        width = 14 + 13 * len(name) + 12
+        if rows[-1] and x + width > WIDTH - 4:
+            rows.append([])
+            x = 8.0
+        rows[-1].append((i, name, x))
+        x += width
+    return rows
+
+
+def stacked_bar_chart(labels: Sequence[str], series: Sequence[Series], *, title: str,
+                      fmt: Callable[[float], str] = compact_number) -> str:
+    """Per label one bar stacked from the series (values ≥ 0, e.g. moves into each layer per day):
+    a ``rect.bar`` per non-zero value, each titled with its label, series and value. The legend
+    wraps onto as many rows as the names need, the chart growing downwards."""
+    _check(labels, series)
+    if any(v < 0 for s in series for v in s.values):
+        raise ValueError("stacked_bar_chart draws values ≥ 0")
+    if not _has_data(labels, series):
+        return empty_chart(title)
+    n = len(labels)
+    totals = [sum(s.values[i] for s in series) for i in range(n)]
+    frame = _Frame(labels, [Series("", totals)], fmt)
+    band = frame.plot_w / n
+
+    def x_of(i: int) -> float:
+        return LEFT + band * (i + 0.5)
+
+    legend = _legend_rows(series)
+    extra = max(0, 18 * len(legend) + 6 - TOP)
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="chart stacked" viewBox="0 0 {WIDTH} {HEIGHT + extra}" '
+           f'width="100%" role="img" aria-label="{_esc(title)}"><title>{_esc(title)}</title>']
+    for row, items in enumerate(legend):
+        y = 4 + 18 * row
+        for i, name, x in items:
+            out.append(f'<rect x="{x:.1f}" y="{y + 1}" width="10" height="10" rx="2" '
+                       f'fill="{_esc(_color(series[i], i))}"/>')
+            out.append(f'<text x="{x + 14:.1f}" y="{y + 10}" font-size="13" fill="#333">{_esc(name)}</text>')
+    out.append(f'<g transform="translate(0 {extra})">')
+    out.extend(frame.axes(x_of))
+    width = band * 0.7
+    for i in range(n):
+        base = 0.0
+        for si, s in enumerate(series):
+            v = s.values[i]
+            if v <= 0:
+                continue
+            y_top, y_bottom = frame.y(base + v), frame.y(base)
+            out.append(f'<rect class="bar" data-series="{si}" x="{LEFT + band * i + band * 0.15:.2f}" '
+                       f'y="{y_top:.1f}" width="{width:.2f}" height="{y_bottom - y_top:.1f}" '
+                       f'fill="{_esc(_color(s, si))}"><title>{_esc(labels[i])} {_esc(s.name)}：{_esc(fmt(v))}'
+                       f'</title></rect>')
+            base += v
+    out.append("</g></svg>")
+    return "".join(out)

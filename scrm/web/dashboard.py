@@ -48,8 +48,10 @@ from scrm.kpi.report import (
     StoreFunnel,
     ratio,
 )
+from scrm.layers import queries as layer_queries
+from scrm.layers.queries import DailyMove, Flow, FlowMatrix, LayerNames, LayerSummary, RuleMoves
 from scrm.logs import get_logger
-from scrm.web.charts import Series, bar_chart, compact_number, line_chart
+from scrm.web.charts import Series, bar_chart, compact_number, hbar_chart, line_chart, stacked_bar_chart
 from scrm.web.lookups import local_time
 from scrm.web.templating import templates
 
@@ -83,12 +85,53 @@ class KpiSource(Protocol):
     def owner_compliance(self, f: KpiFilter) -> list[OwnerCompliance]: ...
 
 
+class LayerSource(Protocol):
+    """The customer-layer figures of the 用户分层 page (:mod:`scrm.layers.queries`)."""
+
+    def names(self) -> LayerNames: ...
+
+    def summary(self, stores: frozenset[str] | None, names: LayerNames) -> LayerSummary: ...
+
+    def flows(self, stores: frozenset[str] | None, start: dt.date, end: dt.date) -> list[Flow]: ...
+
+    def daily_moves(self, stores: frozenset[str] | None, start: dt.date, end: dt.date) -> list[DailyMove]: ...
+
+    def top_rules(self, stores: frozenset[str] | None, start: dt.date, end: dt.date) -> list[RuleMoves]: ...
+
+
+class LayerQueries:
+    """The real :class:`LayerSource`: the layer queries bound to the database and the corp's time
+    zone; ``names`` reads the rule set's layer names (default: the operators' rule files, read
+    on every page view so an edit shows at once; ids only, with a notice, when they cannot be read)."""
+
+    def __init__(self, engine: Engine, *, tz: dt.tzinfo, names: Callable[[], LayerNames] | None = None):
+        self.engine, self.tz = engine, tz
+        self._names = names or layer_queries.load_layer_names
+
+    def names(self) -> LayerNames:
+        return self._names()
+
+    def summary(self, stores: frozenset[str] | None, names: LayerNames) -> LayerSummary:
+        return layer_queries.layer_summary(self.engine, stores, names)
+
+    def flows(self, stores: frozenset[str] | None, start: dt.date, end: dt.date) -> list[Flow]:
+        return layer_queries.layer_flows(self.engine, stores, start, end, self.tz)
+
+    def daily_moves(self, stores: frozenset[str] | None, start: dt.date, end: dt.date) -> list[DailyMove]:
+        return layer_queries.daily_moves(self.engine, stores, start, end, self.tz)
+
+    def top_rules(self, stores: frozenset[str] | None, start: dt.date, end: dt.date) -> list[RuleMoves]:
+        return layer_queries.top_rules(self.engine, stores, start, end, self.tz)
+
+
 class KpiQueries:
     """The real :class:`KpiSource`: the KPI queries bound to the database, the corp's time zone
-    and the group member cap (``routing.group_qr_cap``)."""
+    and the group member cap (``routing.group_qr_cap``); ``layers`` is the layer page's source on
+    the same database (what dashboard_router uses unless given one)."""
 
     def __init__(self, engine: Engine, *, tz: ZoneInfo, cap: int = 200):
         self.engine, self.tz, self.cap = engine, tz, cap
+        self.layers = LayerQueries(engine, tz=tz)
 
     def kpi_table(self, f: KpiFilter, by: Dimension, *, limit: int, offset: int) -> KpiPage:
         return queries.kpi_table(self.engine, f, by, limit=limit, offset=offset, tz=self.tz)
@@ -672,6 +715,172 @@ def fill_rate(s: StoreFunnel) -> float | None:
     return ratio(s.members, s.groups * s.cap)
 
 
+# --- the 用户分层 page (customer layers) ----------------------------------------------------------
+
+LAYER_COLORS = ("#1f6feb", "#2f9e44", "#f08c00", "#7048e8", "#868e96", "#c2255c", "#0c8599", "#e8590c")
+
+
+@dataclass(frozen=True)
+class LayersView:
+    """Everything the layers page, its CSVs and its API show for one scope."""
+
+    names: LayerNames
+    summary: LayerSummary
+    flows: list[Flow]  # per store, for the CSV
+    matrix: FlowMatrix  # the flows of the scope summed
+    daily: list[tuple[dt.date, dict[str, int]]]  # moves into each layer per day (first placements not)
+    daily_layers: list[str]  # the layers with a move in the range, in the rule set's order
+    rules: list[RuleMoves]
+
+    def layer_name(self, layer_id: str | None) -> str:
+        return self.names.name(layer_id)
+
+    def color(self, layer_id: str) -> str:
+        order = self.names.ordered({c.layer for c in self.summary.layers} | set(self.daily_layers))
+        return LAYER_COLORS[order.index(layer_id) % len(LAYER_COLORS)] if layer_id in order else LAYER_COLORS[0]
+
+
+def load_layers(source: LayerSource, f: KpiFilter) -> LayersView:
+    names = source.names()
+    summary = source.summary(f.stores, names)
+    flows = source.flows(f.stores, f.start, f.end)
+    moves = source.daily_moves(f.stores, f.start, f.end)
+    daily_layers = names.ordered({m.to_layer for m in moves})
+    daily_layers = [layer for layer in daily_layers if any(m.to_layer == layer and m.moves for m in moves)]
+    return LayersView(names, summary, flows, layer_queries.flow_matrix(flows, names),
+                      layer_queries.daily_series(moves, f.start, f.end, daily_layers), daily_layers,
+                      source.top_rules(f.stores, f.start, f.end))
+
+
+def shade(n: int, largest: int) -> str:
+    """A flow cell's background: the larger the count, the darker (empty cells stay white)."""
+    if n <= 0 or largest <= 0:
+        return ""
+    alpha = 0.08 + 0.72 * n / largest
+    text = "#fff" if alpha > 0.5 else "#102a43"
+    return f"background: rgba(31, 111, 235, {alpha:.2f}); color: {text};"
+
+
+def layer_charts(v: LayersView) -> tuple[str, str]:
+    counts = v.summary.layers
+    bars = hbar_chart([v.layer_name(c.layer) for c in counts], [float(c.customers) for c in counts],
+                      title="各层人数", notes=[f"占比 {pct(c.share)} · {v.names.operation(c.layer)}".rstrip(" ·")
+                                           for c in counts])
+    labels = [d.strftime("%m-%d") for d, _ in v.daily]
+    series = [Series(v.layer_name(layer), [float(m[layer]) for _, m in v.daily], v.color(layer))
+              for layer in v.daily_layers]
+    moves = stacked_bar_chart(labels, series, title="每日层级变动（按进入的层）")
+    return bars, moves
+
+
+def layer_csv(table: str, v: LayersView) -> tuple[list[str], list[list[str]]]:
+    """The header and rows of one of the layer page's CSV files (text from data formula-guarded)."""
+    n = v.names
+    if table == "layers":
+        return (["层级编号", "层级", "人数", "占比", "运营动作"],
+                [[csv_safe(c.layer), csv_safe(n.name(c.layer)), str(c.customers),
+                  "" if c.share is None else f"{c.share * 100:.2f}%", csv_safe(n.operation(c.layer))]
+                 for c in v.summary.layers])
+    if table == "layer-stores":
+        layers = [c.layer for c in v.summary.layers]
+        return (["门店编号", "门店", "合计", *[n.name(layer) for layer in layers]],
+                [[csv_safe(s.store_code or ""), csv_safe(s.store_name), str(s.total),
+                  *[str(s.counts.get(layer, 0)) for layer in layers]] for s in v.summary.stores])
+    if table == "layer-flows":
+        return (["门店编号", "从层级编号", "从层级", "到层级编号", "到层级", "人数"],
+                [[csv_safe(x.store_code or ""), csv_safe(x.from_layer or ""), csv_safe(n.name(x.from_layer)),
+                  csv_safe(x.to_layer), csv_safe(n.name(x.to_layer)), str(x.moves)] for x in v.flows])
+    if table == "layer-daily":
+        return (["日期", *[n.name(layer) for layer in v.daily_layers]],
+                [[d.isoformat(), *[str(m[layer]) for layer in v.daily_layers]] for d, m in v.daily])
+    return (["规则编号", "规则", "进入层级编号", "进入层级", "人数"],
+            [[csv_safe(r.rule_id or ""), csv_safe(n.rule(r.rule_id)), csv_safe(r.to_layer),
+              csv_safe(n.name(r.to_layer)), str(r.moves)] for r in v.rules])
+
+
+LAYER_EXPORTS = ("layers", "layer-stores", "layer-flows", "layer-daily", "layer-rules")
+
+
+class LayerOut(BaseModel):
+    id: str = Field(description="层级编号（规则文件中的 id）")
+    name: str = Field(description="层级名称；规则读取失败或规则中已没有时为编号")
+    operation: str = Field(description="这一层的运营动作（为什么有这一层）")
+    known: bool = Field(description="规则集中有这个层级")
+    customers: int = Field(description="当前人数")
+    share: float | None = Field(description="占范围内全部客户的比例；没有客户时为 null")
+
+
+class StoreLayersOut(BaseModel):
+    store_code: str | None = Field(description="门店编号；null 为没有所属门店的客户")
+    store_name: str
+    total: int
+    counts: dict[str, int] = Field(description="层级编号 → 当前人数")
+
+
+class FlowOut(BaseModel):
+    from_layer: str | None = Field(description="原层级编号；null 为首次分层（新进入）")
+    from_name: str
+    to_layer: str
+    to_name: str
+    moves: int = Field(description="日期范围内的变动人次")
+
+
+class StoreFlowOut(FlowOut):
+    store_code: str | None = Field(description="变动时客户的所属门店")
+
+
+class DailyMovesOut(BaseModel):
+    day: dt.date = Field(description="当地日期")
+    moves: dict[str, int] = Field(description="层级编号 → 当天进入该层的人次（不含首次分层）")
+
+
+class RuleMovesOut(BaseModel):
+    rule_id: str | None = Field(description="规则编号；null 为默认层（没有规则命中）")
+    rule: str = Field(description="规则说明（没有说明时为编号）")
+    to_layer: str
+    to_name: str
+    moves: int
+
+
+class LayersOut(BaseModel):
+    filter: FilterOut
+    rules_loaded: bool = Field(description="分层规则已读取；false 时名称为编号")
+    notice: str | None = Field(description="规则读取失败的说明")
+    total: int = Field(description="范围内的客户数（当前）")
+    layers: list[LayerOut] = Field(description="各层当前人数与占比（规则集顺序）")
+    stores: list[StoreLayersOut] = Field(description="各门店的分层人数（分页，人数多的在前）")
+    page: int
+    per_page: int
+    pages: int
+    total_stores: int
+    flows: list[FlowOut] = Field(description="日期范围内的层级流向（范围内各门店合计）")
+    store_flows: list[StoreFlowOut] = Field(description="同上，按门店")
+    daily: list[DailyMovesOut] = Field(description="每天一行（包括没有变动的天）")
+    top_rules: list[RuleMovesOut] = Field(description="推动变动最多的规则（含首次分层）")
+
+
+def layers_out(v: LayersView, f: KpiFilter, *, page: int, per_page: int) -> LayersOut:
+    n = v.names
+    stores = v.summary.stores
+    pages = max(1, math.ceil(len(stores) / per_page))
+    shown = stores[(page - 1) * per_page:page * per_page]
+    m = v.matrix
+    return LayersOut(
+        filter=FilterOut.of(f), rules_loaded=n.loaded, notice=n.error, total=v.summary.total,
+        layers=[LayerOut(id=c.layer, name=n.name(c.layer), operation=n.operation(c.layer), known=n.known(c.layer),
+                         customers=c.customers, share=c.share) for c in v.summary.layers],
+        stores=[StoreLayersOut(store_code=s.store_code, store_name=s.store_name, total=s.total, counts=s.counts)
+                for s in shown],
+        page=page, per_page=per_page, pages=pages, total_stores=len(stores),
+        flows=[FlowOut(from_layer=a, from_name=n.name(a), to_layer=b, to_name=n.name(b), moves=m.cell(a, b))
+               for a in m.rows for b in m.columns if m.cell(a, b)],
+        store_flows=[StoreFlowOut(store_code=x.store_code, from_layer=x.from_layer, from_name=n.name(x.from_layer),
+                                  to_layer=x.to_layer, to_name=n.name(x.to_layer), moves=x.moves) for x in v.flows],
+        daily=[DailyMovesOut(day=d, moves=moves) for d, moves in v.daily],
+        top_rules=[RuleMovesOut(rule_id=r.rule_id, rule=n.rule(r.rule_id), to_layer=r.to_layer,
+                                to_name=n.name(r.to_layer), moves=r.moves) for r in v.rules])
+
+
 # --- the router ---------------------------------------------------------------------------------
 
 Start = Annotated[str | None, Query(description="开始日期 YYYY-MM-DD（默认：结束日期往前 6 天）",
@@ -683,19 +892,22 @@ TemplateId = Annotated[str | None, Query(description="SOP 模板编号", max_len
 PageNumber = Annotated[int, Query(ge=1, le=1_000_000, description="页码，从 1 开始")]
 PerPage = Annotated[int, Query(ge=1, le=MAX_PER_PAGE, description="每页行数")]
 NAV = [("/dashboard", "概览"), ("/dashboard/table", "明细"), ("/dashboard/funnel", "门店漏斗"),
-       ("/dashboard/compliance", "群主执行"), ("/dashboard/orders", "订单归因")]
+       ("/dashboard/compliance", "群主执行"), ("/dashboard/orders", "订单归因"), ("/dashboard/layers", "用户分层")]
 EXPORTS = ("summary", "table", "decomposition", "templates", "funnel", "staff", "compliance", "orders")
 
 
 def dashboard_router(source: KpiSource, principal: Callable[[Request], Principal | None], *, tz: dt.tzinfo,
                      stores: Callable[[], list[tuple[str, str]]],
                      today: Callable[[], dt.date] | None = None,
-                     csrf: Callable[[Request], str] | None = None) -> APIRouter:
+                     csrf: Callable[[Request], str] | None = None,
+                     layers: LayerSource | None = None) -> APIRouter:
     """The dashboard pages (/dashboard…), their CSV export (/dashboard/export/{table}.csv) and the
     JSON API (/api/kpi/…). ``stores``: (code, name) of every store, for the filter; ``today``:
     the corp's local date (default: now in ``tz``); ``csrf``: the sign-in's token for a form, to
-    offer a sign-out button (POST /logout) on every page."""
+    offer a sign-out button (POST /logout) on every page; ``layers``: the 用户分层 page's figures
+    (default: ``source.layers`` when the source has them, as :class:`KpiQueries` does)."""
     router = APIRouter()
+    layer_source: LayerSource | None = layers if layers is not None else getattr(source, "layers", None)
 
     def local_today() -> dt.date:
         return today() if today is not None else dt.datetime.now(tz).date()
@@ -799,9 +1011,29 @@ def dashboard_router(source: KpiSource, principal: Callable[[Request], Principal
                 "rule_names": RULE_NAMES, "tz": tz})
         return page(request, build)
 
+    @router.get("/dashboard/layers", response_class=HTMLResponse, include_in_schema=False)
+    def layers_page(request: Request):
+        def build(scope: Scope) -> Response:
+            number = _page_number(request.query_params.get("page"))
+            if layer_source is None:
+                return render(request, "dashboard_layers.html", scope, {"v": None})
+            v = load_layers(layer_source, scope.filter)
+            bars, moves = layer_charts(v)
+            stores_ = v.summary.stores
+            return render(request, "dashboard_layers.html", scope, {
+                "v": v, "layers_chart": Markup(bars), "moves_chart": Markup(moves), "shade": shade,
+                "store_rows": stores_[(number - 1) * PER_PAGE:number * PER_PAGE], "number": number,
+                "pages": max(1, math.ceil(len(stores_) / PER_PAGE)), "store_total": len(stores_)})
+        return page(request, build)
+
     @router.get("/dashboard/export/{table}.csv", include_in_schema=False)
     def export(request: Request, table: str):
         def build(scope: Scope) -> Response:
+            if table in LAYER_EXPORTS:
+                if layer_source is None:
+                    raise BadFilter("分层数据未启用")
+                header, rows = layer_csv(table, load_layers(layer_source, scope.filter))
+                return csv_response(table, scope.filter, header, rows)
             if table not in EXPORTS:
                 raise BadFilter(f"没有名为「{table[:20]}」的表格")
             return export_csv(table, scope.filter, request)
@@ -945,6 +1177,14 @@ def dashboard_router(source: KpiSource, principal: Callable[[Request], Principal
         return OrdersOut(filter=FilterOut.of(f), page=page, per_page=per_page,
                          pages=max(1, math.ceil(total / per_page)), total=total,
                          rows=[_order_out(a) for a in rows])
+
+    @api.get("/layers", response_model=LayersOut,
+             summary="用户分层：各层当前人数与占比、各门店分层、日期范围内的层级流向、每日变动、推动变动的规则")
+    def api_layers(scope: Scoped, page: PageNumber = 1, per_page: PerPage = PER_PAGE):
+        if layer_source is None:
+            raise HTTPException(404, "分层数据未启用")
+        f = scope.filter
+        return layers_out(load_layers(layer_source, f), f, page=page, per_page=per_page)
 
     router.include_router(api)
     return router

@@ -66,7 +66,7 @@ def make_world(seed: int, tz: ZoneInfo, start: dt.date, end: dt.date):
     midnights = [dt.datetime.combine(start + dt.timedelta(days=d), dt.time(), tz)
                  for d in range(-1, (end - start).days + 3)]
     changes = []
-    for i in range(rnd.randint(0, 400)):
+    for _ in range(rnd.randint(0, 400)):
         roll = rnd.random()
         if roll < 0.3:  # on a local midnight, or a microsecond either side
             at = rnd.choice(midnights) + dt.timedelta(microseconds=rnd.choice([-1, 0, 1]))
