@@ -166,7 +166,8 @@ def plan_journeys(
                 continue
             at = dt.datetime.combine(day, j.clock)
             midnight = dt.datetime.combine(day, dt.time(0, 0))
-            window_end = midnight + dt.timedelta(seconds=window_end_seconds(int((at - midnight).total_seconds()), limits))
+            seconds = window_end_seconds(int((at - midnight).total_seconds()), limits)
+            window_end = midnight + dt.timedelta(seconds=seconds)
             if window_end <= now_local:
                 drop(TOO_LATE)
                 continue

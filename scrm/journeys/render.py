@@ -98,7 +98,7 @@ def _aliased_raw(raw: Mapping[str, Any]) -> tuple[dict[str, Any], list[TemplateR
     attachments = raw.get("attachments")
     out["attachments"] = [dict(a) if isinstance(a, Mapping) else a
                           for a in (attachments if isinstance(attachments, list) else [])]
-    for j, att in enumerate(out["attachments"]):
+    for att in out["attachments"]:
         if isinstance(att, dict):
             for kind in TEMPLATE_FIELDS:
                 if isinstance(att.get(kind), Mapping):
@@ -113,8 +113,7 @@ def _aliased_raw(raw: Mapping[str, Any]) -> tuple[dict[str, Any], list[TemplateR
         if loc == ("text",):
             out["text"] = aliased
         else:
-            _, j, kind, key = loc
-            out["attachments"][int(j)][str(kind)][str(key)] = aliased
+            out["attachments"][int(loc[1])][str(loc[2])][str(loc[3])] = aliased
     return out, problems
 
 

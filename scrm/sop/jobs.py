@@ -2,8 +2,9 @@
 
 plan_ahead: re-plan today and the next days from the templates on disk. Broken templates are
 refused as a whole: the existing plan stays as it was until the operator fixes the files.
-fire: expire posts whose window ended, report owner claims whose lease lapsed (unconfirmed), claim
-due posts, queue the mass sends.
+fire: expire posts whose window ended, hold back journey messages whose customer has left the
+layer (expired, with the reason in Chinese), report owner claims whose lease lapsed (unconfirmed),
+claim due posts, queue the mass sends (group posts and 1:1 journey messages alike).
 """
 
 from __future__ import annotations
@@ -70,15 +71,18 @@ def fire(engine: Engine, enqueue_sends: Callable[[list[int]], None], *, now: dt.
     mass and robot posts is one worker job, which groups mass sends by sender and content into
     add_msg_template calls. ``remind(now)`` sends the owners their reminders for posts that fell
     due (one app message per owner)."""
+    from scrm.journeys.service import expire_left_layer
+
     now = now or utcnow()
     expired = expire_overdue(engine, now)
+    left_layer = expire_left_layer(engine, now)  # before claiming: such a message never goes out
     lapsed = lapse_claims(engine, now)
     claimed = claim_due(engine, now)
     stuck = requeue_stuck(engine, now)
     for_workers = claimed.get(Channel.mass_send.value, []) + claimed.get(Channel.group_robot.value, []) + stuck
     for i in range(0, len(for_workers), chunk):
         enqueue_sends(for_workers[i:i + chunk])
-    counts = {"expired": expired, "unconfirmed": len(lapsed), "requeued": len(stuck),
+    counts = {"expired": expired, "left_layer": len(left_layer), "unconfirmed": len(lapsed), "requeued": len(stuck),
               **{channel: len(ids) for channel, ids in claimed.items()}}
     if remind is not None:
         counts["reminders"] = remind(now).get("sent", 0)

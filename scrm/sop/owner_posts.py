@@ -9,6 +9,10 @@ was cancelled or failed before anything reached the chat releases it (``sending 
 ``unconfirmed`` (:func:`lapse_claims`): it may well have reached the group, so it is never offered
 again as unsent; the page asks the owner, who confirms it or releases it.
 
+1:1 journey messages (audience ``customer``) live the same life: the page opened in the customer's
+1:1 chat (``getCurExternalContact``) shows the owner's messages for that customer and claims them
+for that chat; the claim checks that the owner still follows the customer.
+
 Every update is conditional on the status and the owner in its WHERE clause, so two taps, two
 tabs or a replayed request change nothing twice. Refusals are :class:`OwnerPostError` subclasses
 whose message is Chinese (the page shows it to the owner as is) and whose ``kind`` the web layer
@@ -29,7 +33,7 @@ from scrm.contacts.models import Employee
 from scrm.db import as_utc
 from scrm.groups.models import CustomerGroup, GroupStatus
 from scrm.logs import get_logger
-from scrm.sop.models import PostStatus, SopPost
+from scrm.sop.models import Audience, PostStatus, SopPost
 from scrm.sop.sender import RenderProblem, RenderProblemKind, render_post, track_links
 from scrm.sop.template import Channel, SopTemplate
 from scrm.stores.models import Store
@@ -113,6 +117,7 @@ class OwnerPost:
     sendable: bool  # due, this owner's, content ready: the page may claim it
     pending: bool  # claimed by this owner, no confirmation yet: wait, don't send again
     answerable: bool  # unconfirmed, claimed by this owner: ask whether it reached the group
+    audience: str = Audience.group  # customer: a 1:1 journey message, chat_id is the customer
 
 
 @dataclass
@@ -120,6 +125,7 @@ class OwnerDay:
     owner: str
     day: dt.date
     groups: list[dict[str, str]] = field(default_factory=list)  # chat_id, name
+    customers: list[dict[str, str]] = field(default_factory=list)  # chat_id (external_userid), name: 1:1 messages
     posts: list[OwnerPost] = field(default_factory=list)
 
 
@@ -129,6 +135,8 @@ RENDER_PROBLEM_TEXT: dict[RenderProblemKind, str] = {
     RenderProblemKind.group_gone: "这个群已解散或不再由系统管理，内容不会发送。",
     RenderProblemKind.no_store: "这个群还没有关联门店，而内容里要填门店信息，所以无法发送，请联系运营人员。",
     RenderProblemKind.render_error: "内容生成失败，无法发送，请联系运营人员。",
+    RenderProblemKind.journey_gone: "这条消息的客户旅程已被运营修改或删除，无法发送，请联系运营人员。",
+    RenderProblemKind.customer_gone: "你已不再跟进这位客户（或客户已删除你），这条消息不会发送。",
 }
 
 
@@ -144,10 +152,12 @@ def status_text(status: str, channel: str, claimed_by: str | None) -> str:
 
 
 def day_posts(engine: Engine, owner: str, *, now: dt.datetime, tz: dt.tzinfo,
-              templates: Callable[[], Mapping[str, SopTemplate]], link_base: str) -> OwnerDay:
-    """The owner's active groups and today's posts for them. A due post's content is rendered
-    and fixed in the ledger the first time it is shown (links tracked), so what the owner sends
-    is what the ledger records."""
+              templates: Callable[[], Mapping[str, SopTemplate]], link_base: str,
+              journeys: Callable[[], Mapping[str, Any]] | None = None) -> OwnerDay:
+    """The owner's active groups and today's posts for them, then today's 1:1 journey messages
+    the owner sends (``journeys``: the journeys by id). A due post's content is rendered and fixed
+    in the ledger the first time it is shown (links tracked), so what the owner sends is what the
+    ledger records."""
     today = now.astimezone(tz).date()
     g, c = CustomerGroup.__table__.c, SopPost.__table__.c
     with engine.connect() as conn:
@@ -191,7 +201,61 @@ def day_posts(engine: Engine, owner: str, *, now: dt.datetime, tz: dt.tzinfo,
             pending=p.status == PostStatus.sending and mine,
             answerable=p.status == PostStatus.unconfirmed and mine,
         ))
+    _customer_posts(engine, day, owner, now=now, tz=tz, journeys=journeys, link_base=link_base)
     return day
+
+
+def _customer_posts(engine: Engine, day: OwnerDay, owner: str, *, now: dt.datetime, tz: dt.tzinfo,
+                    journeys: Callable[[], Mapping[str, Any]] | None, link_base: str) -> None:
+    """Today's 1:1 journey messages of ``owner`` into ``day`` (and their customers)."""
+    from scrm.journeys.content import MessageProblem, employee_names, load_recipients, render_message
+
+    c = SopPost.__table__.c
+    with engine.connect() as conn:
+        rows = conn.execute(select(SopPost.__table__).where(
+            c.day == day.day, c.audience == Audience.customer, c.sender == owner)
+            .order_by(c.scheduled_for, c.id)).all()
+        recipients = load_recipients(conn, (r.chat_id for r in rows))
+        owner_names = employee_names(conn, [owner])
+    if not rows:
+        return
+    loaded = journeys() if journeys is not None else {}
+    seen: set[str] = set()
+    for p in rows:
+        who = recipients.get(p.chat_id)
+        if p.chat_id not in seen:
+            seen.add(p.chat_id)
+            day.customers.append({"chat_id": p.chat_id, "name": (who.name if who else "") or "客户"})
+        content, error = p.content, None
+        if content is None and p.status in (PostStatus.planned, PostStatus.due):
+            try:
+                content = render_message(p, loaded, who, owner_names.get(owner, owner))
+            except MessageProblem as exc:
+                log.warning("toolbar_message_unrenderable", post_id=p.id, external_userid=p.chat_id, reason=str(exc))
+                content, error = None, _render_problem(RenderProblem(RenderProblemKind(exc.kind), str(exc)))
+            if content is not None and p.status == PostStatus.due:
+                content = track_links(engine, p, content, link_base, now)
+                with engine.begin() as conn:
+                    fixed = conn.execute(update(SopPost.__table__).where(c.id == p.id, c.content.is_(None))
+                                         .values(content=content)).rowcount
+                    if not fixed:
+                        content = conn.execute(select(c.content).where(c.id == p.id)).scalar()
+        mine = p.claimed_by == owner
+        journey = loaded.get(p.template_id)
+        day.posts.append(OwnerPost(
+            id=p.id, chat_id=p.chat_id, template_id=p.template_id,
+            name=getattr(journey, "name", None) or "客户消息",
+            time=as_utc(p.scheduled_for).astimezone(tz).strftime("%H:%M"), channel=p.channel,
+            status=p.status, status_text=status_text(p.status, p.channel, p.claimed_by), sent_by=p.sent_by,
+            content=content, error=error,
+            # Sent: what of it did not go; expired: why it did not go out (e.g. the customer left the layer).
+            note=p.error if (p.status in (PostStatus.sent, PostStatus.confirmed)
+                             and p.channel != Channel.mass_send.value) or p.status == PostStatus.expired else None,
+            sendable=p.status == PostStatus.due and content is not None and p.channel != Channel.mass_send.value,
+            pending=p.status == PostStatus.sending and mine,
+            answerable=p.status == PostStatus.unconfirmed and mine,
+            audience=Audience.customer,
+        ))
 
 
 # -- claim, confirm, release, lapse -----------------------------------------------------------------
@@ -260,7 +324,18 @@ def _read(conn: Connection, post_id: int):
 
 
 def _check_owner(conn: Connection, post, owner: str) -> None:
-    """Only the owner a post is planned for, and only while the group is still theirs."""
+    """Only the owner a post is planned for, and only while the group is still theirs (a 1:1
+    message: while they still follow the customer)."""
+    if post.audience == Audience.customer:
+        from scrm.contacts.models import FollowRelation, FollowStatus
+
+        f = FollowRelation.__table__.c
+        follows = conn.execute(select(f.id).where(f.userid == owner, f.external_userid == post.chat_id,
+                                                  f.status == FollowStatus.active)).first()
+        if post.sender != owner or follows is None:
+            log.warning("toolbar_forbidden", userid=owner, post_id=post.id, external_userid=post.chat_id)
+            raise NotYourPost("这条消息属于别的同事跟进的客户，不能由你发送")
+        return
     group_owner = conn.execute(select(CustomerGroup.__table__.c.owner_userid)
                                .where(CustomerGroup.__table__.c.chat_id == post.chat_id)).scalar()
     if post.sender != owner or group_owner != owner:
@@ -298,7 +373,9 @@ def claim(engine: Engine, post_id: int, owner: str, chat_id: str, *, now: dt.dat
         post = _read(conn, post_id)
         _check_owner(conn, post, owner)
         if chat_id != post.chat_id:
-            raise PostNotSendable("这条内容是另一个群的：请在那个群里打开工具栏发送")
+            raise PostNotSendable("这条消息是发给另一位客户的：请在和那位客户的聊天里打开工具栏发送"
+                                  if post.audience == Audience.customer
+                                  else "这条内容是另一个群的：请在那个群里打开工具栏发送")
         if post.channel == Channel.mass_send.value:
             raise PostNotSendable("企业群发请在企业微信「群发助手」里确认，不在这里发送")
         lease_until = now + lease

@@ -6,6 +6,11 @@ owner confirms it in the client, and get_groupmsg_task / get_groupmsg_send_resul
 each group received: status 1 confirmed, 2 failed (group gone), 3 over WeCom's quota, recorded
 as such and never retried blindly.
 
+1:1 journey messages (audience ``customer``, ``chat_id`` the customer's external_userid) go the
+same way as add_msg_template chat_type single with ``external_userid`` lists (at most 10,000 a
+call), grouped per owner and content; get_groupmsg_send_result answers them by external_userid.
+WeCom delivers at most one mass message a day to a customer (status 3 otherwise: over_quota).
+
 Never double-sent: a post is sent only from ``sending``, which one scheduler moved it to. When
 the call's outcome is unknown (a timeout after the request left), the sender looks for the task
 in get_groupmsg_list_v2 before trying again.
@@ -20,7 +25,7 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Row, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -30,7 +35,7 @@ from sqlalchemy.engine import Engine
 from scrm.db import utcnow
 from scrm.groups.models import CustomerGroup, GroupStatus
 from scrm.logs import get_logger
-from scrm.sop.models import PostStatus, SopPost, TrackedLink
+from scrm.sop.models import Audience, PostStatus, SopPost, TrackedLink
 from scrm.sop.render import (
     TemplateRenderError,
     build_context,
@@ -46,15 +51,34 @@ from scrm.wecom.errors import RateLimited, SystemBusy, TransportError, WeComAPIE
 from scrm.wecom.messages import (
     MAX_CHATS_PER_TEMPLATE,
     Attachment,
+    GroupMsgTemplate,
     MessageLimitError,
     PostContent,
     group_msg_template,
+    post_content,
     robot_messages,
 )
 
 log = get_logger(__name__)
 MAX_CHATS_PER_CALL = MAX_CHATS_PER_TEMPLATE
+MAX_CUSTOMERS_PER_CALL = 10_000  # add_msg_template chat_type single: external_userid holds at most 10,000
 RETRY_AFTER = dt.timedelta(minutes=2)
+
+
+def single_msg_template(sender: str, external_userids: list[str], content: PostContent) -> dict[str, Any]:
+    """The 1:1 mass-send task (add_msg_template chat_type single, reference 3.7) for up to 10,000
+    customers of one ``sender`` (their owner), who confirms it in the client."""
+    if not sender:
+        raise MessageLimitError("sender is required")
+    if not 1 <= len(external_userids) <= MAX_CUSTOMERS_PER_CALL:
+        raise MessageLimitError(f"external_userid holds {len(external_userids)} customers; WeCom takes 1 to "
+                                f"{MAX_CUSTOMERS_PER_CALL}")
+    checked = post_content(content["text"]["content"] if "text" in content else None, content["attachments"])
+    body: dict[str, Any] = {"chat_type": "single", "sender": sender, "external_userid": list(external_userids),
+                            "attachments": checked["attachments"]}
+    if "text" in checked:
+        body["text"] = checked["text"]
+    return body
 
 
 class RenderProblemKind(StrEnum):
@@ -63,6 +87,8 @@ class RenderProblemKind(StrEnum):
     group_gone = "group_gone"
     no_store = "no_store"
     render_error = "render_error"
+    journey_gone = "journey_gone"  # a 1:1 journey message whose journey was removed
+    customer_gone = "customer_gone"  # its owner no longer follows the customer
 
 
 @dataclass(frozen=True)
@@ -135,18 +161,26 @@ class SopSender:
         tz: dt.tzinfo,
         link_base: str = "",
         clock: Callable[[], dt.datetime] = utcnow,
+        journeys: Callable[[], Mapping[str, Any]] | None = None,
     ):
         self.engine, self.client, self.templates, self.tz, self.clock = engine, client, templates, tz, clock
+        # The journeys on disk by id (scrm.journeys.jobs.journeys_loader): 1:1 journey messages.
+        self.journeys = journeys
         # Where tracked links point: web.public_url; empty sends links untracked.
         self.link_base = link_base.rstrip("/")
 
     # -- sending --------------------------------------------------------------------------------
     def send(self, post_ids: list[int]) -> dict[str, int]:
         """Send the given posts that are still ``sending``; returns counts by outcome."""
+        from scrm.journeys.content import employee_names, load_recipients
+
         table, c = SopPost.__table__, SopPost.__table__.c
         with self.engine.connect() as conn:
             posts = conn.execute(select(table).where(c.id.in_(post_ids), c.status == PostStatus.sending)).all()
-            chats = {p.chat_id for p in posts}
+            to_customers = [p for p in posts if p.audience == Audience.customer]
+            recipients = load_recipients(conn, (p.chat_id for p in to_customers))
+            owners = employee_names(conn, (p.sender for p in to_customers))
+            chats = {p.chat_id for p in posts if p.audience != Audience.customer}
             groups = {g.chat_id: g for g in conn.execute(
                 select(CustomerGroup.__table__).where(CustomerGroup.__table__.c.chat_id.in_(chats)))}
             codes = {g.store_code for g in groups.values() if g.store_code}
@@ -154,9 +188,13 @@ class SopSender:
                 select(Store.__table__).where(Store.__table__.c.code.in_(codes)))} if codes else {}
         outcome: dict[str, int] = defaultdict(int)
         templates = self.templates()
-        batches: dict[tuple[str, str], tuple[PostContent, list[Row]]] = {}
+        journeys = self.journeys() if to_customers and self.journeys is not None else {}
+        batches: dict[tuple[str, str, str], tuple[PostContent, list[Row]]] = {}
         for p in posts:
-            payload, error = self._render(p, templates, groups, stores)
+            if p.audience == Audience.customer:
+                payload, error = self._render_journey(p, journeys, recipients, owners)
+            else:
+                payload, error = self._render(p, templates, groups, stores)
             if payload is None:
                 self._finish([p.id], status=PostStatus.failed, error=str(error))
                 outcome["failed"] += 1
@@ -170,11 +208,12 @@ class SopSender:
                 self._finish([p.id], status=PostStatus.due)
                 outcome["due"] += 1
                 continue
-            key = (p.sender, json.dumps(payload, sort_keys=True, ensure_ascii=False))
+            key = (p.audience, p.sender, json.dumps(payload, sort_keys=True, ensure_ascii=False))
             batches.setdefault(key, (payload, []))[1].append(p)
-        for (sender, _), (payload, batch) in batches.items():
-            for i in range(0, len(batch), MAX_CHATS_PER_CALL):
-                for status, n in self._mass_send(sender, payload, batch[i:i + MAX_CHATS_PER_CALL]).items():
+        for (audience, sender, _), (payload, batch) in batches.items():
+            size = MAX_CUSTOMERS_PER_CALL if audience == Audience.customer else MAX_CHATS_PER_CALL
+            for i in range(0, len(batch), size):
+                for status, n in self._mass_send(sender, payload, batch[i:i + size]).items():
                     outcome[status] += n
         return dict(outcome)
 
@@ -183,6 +222,18 @@ class SopSender:
         group = groups.get(post.chat_id)
         store = stores.get(group.store_code) if group is not None and group.store_code else None
         return render_post(post, templates, group, store)
+
+    def _render_journey(self, post: Row, journeys: Mapping[str, Any], recipients: Mapping[str, Any],
+                        owners: Mapping[str, str]) -> tuple[PostContent | None, RenderProblem | None]:
+        from scrm.journeys.content import MessageProblem, render_message
+
+        if self.journeys is None:
+            return None, RenderProblem(RenderProblemKind.journey_gone, "the sender was given no journeys")
+        try:
+            return render_message(post, journeys, recipients.get(post.chat_id),
+                                  owners.get(post.sender, post.sender)), None
+        except MessageProblem as exc:
+            return None, RenderProblem(RenderProblemKind(exc.kind), str(exc))
 
     def _track_links(self, post: Row, payload: PostContent) -> PostContent:
         return track_links(self.engine, post, payload, self.link_base, self.clock())
@@ -221,8 +272,10 @@ class SopSender:
 
     def _mass_send(self, sender: str, payload: PostContent, batch: list[Row]) -> dict[str, int]:
         ids = [p.id for p in batch]
+        single = batch[0].audience == Audience.customer
         try:
-            body = group_msg_template(sender, [p.chat_id for p in batch], payload)
+            body = single_msg_template(sender, [p.chat_id for p in batch], payload) if single \
+                else group_msg_template(sender, [p.chat_id for p in batch], payload)
         except MessageLimitError as exc:  # render refuses these first; never send a post cut short
             self._finish(ids, status=PostStatus.failed, error=f"payload: {exc}"[:500])
             log.warning("sop_mass_send_refused", sender=sender, chats=len(ids), error=str(exc))
@@ -230,13 +283,13 @@ class SopSender:
         started = self.clock()
         if any(p.attempts > 1 for p in batch):  # tried before: WeCom may have created the task
             since = min(p.scheduled_for for p in batch)
-            msgid = self._find_created(sender, payload, since)
+            msgid = self._find_created(sender, payload, since, single=single)
             if msgid is not None:
                 return self._record(sender, payload, batch, {"msgid": msgid, "fail_list": []})
         try:
-            result = self.client.add_msg_template(body)
+            result = self.client.add_msg_template(cast(GroupMsgTemplate, body))
         except TransportError:
-            msgid = self._find_created(sender, payload, started)
+            msgid = self._find_created(sender, payload, started, single=single)
             if msgid is None:
                 return self._retry_later(batch, "transport")
             result = {"msgid": msgid, "fail_list": []}
@@ -258,18 +311,20 @@ class SopSender:
             self._finish(ok, status=PostStatus.sent, msgid=result["msgid"], content=payload, sent_by=sender,
                          sent_at=now)
         if bad:
-            self._finish(bad, status=PostStatus.failed, error="WeCom refused the group (fail_list)",
-                         msgid=result["msgid"])
+            refused = ("WeCom refused the customer (fail_list: not their follower)"
+                       if batch[0].audience == Audience.customer else "WeCom refused the group (fail_list)")
+            self._finish(bad, status=PostStatus.failed, error=refused, msgid=result["msgid"])
         log.info("sop_mass_send_created", sender=sender, msgid=result["msgid"], chats=len(ok), refused=len(bad))
         return {"sent": len(ok), "failed": len(bad)}
 
-    def _find_created(self, sender: str, payload: PostContent, since: dt.datetime) -> str | None:
+    def _find_created(self, sender: str, payload: PostContent, since: dt.datetime, *,
+                      single: bool = False) -> str | None:
         """After a timeout: did WeCom create the task anyway? Look for it before sending again."""
         start = int(since.timestamp()) - 60
         try:
             listing = self.client.get_groupmsg_list_v2(
-                chat_type="group", start_time=start, end_time=int(self.clock().timestamp()) + 60,
-                creator=sender, filter_type=2, limit=100)
+                chat_type="single" if single else "group", start_time=start,
+                end_time=int(self.clock().timestamp()) + 60, creator=sender, filter_type=2, limit=100)
         except WeComAPIError:
             return None
         for item in listing.get("group_msg_list") or []:
@@ -309,7 +364,7 @@ class SopSender:
         now = self.clock()
         with self.engine.connect() as conn:
             waiting = conn.execute(
-                select(c.id, c.chat_id, c.msgid, c.sender).where(
+                select(c.id, c.chat_id, c.msgid, c.sender, c.audience).where(
                     c.channel == Channel.mass_send.value, c.status == PostStatus.sent, c.msgid.is_not(None),
                     c.sent_at >= now - lookback)
             ).all()
@@ -334,11 +389,14 @@ class SopSender:
                                       confirmed_at=dt.datetime.fromtimestamp(send_time or now.timestamp(),
                                                                              dt.UTC))
                     elif status == 3:
-                        values.update(status=PostStatus.over_quota, errcode=3,
-                                      error="the group already received another mass message (WeCom quota)")
+                        values.update(status=PostStatus.over_quota, errcode=3, error=(
+                            "the customer already received another mass message today (WeCom quota)"
+                            if r.audience == Audience.customer else
+                            "the group already received another mass message (WeCom quota)"))
                     else:
-                        values.update(status=PostStatus.failed, errcode=status,
-                                      error="WeCom could not deliver to the group")
+                        values.update(status=PostStatus.failed, errcode=status, error=(
+                            "WeCom could not deliver to the customer (not their follower any more)"
+                            if r.audience == Audience.customer else "WeCom could not deliver to the group"))
                     conn.execute(update(table).where(c.id == r.id, c.status == PostStatus.sent).values(**values))
                     counts[values["status"]] += 1
         return dict(counts)
@@ -358,8 +416,10 @@ class SopSender:
             while True:
                 page = self.client.get_groupmsg_send_result(msgid, userid, cursor=cursor)
                 for item in page.get("send_list") or []:
-                    if item.get("chat_id"):
-                        out[item["chat_id"]] = (int(item.get("status", 0)), int(item.get("send_time") or 0))
+                    # A group send answers by chat_id, a 1:1 send (chat_type single) by external_userid.
+                    target = item.get("chat_id") or item.get("external_userid")
+                    if target:
+                        out[target] = (int(item.get("status", 0)), int(item.get("send_time") or 0))
                 cursor = page.get("next_cursor") or ""
                 if not cursor:
                     break

@@ -11,8 +11,11 @@ cookie; a userid sent by the page itself is never trusted. A failed sign-in is a
 tells an expired or used code ("open it again from the group's toolbar") from a visitor who is not
 a corp member ("members only").
 
-Inside WeCom the page uses the JS-SDK (wx.agentConfig, getCurExternalChat, sendChatMessage).
-Sends are simulated only on the sandbox corp (``ToolbarConfig.sandbox``); on a real corp, outside
+Inside WeCom the page uses the JS-SDK (wx.agentConfig, getContext, then getCurExternalChat in a
+group chat or getCurExternalContact in a 1:1 chat, and sendChatMessage). In a 1:1 chat it shows
+that customer's journey messages (scrm.journeys) and sends them the same way: claim, send, confirm.
+Sends are simulated only on the sandbox corp (``ToolbarConfig.sandbox``), where the page offers the
+owner's groups and the customers with a 1:1 message today as the chats to simulate; on a real corp, outside
 WeCom or when the JS-SDK is not there, the page only shows the posts and says where to open it,
 and the server refuses claims from outside the WeCom client too.
 """
@@ -25,8 +28,9 @@ import hashlib
 import hmac
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, HTTPException, Query, Request
@@ -66,6 +70,8 @@ class ToolbarConfig:
     # may be simulated. Explicit, so a real corp never simulates by default.
     sandbox: bool = False
     lease: dt.timedelta = owner_posts.LEASE
+    # The journeys on disk by id (scrm.journeys.jobs.journeys_loader): 1:1 messages on the page.
+    journeys: Callable[[], Mapping[str, Any]] | None = None
 
 
 def in_wecom(request: Request) -> bool:
@@ -156,8 +162,8 @@ def toolbar_router(cfg: ToolbarConfig) -> APIRouter:
         """The owner's groups and today's posts for them, each with the content to send."""
         owner = require_owner(request)
         day = owner_posts.day_posts(cfg.engine, owner, now=cfg.clock(), tz=cfg.tz, templates=cfg.templates,
-                                    link_base=cfg.base_url)
-        return {"owner": owner, "day": day.day.isoformat(), "groups": day.groups,
+                                    link_base=cfg.base_url, journeys=cfg.journeys)
+        return {"owner": owner, "day": day.day.isoformat(), "groups": day.groups, "customers": day.customers,
                 "posts": [dataclasses.asdict(p) for p in day.posts]}
 
     @router.post("/toolbar/api/posts/{post_id}/claim")
