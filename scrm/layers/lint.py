@@ -359,35 +359,32 @@ def _within(inner: Any, outer: Any) -> bool:
 
 def implies(b: Condition, a: Condition) -> bool:
     """Whether every customer ``b`` holds for is one ``a`` holds for, as far as a cheap look can
-    tell: False means "not shown", never "shown not to". Each key ``a`` sets must be set in ``b``
-    at least as tightly (bounds inside ``a``'s over a window that keeps them, list values a
-    subset, the same flag); ``a``'s
-    ``any`` needs one item ``b`` implies, its ``all`` every item, its ``not`` the same ``not``."""
-    for name in a.model_fields_set:
-        mine, theirs = getattr(a, name), getattr(b, name)
-        if mine in (None, []):
-            continue
-        if isinstance(mine, Count | Amount | Days):
-            if theirs is None or not _within(theirs, mine):
-                return False
-        elif isinstance(mine, bool):
-            if theirs is not mine:
-                return False
-        elif name == "any":
-            if not any(implies(b, item) for item in mine):
-                return False
-        elif name == "all":
-            if not all(implies(b, item) for item in mine):
-                return False
-        elif name == "not_":
-            if theirs != mine:
-                return False
-        elif isinstance(mine, list):
-            if not theirs or not set(theirs) <= set(mine):
-                return False
-        else:  # a key this check does not know: not shown
-            return False
-    return bool(a.model_fields_set)
+    tell: False means "not shown", never "shown not to". Each key ``a`` sets must be held by ``b``
+    (or by one of ``b``'s ``all`` items) at least as tightly: bounds inside ``a``'s over a window
+    that keeps them, list values a subset, the same flag, the same ``not``; ``a``'s ``any`` needs
+    one item ``b`` implies, or each of ``b``'s own ``any`` items implying one; its ``all`` every item."""
+    keys = [name for name in a.model_fields_set if getattr(a, name) not in (None, [])]
+    return bool(keys) and all(_key_implied(b, name, getattr(a, name)) for name in keys)
+
+
+def _key_implied(b: Condition, name: str, mine: Any) -> bool:
+    if any(_key_implied(item, name, mine) for item in b.all):
+        return True
+    theirs = getattr(b, name)
+    if isinstance(mine, Count | Amount | Days):
+        return theirs is not None and _within(theirs, mine)
+    if isinstance(mine, bool):
+        return theirs is mine
+    if name == "any":
+        return (any(implies(b, item) for item in mine)
+                or (bool(b.any) and all(any(implies(own, item) for item in mine) for own in b.any)))
+    if name == "all":
+        return all(implies(b, item) for item in mine)
+    if name == "not_":
+        return theirs == mine
+    if isinstance(mine, list):
+        return bool(theirs) and set(theirs) <= set(mine)
+    return False  # a key this check does not know: not shown
 
 
 def _shadow_problems(folder: _Folder, parts: _Parts) -> list[Problem]:
