@@ -19,7 +19,8 @@ from __future__ import annotations
 import datetime as dt
 import importlib
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -203,7 +204,9 @@ def local_midnights(start: dt.date, end: dt.date, tz: dt.tzinfo) -> list[dt.date
 
 def _epoch_seconds(conn: Connection, column: Any) -> ColumnElement[Any]:
     if conn.dialect.name == "postgresql":
-        return cast(func.floor(func.extract("epoch", column)), BigInteger)
+        # date_part is double precision (exact to the microsecond at these magnitudes); extract's
+        # numeric made the moves-per-day grouping of a year of a million changes ~1.5x slower
+        return cast(func.floor(func.date_part("epoch", column)), BigInteger)
     # SQLite keeps times as text and rounds fractions to milliseconds (23:59:59.9999995 would be the
     # next day): whole seconds are the text's first 19 characters
     return cast(func.strftime("%s", func.substr(column, 1, 19)), Integer)
@@ -230,6 +233,16 @@ def _day_index(conn: Connection, column: Any, midnights: Sequence[dt.datetime]) 
 
 def _bigint(value: Any) -> int:
     return int(value or 0)
+
+
+@contextmanager
+def _read(engine: Engine) -> Iterator[Connection]:
+    """A read connection; on PostgreSQL without JIT, which compiles these grouped scans of a
+    million rows for longer than they run."""
+    with engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql("SET LOCAL jit = off")
+        yield conn
 
 
 # --- the queries ---------------------------------------------------------------------------------
@@ -260,7 +273,7 @@ def layer_counts(engine: Engine, stores: frozenset[str] | None) -> list[tuple[st
     c = CustomerLayer.__table__.c
     stmt = (select(c.home_store, c.layer, func.count().label("n")).where(*_scope(c.home_store, stores))
             .group_by(c.home_store, c.layer))
-    with engine.connect() as conn:
+    with _read(engine) as conn:
         return [(r.home_store, r.layer, _bigint(r.n)) for r in conn.execute(stmt)]
 
 
@@ -290,7 +303,7 @@ def layer_flows(engine: Engine, stores: frozenset[str] | None, start: dt.date, e
     stmt = (select(c.home_store, c.from_layer, c.to_layer, func.count().label("n"))
             .where(c.changed_at >= midnights[0], c.changed_at < midnights[-1], *_scope(c.home_store, stores))
             .group_by(c.home_store, c.from_layer, c.to_layer))
-    with engine.connect() as conn:
+    with _read(engine) as conn:
         rows = [Flow(r.home_store, r.from_layer, r.to_layer, _bigint(r.n)) for r in conn.execute(stmt)]
     rows.sort(key=lambda f: (f.store_code is None, f.store_code or "", f.from_layer is not None,
                              f.from_layer or "", f.to_layer))
@@ -320,7 +333,7 @@ def daily_moves(engine: Engine, stores: frozenset[str] | None, start: dt.date, e
     where = [c.changed_at >= midnights[0], c.changed_at < midnights[-1], *_scope(c.home_store, stores)]
     if not include_first:
         where.append(c.from_layer.is_not(None))
-    with engine.connect() as conn:
+    with _read(engine) as conn:
         day = _day_index(conn, c.changed_at, midnights).label("day")
         stmt = select(day, c.to_layer, func.count().label("n")).where(and_(*where)).group_by(day, c.to_layer)
         rows = conn.execute(stmt).all()
@@ -340,7 +353,7 @@ def top_rules(engine: Engine, stores: frozenset[str] | None, start: dt.date, end
             .where(c.changed_at >= midnights[0], c.changed_at < midnights[-1], *_scope(c.home_store, stores))
             .group_by(c.rule_id, c.to_layer)
             .order_by(n.desc(), case((c.rule_id.is_(None), 0), else_=1), c.rule_id, c.to_layer).limit(limit))
-    with engine.connect() as conn:
+    with _read(engine) as conn:
         rows = [RuleMoves(r.rule_id, r.to_layer, _bigint(r.n)) for r in conn.execute(stmt)]
     # the database orders NULL rule ids differently (SQLite first, PostgreSQL last): one order here
     rows.sort(key=lambda r: (-r.moves, r.rule_id is not None, r.rule_id or "", r.to_layer))
