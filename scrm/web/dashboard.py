@@ -106,7 +106,7 @@ class LayerQueries:
 
     def __init__(self, engine: Engine, *, tz: dt.tzinfo, names: Callable[[], LayerNames] | None = None):
         self.engine, self.tz = engine, tz
-        self._names = names or layer_queries.load_layer_names
+        self._names = names or layer_queries.RuleNames()
 
     def names(self) -> LayerNames:
         return self._names()

@@ -184,3 +184,25 @@ def test_names_fall_back_to_ids_when_rules_cannot_be_read(tmp_path):
     names = q.load_layer_names(tmp_path / "missing")
     assert not names.loaded and names.error and "分层规则" in names.error
     assert names.name("dormant") == "dormant" and names.ordered(["b", "a"]) == ["a", "b"]
+
+
+def test_shipped_rules_give_chinese_names_and_edits_show(tmp_path):
+    """The coffee chain's rules in layers/ name every layer in Chinese with its operation; a
+    RuleNames cache reads a changed file again and falls back to ids when it breaks.
+    (Mutation tried: the cache key without st_mtime_ns/size — the edit was not seen.)"""
+    import shutil
+    from pathlib import Path
+
+    shipped = Path(__file__).resolve().parents[2] / "layers"
+    names = q.load_layer_names(shipped)
+    assert names.loaded, names.error
+    assert all(names.name(i) != i and names.operation(i) for i in names.order)
+    folder = tmp_path / "layers"
+    shutil.copytree(shipped, folder)
+    cache = q.RuleNames(folder)
+    first = cache()
+    assert first.loaded and cache() is first  # unchanged files: not read again
+    layers_yaml = folder / "layers.yaml"
+    layers_yaml.write_text(layers_yaml.read_text(encoding="utf-8") + "\n: broken\n", encoding="utf-8")
+    broken = cache()
+    assert not broken.loaded and "分层规则读取失败" in (broken.error or "")
