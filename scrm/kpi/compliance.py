@@ -39,7 +39,7 @@ from scrm.groups.models import CustomerGroup
 from scrm.kpi.funnel import read_connection
 from scrm.kpi.report import KpiFilter, OwnerCompliance
 from scrm.logs import get_logger
-from scrm.sop.models import PostStatus, SopPost
+from scrm.sop.models import Audience, PostStatus, SopPost
 from scrm.sop.template import Channel
 
 log = get_logger(__name__)
@@ -62,8 +62,9 @@ def raw_compliance_query(f: KpiFilter, now: dt.datetime):
     )
     unconfirmed = or_(p.status == PostStatus.unconfirmed,
                       and_(mass_send, p.status == PostStatus.sent, p.window_ends_at <= now))
+    # Group posts only: the owners' figures per group and store (a 1:1 journey message is no group's).
     where: list[ColumnElement[bool]] = [p.day >= f.start, p.day <= f.end, p.channel.in_(OWNER_CHANNELS),
-                                        p.scheduled_for <= now]
+                                        p.scheduled_for <= now, p.audience == Audience.group]
     if f.stores is not None:
         where.append(g.store_code.in_(sorted(f.stores)))
     if f.chat_id is not None:

@@ -41,7 +41,7 @@ from scrm.kpi.funnel_models import (
 )
 from scrm.kpi.report import KpiFilter
 from scrm.logs import get_logger
-from scrm.sop.models import SopPost
+from scrm.sop.models import Audience, SopPost
 
 log = get_logger(__name__)
 
@@ -133,7 +133,8 @@ def _first_day(conn: Connection, tz: ZoneInfo) -> dt.date | None:
         FollowRelation.__table__.c.added_at, ChurnAlert.__table__.c.occurred_at, GroupMember.__table__.c.joined_at,
         GroupMember.__table__.c.left_at)]
     days = [as_utc(t).astimezone(tz).date() for t in firsts if t is not None]
-    post_day = conn.execute(select(func.min(SopPost.__table__.c.day))).scalar()
+    post_day = conn.execute(select(func.min(SopPost.__table__.c.day))
+                            .where(SopPost.__table__.c.audience == Audience.group)).scalar()
     if post_day is not None:
         days.append(post_day)
     return min(days) if days else None

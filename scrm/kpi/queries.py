@@ -41,7 +41,7 @@ from scrm.kpi.report import (
 )
 from scrm.kpi.rollups import COARSE, METRICS
 from scrm.orders.models import Order
-from scrm.sop.models import SopPost
+from scrm.sop.models import Audience, SopPost
 from scrm.stores.models import Store, StoreCode
 
 UNATTRIBUTED_LABEL = "未归属"
@@ -164,12 +164,14 @@ def _labels(conn: Connection, by: Dimension, keys: list[str], tz: ZoneInfo, out:
         out.update({k: names.get(k) or k for k in keys})
     elif by is Dimension.post:
         ids = [int(k) for k in keys if k.isdigit()]
-        rows = conn.execute(select(p.id, p.template_id, p.sent_at, p.scheduled_for, g.name, p.chat_id)
+        rows = conn.execute(select(p.id, p.template_id, p.sent_at, p.scheduled_for, g.name, p.chat_id, p.audience)
                             .outerjoin(CustomerGroup.__table__, g.chat_id == p.chat_id)
                             .where(p.id.in_(ids))).all() if ids else []
         for r in rows:
             at = as_utc(r.sent_at or r.scheduled_for).astimezone(tz)
-            out[str(r.id)] = f"{at.month} 月 {at.day} 日 {at:%H:%M} · {r.name or r.chat_id} · {r.template_id}"
+            # A 1:1 journey message is labelled as such, never by the customer's external_userid.
+            chat = "1:1 客户消息" if r.audience == Audience.customer else (r.name or r.chat_id)
+            out[str(r.id)] = f"{at.month} 月 {at.day} 日 {at:%H:%M} · {chat} · {r.template_id}"
         out.update({k: f"帖子 #{k}" for k in keys if k not in out})
     return out
 

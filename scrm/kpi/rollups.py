@@ -84,7 +84,7 @@ from scrm.kpi.report import OrderAttribution
 from scrm.logs import get_logger
 from scrm.orders.models import Order, Refund
 from scrm.routing.state import parse_state
-from scrm.sop.models import LinkClick, PostStatus, SopPost, TrackedLink
+from scrm.sop.models import Audience, LinkClick, PostStatus, SopPost, TrackedLink
 from scrm.stores.models import Store
 
 log = get_logger(__name__)
@@ -332,15 +332,19 @@ def attribute_orders(conn: Connection, orders: Sequence[OrderFacts], *, tz: Zone
             chat_ids.add(chat)
     links: dict[str, LinkFact] = {}
     for part in _parts(conn, sorted(codes)):
-        for r in conn.execute(select(tl.code, tl.post_id, tl.chat_id, tl.template_id)
+        # A 1:1 journey message's link is no group's: its chat (a customer) never becomes a group key.
+        for r in conn.execute(select(tl.code, tl.post_id, tl.chat_id, tl.template_id, sp.audience)
+                              .select_from(TrackedLink.__table__.outerjoin(SopPost.__table__, sp.id == tl.post_id))
                               .where(_among(conn, tl.code, part))):
-            links[r.code] = LinkFact(r.code, r.post_id, r.chat_id, r.template_id)
+            links[r.code] = LinkFact(r.code, r.post_id, "" if r.audience == Audience.customer else r.chat_id,
+                                     r.template_id)
     post_ids |= {link.post_id for link in links.values()}
     posts: dict[int, PostFact] = {}
     for part in _parts(conn, sorted(post_ids)):
-        for r in conn.execute(select(sp.id, sp.chat_id, sp.template_id, sp.sent_at, sp.scheduled_for)
+        for r in conn.execute(select(sp.id, sp.chat_id, sp.template_id, sp.sent_at, sp.scheduled_for, sp.audience)
                               .where(_among(conn, sp.id, part))):
-            posts[r.id] = PostFact(r.id, r.chat_id, r.template_id, as_utc(r.sent_at or r.scheduled_for))
+            posts[r.id] = PostFact(r.id, "" if r.audience == Audience.customer else r.chat_id, r.template_id,
+                                   as_utc(r.sent_at or r.scheduled_for))
 
     # The customers' stores: the earliest store QR code that added them, else their earliest store group.
     stores = {r.code: r.name for r in conn.execute(select(Store.__table__.c.code, Store.__table__.c.name))}
@@ -460,10 +464,13 @@ def reattribute(conn: Connection, order_pks: Sequence[int], tz: ZoneInfo, window
 # -- the streams ----------------------------------------------------------------------------------
 def _roll_clicks(conn: Connection, lo: int, hi: int, tz: ZoneInfo, window: dt.timedelta, deltas: _Deltas,
                  report: RefreshReport) -> None:
-    lc, tl, g = LinkClick.__table__.c, TrackedLink.__table__.c, CustomerGroup.__table__.c
+    lc, tl, g, sp = LinkClick.__table__.c, TrackedLink.__table__.c, CustomerGroup.__table__.c, SopPost.__table__.c
     in_range = (lc.id > lo, lc.id <= hi)
     joined = (LinkClick.__table__.outerjoin(TrackedLink.__table__, tl.code == lc.code)
               .outerjoin(CustomerGroup.__table__, g.chat_id == tl.chat_id))
+    # A click on a 1:1 journey message's link counts for its post and journey, under no group
+    # (its chat is a customer, never a group key).
+    link_chat = case((sp.audience == Audience.customer.value, ""), else_=tl.chat_id).label("chat_id")
     person = func.sum(case((lc.agent == str(AgentClass.PERSON), 1), else_=0)).label("clicks")
     counted = func.sum(case((lc.counted.is_(True), 1), else_=0)).label("unique_clicks")
     r: Any
@@ -476,9 +483,10 @@ def _roll_clicks(conn: Connection, lo: int, hi: int, tz: ZoneInfo, window: dt.ti
                             .group_by(lc.code, day)).all()
         links: dict[str, Any] = {}
         for part in _parts(conn, sorted({x.code for x in sums})):
-            for r in conn.execute(select(tl.code, tl.post_id, tl.chat_id, tl.template_id, g.store_code)
+            for r in conn.execute(select(tl.code, tl.post_id, link_chat, tl.template_id, g.store_code)
                                   .select_from(TrackedLink.__table__.outerjoin(CustomerGroup.__table__,
-                                                                               g.chat_id == tl.chat_id))
+                                                                               g.chat_id == tl.chat_id)
+                                               .outerjoin(SopPost.__table__, sp.id == tl.post_id))
                                   .where(_among(conn, tl.code, part))):
                 links[r.code] = r
         for x in sums:
@@ -489,8 +497,9 @@ def _roll_clicks(conn: Connection, lo: int, hi: int, tz: ZoneInfo, window: dt.ti
             report.clicks += int(x.n)
     else:
         # SQLite has no zone rules: the local day is taken here, click by click.
-        for r in conn.execute(select(lc.clicked_at, lc.agent, lc.counted, g.store_code, tl.chat_id, tl.template_id,
-                                     tl.post_id).select_from(joined).where(*in_range)):
+        for r in conn.execute(select(lc.clicked_at, lc.agent, lc.counted, g.store_code, link_chat, tl.template_id,
+                                     tl.post_id)
+                              .select_from(joined.outerjoin(SopPost.__table__, sp.id == tl.post_id)).where(*in_range)):
             key = (local_day(r.clicked_at, tz), r.store_code or "", r.chat_id or "", r.template_id or "",
                    r.post_id or 0)
             deltas.add(key, clicks=1 if r.agent == AgentClass.PERSON else 0, unique_clicks=1 if r.counted else 0)
@@ -603,7 +612,9 @@ def _roll_deliveries(engine: Engine, tz: ZoneInfo, horizon_days: int, chats_per_
         _lock(conn)
         first = _get(conn, "post_days")
         first_day = dt.date.fromordinal(first) if first > 0 else dt.date.min
-        chats = sorted(conn.execute(select(p.chat_id).where(p.day >= first_day).distinct()).scalars())
+        # Group posts only: a 1:1 journey message reaches a customer, not a group's members.
+        chats = sorted(conn.execute(select(p.chat_id).where(p.day >= first_day, p.audience == Audience.group)
+                                    .distinct()).scalars())
     delivered = [str(s) for s in DELIVERED]
     for i in range(0, len(chats), chats_per_batch):
         batch = chats[i:i + chats_per_batch]
@@ -615,7 +626,7 @@ def _roll_deliveries(engine: Engine, tz: ZoneInfo, horizon_days: int, chats_per_
                 .select_from(SopPost.__table__.outerjoin(CustomerGroup.__table__, g.chat_id == p.chat_id)
                              .outerjoin(KpiPostDelivery.__table__, d.post_id == p.id))
                 .where(_among(conn, p.chat_id, batch), p.status.in_(delivered), p.day >= first_day,
-                       d.post_id.is_(None))).all()
+                       p.audience == Audience.group, d.post_id.is_(None))).all()
             gone = conn.execute(
                 select(KpiPostDelivery.__table__).join(SopPost.__table__, p.id == d.post_id)
                 .where(_among(conn, d.chat_id, batch), d.day >= first_day, p.status.not_in(delivered))).all()
