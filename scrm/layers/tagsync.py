@@ -154,26 +154,32 @@ return tostring(tonumber(oldest[2]) + window - now)
 class RedisRateLimiter:
     """At most ``per_minute`` calls in any rolling 60 s across every process sharing ``redis``.
     ``clock`` is wall time (processes share it). If Redis fails, the call waits on ``fallback``
-    (a per-process limiter) instead, and says so in the log."""
+    (a per-process limiter) instead, says so in the log, and tries Redis again after
+    ``retry_after`` seconds (so an outage costs one failed round trip, not one per call)."""
 
     def __init__(self, redis: Redis, per_minute: int, *, key: str = "scrm:tagsync:mark_tag",
                  clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep,
-                 fallback: RateLimiter | None = None):
+                 fallback: RateLimiter | None = None, retry_after: float = 30.0):
         if per_minute < 1:
             raise ValueError("per_minute must be at least 1")
         self.redis, self.per_minute, self.key = redis, per_minute, key
         self._clock, self._sleep = clock, sleep
         self._script = redis.register_script(_REDIS_WINDOW)
         self._fallback = fallback or LocalRateLimiter(per_minute, clock=clock, sleep=sleep)
+        self.retry_after = retry_after
+        self._down_until = float("-inf")
 
     def acquire(self) -> float:
         waited = 0.0
         while True:
+            if self._clock() < self._down_until:
+                return waited + self._fallback.acquire()
             try:
                 answer = self._script(keys=[self.key],
                                       args=[repr(self._clock()), 60, self.per_minute, uuid.uuid4().hex])
             except Exception as exc:  # noqa: BLE001 - Redis down: keep to the per-process budget
-                log.warning("tag_sync_limiter_unavailable", error=type(exc).__name__)
+                log.warning("tag_sync_limiter_unavailable", error=type(exc).__name__, retry_after=self.retry_after)
+                self._down_until = self._clock() + self.retry_after
                 return waited + self._fallback.acquire()
             wait = float(answer.decode() if isinstance(answer, bytes) else answer)
             if wait <= 0:

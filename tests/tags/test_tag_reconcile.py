@@ -23,8 +23,8 @@ def world(engine, clock) -> World:
 
 
 def test_a_rule_tag_renamed_in_wecom_keeps_its_id_and_is_not_renamed_back(world):
-    """Mutations tried: reconcile not accepting the new name (the next sync renames it back with
-    edit_corp_tag: fails); rename_rule_tags comparing WeCom's name instead of the rule name (fails)."""
+    """Mutations tried: reconcile not recording the new name (fails on the recorded name);
+    rename_rule_tags comparing WeCom's name instead of the rule name (renamed back: fails)."""
     a = world.customer("阿青")
     world.sync()
     tid = world.tag_id("分层·新客")
@@ -44,7 +44,7 @@ def test_a_rule_tag_renamed_in_wecom_keeps_its_id_and_is_not_renamed_back(world)
 
 def test_a_rename_in_the_rules_edits_the_same_tag(world):
     """The YAML renames the dormant layer: edit_corp_tag on the same id, no new tag, relations keep it.
-    Mutation tried: keying rule tags by name (a new tag is created and the old one removed: fails)."""
+    Mutation tried: rename_rule_tags skipping every tag (the tag keeps its old name: fails)."""
     a = world.customer("阿青", layer="dormant")
     world.sync()
     tid = world.tag_id("分层·沉睡")
@@ -67,8 +67,8 @@ def test_a_rename_in_the_rules_edits_the_same_tag(world):
 
 
 def test_a_rule_tag_deleted_in_wecom_is_made_again_and_reapplied(world):
-    """Mutations tried: reconcile not marking the carriers dirty (the tag is made again only for the
-    next customer who changes: fails); reconcile forgetting without asking WeCom (covered below)."""
+    """Mutation tried: reconcile not marking the carriers dirty (the tag is made again only for the
+    next customer who changes: fails)."""
     a = world.customer("阿青", userids=("zhangsan", "lisi"))
     b = world.customer("宝儿", layer="first")
     world.sync()
@@ -101,8 +101,7 @@ def test_a_tag_deleted_before_its_event_arrived_is_made_again_on_40068(world):
 
 
 def test_scrms_group_deleted_in_wecom_is_made_again(world):
-    """Mutation tried: the group row kept after the group was deleted (add_corp_tag on a dead group
-    id fails every run): fails."""
+    """Mutation tried: reconcile not noticing the group's deletion (no customer marked dirty: fails)."""
     a = world.customer("阿青")
     world.sync()
     old_group = world.group().group_id
@@ -137,9 +136,10 @@ def test_a_stale_library_read_does_not_make_scrm_forget_a_live_tag(world):
 
 def test_a_tag_with_a_rule_tags_name_in_scrms_group_is_adopted_but_not_elsewhere(world):
     """A person made 分层·新客 in scrm's group (or scrm crashed after add_corp_tag): scrm uses it.
-    The same name in another group is never used. Mutation tried: adoption by name across groups
-    (the other group's tag is used: fails)."""
-    world.sandbox.admin_create_tag("分层·新客", group_name="运营手工")
+    The same name in another group is never used. Mutation tried: finding scrm's group by the tag
+    names it holds instead of the group's name (the older group's tag is used: fails)."""
+    world.sandbox.admin_create_tag("分层·新客", group_name="运营手工")  # listed first by WeCom (older)
+    world.advance(1)
     made = world.sandbox.admin_create_tag("分层·新客", group_name=GROUP)
     world.tag_event()
     a = world.customer("阿青")

@@ -25,9 +25,9 @@ def world(engine, clock) -> World:
 
 
 def test_rule_tags_are_created_once_in_scrms_group_and_applied_to_every_relation(world):
-    """Mutations tried: add_corp_tag called once per tag instead of per batch (2 -> 8 calls: fails);
-    ``ensure_rule_tags`` ignoring existing rows (tags created twice: 40071, fails); desired store key
-    dropped (门店 tag missing: fails)."""
+    """Mutations tried: ADD_BATCH = 1 (one add_corp_tag per tag: fails); ``ensure_rule_tags`` taking
+    every wanted key as missing (the tags are made again as 分层·新客·2 …: fails); the store key
+    dropped from ``desired_tags`` (门店 tag missing: fails)."""
     a = world.customer("阿青", userids=("zhangsan", "lisi"), bits=0b01)
     b = world.customer("宝儿", layer="first", store="SH001")
     report = world.sync()
@@ -74,7 +74,8 @@ def test_a_layer_change_adds_the_new_tag_and_removes_the_old_in_one_call_per_rel
 
 def test_unchanged_customers_cost_no_mark_tag_call(world):
     """200 customers synced, then all marked dirty again with the same layer: 0 calls, all cleared.
-    Mutation tried: calling mark_tag whenever the customer is dirty (200 calls: fails)."""
+    Mutation tried: ``add`` not checking what the relation already has (every desired tag re-added:
+    200 calls: fails)."""
     ids = [world.customer(f"客{i}", layer=("new", "first")[i % 2], bits=i % 4) for i in range(200)]
     first = world.sync()
     assert first.calls == 200 and first.cleaned == 200
@@ -89,7 +90,8 @@ def test_unchanged_customers_cost_no_mark_tag_call(world):
 
 def test_hand_set_tags_inside_and_outside_scrms_group_survive_every_sync(world):
     """Mutations tried: ``remove`` computed over every tag on the relation instead of scrm's rule tags
-    (the VIP and 手工重点 tags go: fails); the group's hand-made tag counted as a rule tag (fails)."""
+    (the VIP and 手工重点 tags go: fails); every tag in scrm's group counted as a rule tag (手工重点
+    goes: fails)."""
     a = world.customer("阿青", bits=0b01)
     world.sync()
     vip = world.sandbox.admin_create_tag("VIP", group_name="客户等级")["tag_id"]
@@ -166,7 +168,7 @@ def test_a_relation_gone_in_wecom_is_not_a_failure(world):
 
 def test_a_rule_tag_a_person_removed_is_not_put_back_until_it_stops_applying(world):
     """Mutations tried: no override (the layer tag is put back at the next sync: fails); the override
-    never ending (after leaving and re-entering the layer the tag stays off: fails)."""
+    kept when the tag stops applying (after leaving and re-entering the layer it stays off: fails)."""
     a = world.customer("阿青")
     world.sync()
     new_tag = world.tag_id("分层·新客")
@@ -188,7 +190,8 @@ def test_a_rule_tag_a_person_removed_is_not_put_back_until_it_stops_applying(wor
 
 
 def test_dirty_rows_of_customers_without_active_relations_are_cleared(world):
-    """Mutation tried: leaving customers with no relation dirty (they would be re-read forever)."""
+    """Mutation tried: clearing only customers that have relations (they would be re-read forever:
+    fails)."""
     a = world.customer("阿青")
     with world.engine.begin() as conn:
         conn.execute(update(CustomerLayer.__table__).values(tags_dirty=True))
