@@ -44,10 +44,10 @@ from scrm.sop.template import Channel
 
 log = get_logger(__name__)
 CHUNK = 500
-# The coffee chain's layer ids in the owners' words, for messages held back at fire time
+# The shipped layers (layers/layers.yaml) in the owners' words, for messages held back at fire time
 # (the layer rules' own names are used when given: ``layer_names``).
-DEFAULT_LAYER_NAMES = {"new": "新客", "first_time": "首购", "repeat": "复购", "high_value": "高价值",
-                       "dormant": "沉睡", "churned": "流失", "active": "活跃"}
+DEFAULT_LAYER_NAMES = {"new": "新客", "first_time": "首单客", "repeat": "复购客", "high_value": "高价值",
+                       "dormant": "沉睡", "churned": "已流失"}
 
 
 @dataclass

@@ -49,8 +49,8 @@ def local(day, hour=0, minute=0):
 def move(engine, eid, to_layer, at, *, from_layer="active", home_store="A"):
     """The layering pass's writes for one move: a layer_changes row and the current layer."""
     with Session(engine) as s:
-        s.add(LayerChange(external_userid=eid, from_layer=from_layer, to_layer=to_layer, rule_id="r", home_store=home_store,
-                          changed_at=at))
+        s.add(LayerChange(external_userid=eid, from_layer=from_layer, to_layer=to_layer, rule_id="r",
+                          home_store=home_store, changed_at=at))
         row = s.get(CustomerLayer, eid) or CustomerLayer(external_userid=eid, layer=to_layer)
         row.layer, row.since, row.home_store = to_layer, at, home_store
         s.add(row)

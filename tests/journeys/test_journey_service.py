@@ -21,7 +21,7 @@ from sqlmodel import Session
 from scrm.journeys.jobs import run_journey_plan
 from scrm.journeys.planner import DAY_TAKEN, step_key
 from scrm.sop.models import PostStatus, SopPost
-from tests.journeys.conftest import D, TZ, customer_rows, fire, local, move
+from tests.journeys.conftest import TZ, D, customer_rows, fire, local, move
 
 
 def test_a_change_to_dormant_is_planned_once_for_three_days_later_at_ten(corp):
@@ -91,8 +91,8 @@ def test_the_database_holds_one_journey_message_per_customer_per_day(corp):
     h, settings, clock, sender, load, (wang, li), _ = corp
     move(h.engine, wang, "dormant", local(D, 3))
     journeys = load()
-    both = [run_journey_plan(h.engine, settings, now=local(D, 4), journeys={"dormant-survey": journeys["dormant-survey"]}),
-            run_journey_plan(h.engine, settings, now=local(D, 4), journeys={"dormant-winback": journeys["dormant-winback"]})]
+    both = [run_journey_plan(h.engine, settings, now=local(D, 4), journeys={jid: journeys[jid]})
+            for jid in ("dormant-survey", "dormant-winback")]
     assert [r.inserted for r in both if r] == [1, 0]
     [row] = customer_rows(h.engine)
     assert row.template_id == "dormant-survey"

@@ -51,7 +51,8 @@ STUB_WX = """(function () {
   window.wx = window.wx || {};
   wx.agentConfig = function (o) { setTimeout(function () { o.success({}); }, 0); };
   wx.invoke = function (name, args, cb) {
-    if (name === "getContext") { setTimeout(function () { cb({ err_msg: "getContext:ok", entry: "single_chat_tools" }); }, 0); return; }
+    if (name === "getContext") {
+      setTimeout(function () { cb({ err_msg: "getContext:ok", entry: "single_chat_tools" }); }, 0); return; }
     if (name === "getCurExternalContact") {
       setTimeout(function () { cb({ err_msg: "getCurExternalContact:ok", userId: cfg.customer }); }, 0); return; }
     if (name === "sendChatMessage") {
