@@ -211,7 +211,9 @@ def _run(engine: Engine, ruleset: RuleSet, now: dt.datetime, ids: Sequence[str] 
             _fill_diff(conn, mark_dirty=relayer and write)
             _report(conn, report)
             if write:
-                report.moved = _write(conn, now, mark_dirty=relayer)
+                inserted = _write(conn, now, mark_dirty=relayer)
+                if inserted >= 0:  # a driver that cannot tell says -1; the lock makes the diff's count right
+                    report.moved = inserted
             report.groups_relayered = _relayer_groups(conn, ruleset, scoped=relayer, write=write)
             if write:
                 conn.commit()
