@@ -87,7 +87,12 @@ def render_report(console: Console, report: PassReport, ruleset: RuleSet, *, tit
     described = {rule.id: f"{rule.id}: {rule.description}" if rule.description else rule.id for rule in ruleset.rules}
     layer_order = {layer.id: i for i, layer in enumerate(ruleset.layers)}
     by_layer = report.by_layer()
-    for layer_id in sorted(by_layer, key=lambda x: (layer_order.get(x, len(layer_order)), x)):
+    # The catalogue's layers in its order (empty ones too), then layers stored by an older rule set.
+    shown = [layer.id for layer in ruleset.layers] + sorted(set(by_layer) - set(layer_order))
+    for layer_id in shown:
+        if layer_id not in by_layer:
+            table.add_row(escape(_layer_label(ruleset, layer_id)), "", "0", "-")
+            continue
         rules = sorted(((rule, n) for (layer, rule), n in report.by_layer_rule.items() if layer == layer_id),
                        key=lambda item: (rule_order.get(item[0], len(rule_order)) if item[0] else len(rule_order) + 1,
                                          item[0] or ""))
@@ -95,9 +100,6 @@ def render_report(console: Console, report: PassReport, ruleset: RuleSet, *, tit
             table.add_row(escape(_layer_label(ruleset, layer_id)) if k == 0 else "",
                           escape(described.get(rule, rule) if rule else DEFAULT_RULE), str(n),
                           f"{n / total:.1%}" if total else "-")
-    for layer in ruleset.layers:
-        if layer.id not in by_layer:
-            table.add_row(escape(_layer_label(ruleset, layer.id)), "", "0", "-")
     console.print(table)
     moves = [(key, n) for key, n in report.moves.items() if n]
     if moves:

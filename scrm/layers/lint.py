@@ -248,6 +248,8 @@ def _validate_parts(folder: _Folder) -> tuple[_Parts, list[Problem]]:
         if not isinstance(raw, list):
             problems.append(folder.at((key,), f"{key}: a list is expected (got {_short(raw)})"))
             continue
+        if key == "layers" and not raw:
+            problems.append(folder.at((key,), "layers: give at least one layer"))
         for i, item in enumerate(raw):
             try:
                 valid = model.model_validate(item)

@@ -13,11 +13,11 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from oracle import evaluate, holds
 
 from scrm.layers.facts import CustomerFacts, OrderFact
 from scrm.layers.lint import implies, load_ruleset
 from scrm.layers.rules import Condition
+from tests.layers.oracle import evaluate, holds
 
 NOW = dt.datetime(2026, 11, 30, 12, 0, tzinfo=dt.UTC)
 DAY = dt.timedelta(days=1)
