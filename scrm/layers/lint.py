@@ -408,6 +408,8 @@ def _shadow_problems(folder: _Folder, parts: _Parts) -> list[Problem]:
 def _unused_layer_problems(folder: _Folder, parts: _Parts) -> list[Problem]:
     default = folder.data.get("default_layer")
     used = {item.get("layer") for _, item in _raw_items(folder.data, "rules")}
+    if not used <= {layer.id for _, layer in parts.layers}:
+        return []  # a rule names a layer that doesn't exist (an error): likely the one that looks empty
     return [folder.at(("layers", i, "id"), f"layers[{i}]: no rule puts anyone in layer {layer.id!r} and it is not "
                                            "the default_layer, so it stays empty", WARNING)
             for i, layer in parts.layers if layer.id not in used and layer.id != default]
@@ -499,7 +501,8 @@ def _tag_problems(folder: _Folder, parts: _Parts, stores: Sequence[StoreRef] | N
         if long_ones:
             shown = ", ".join(f"{n!r} ({len(n)})" for _, n in long_ones[:3])
             more = f" and {len(long_ones) - 3} more" if len(long_ones) > 3 else ""
-            out.append(folder.at(loc, f"{label}: {len(long_ones)} {what}{'s' if len(long_ones) > 1 else ''} make tag "
+            makes = f"{what}s make" if len(long_ones) > 1 else f"{what} makes"
+            out.append(folder.at(loc, f"{label}: {len(long_ones)} {makes} tag "
                                       f"names over WeCom's {WECOM_TAG_NAME_MAX} characters: {shown}{more}; shorten "
                                       f"tags.{key} or those names"))
         for v in real:

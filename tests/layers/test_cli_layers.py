@@ -119,7 +119,7 @@ def test_lint_with_stores_checks_tag_names_against_the_database(cli, tmp_path):
                                                        city="北京")])
     result = run("lint", str(folder), "--stores")
     assert result.exit_code == 1
-    assert "1 store name make tag names over WeCom's 30 characters" in result.output
+    assert "1 store name makes tag names over WeCom's 30 characters" in result.output
 
 
 # --------------------------------------------------------------------------------------------

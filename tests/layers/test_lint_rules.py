@@ -324,7 +324,7 @@ def test_store_tag_names_are_checked_with_the_real_store_names_or_warned_about_w
     long = StoreRef("BJ09", "瑞幸咖啡(北京首都国际机场T3航站楼店)", "北京")
     problem = only(lint_rules(folder, stores=[short, long]))
     assert problem.severity != WARNING and (problem.path, problem.line) == (str(tmp_path / "tags.yaml"), 2)
-    assert "1 store name make tag names over WeCom's 30 characters" in problem.message
+    assert "1 store name makes tag names over WeCom's 30 characters" in problem.message
     assert "归属门店（销售跟进用）·瑞幸咖啡(北京首都国际机场T3航站楼店)" in problem.message
     assert errors_in(lint_rules(folder, stores=[short])) == []
     warning = only(lint_rules(folder), WARNING)
