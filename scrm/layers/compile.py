@@ -40,7 +40,7 @@ class LayerCompileError(ValueError):
     """The rule set cannot be evaluated (e.g. more condition tags than tag_bits holds)."""
 
 
-def _ids_filter(column: Any, only: Sequence[str] | None, dialect: str) -> ColumnElement[bool] | None:
+def ids_filter(column: Any, only: Sequence[str] | None, dialect: str) -> ColumnElement[bool] | None:
     if only is None:
         return None
     if dialect == "postgresql":
@@ -207,7 +207,7 @@ class _Facts:
 
     @staticmethod
     def _restrict(where: list[Any], column: Any, only: Sequence[str] | None, dialect: str) -> None:
-        f = _ids_filter(column, only, dialect)
+        f = ids_filter(column, only, dialect)
         if f is not None:
             where.append(f)
 
