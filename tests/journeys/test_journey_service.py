@@ -4,8 +4,9 @@ Mutations tried (each made the named test fail, then was restored):
 - expire_left_layer not called from scrm.sop.jobs.fire: test_a_customer_who_left_dormant_...
   failed (the message became due);
 - the planner's ``done`` check dropped: re-planning still inserted nothing (the day was taken by
-  the first row), so test_a_change_to_dormant_... also asserts that the second run reports no
-  drop; without that assertion the mutation passed, with it the test fails;
+  the first row), so test_a_change_to_dormant_... also asserts that the second run reports only
+  the survey (never planned) and not the winback again; without that assertion the mutation
+  passed, with it the test fails;
 - the sender's poll keyed by ``chat_id`` only (as for groups): the mass-send test stayed ``sent``
   instead of ``confirmed``;
 - single_msg_template sending ``chat_type: group``: the sandbox made a task for the owner's groups
@@ -42,7 +43,9 @@ def test_a_change_to_dormant_is_planned_once_for_three_days_later_at_ten(corp):
     # Re-planning the next day plans nothing new, and writes nothing twice.
     clock["now"] = local(D + dt.timedelta(days=1), 4)
     again = run_journey_plan(h.engine, settings, now=clock["now"])
-    assert again is not None and (again.inserted, again.conflicts, again.dropped_list) == (0, 0, [])
+    assert again is not None and (again.inserted, again.conflicts) == (0, 0)
+    # The survey never got a row, so it is reported again; the winback, planned, is not a candidate.
+    assert [(d.journey_id, d.reason) for d in again.dropped_list] == [("dormant-survey", DAY_TAKEN)]
     assert [r.id for r in customer_rows(h.engine)] == [row.id]
 
     # D+3 10:05: the fire job makes it due for the owner (no worker involved).
