@@ -28,6 +28,7 @@ from bisect import bisect_left
 from collections import Counter, defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 from scrm.config import WECOM_MASS_SENDS_PER_GROUP_PER_DAY
 from scrm.sop.render import uses_store_fields
@@ -242,7 +243,7 @@ class GroupIndex:
                         pairs[name].append((share, g.chat_id))
             self._shares = {}
             for name, items in pairs.items():
-                items.sort()
+                items.sort(key=itemgetter(0))  # by share only: ties need no order (the result is a set)
                 self._shares[name] = ([s for s, _ in items], [c for _, c in items])
         return self._shares.get(layer, ([], []))
 
