@@ -740,16 +740,21 @@ class LayersView:
         return LAYER_COLORS[order.index(layer_id) % len(LAYER_COLORS)] if layer_id in order else LAYER_COLORS[0]
 
 
-def load_layers(source: LayerSource, f: KpiFilter) -> LayersView:
+LAYER_PARTS = frozenset({"summary", "flows", "daily", "rules"})
+
+
+def load_layers(source: LayerSource, f: KpiFilter, parts: frozenset[str] = LAYER_PARTS) -> LayersView:
+    """The figures of the scope; ``parts`` (summary, flows, daily, rules) limits the queries run
+    (a CSV needs one: a year of a million changes is a second a query), the others are empty."""
     names = source.names()
-    summary = source.summary(f.stores, names)
-    flows = source.flows(f.stores, f.start, f.end)
-    moves = source.daily_moves(f.stores, f.start, f.end)
+    summary = source.summary(f.stores, names) if "summary" in parts else LayerSummary([], 0, [])
+    flows = source.flows(f.stores, f.start, f.end) if "flows" in parts else []
+    moves = source.daily_moves(f.stores, f.start, f.end) if "daily" in parts else []
     daily_layers = names.ordered({m.to_layer for m in moves})
     daily_layers = [layer for layer in daily_layers if any(m.to_layer == layer and m.moves for m in moves)]
     return LayersView(names, summary, flows, layer_queries.flow_matrix(flows, names),
                       layer_queries.daily_series(moves, f.start, f.end, daily_layers), daily_layers,
-                      source.top_rules(f.stores, f.start, f.end))
+                      source.top_rules(f.stores, f.start, f.end) if "rules" in parts else [])
 
 
 def shade(n: int, largest: int) -> str:
@@ -798,7 +803,8 @@ def layer_csv(table: str, v: LayersView) -> tuple[list[str], list[list[str]]]:
               csv_safe(n.name(r.to_layer)), str(r.moves)] for r in v.rules])
 
 
-LAYER_EXPORTS = ("layers", "layer-stores", "layer-flows", "layer-daily", "layer-rules")
+LAYER_EXPORTS = {"layers": "summary", "layer-stores": "summary", "layer-flows": "flows", "layer-daily": "daily",
+                 "layer-rules": "rules"}  # CSV name -> the part of the figures it needs
 
 
 class LayerOut(BaseModel):
@@ -1032,7 +1038,8 @@ def dashboard_router(source: KpiSource, principal: Callable[[Request], Principal
             if table in LAYER_EXPORTS:
                 if layer_source is None:
                     raise BadFilter("分层数据未启用")
-                header, rows = layer_csv(table, load_layers(layer_source, scope.filter))
+                view = load_layers(layer_source, scope.filter, frozenset({LAYER_EXPORTS[table]}))
+                header, rows = layer_csv(table, view)
                 return csv_response(table, scope.filter, header, rows)
             if table not in EXPORTS:
                 raise BadFilter(f"没有名为「{table[:20]}」的表格")
