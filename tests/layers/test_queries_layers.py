@@ -12,7 +12,9 @@ Mutations tried (each made the named tests fail, then was undone):
 - ``_day_index`` with one run of 86,400 s days whatever the zone: test_queries_match_the_oracle
   [*-new_york] (the days after the DST change shifted by an hour);
 - daily_moves counting first placements by default (``include_first`` ignored): test_queries_match_the_oracle;
-- flow_matrix leaving out the first-placement row (``rows = layers``): test_flow_matrix_rows_and_columns.
+- flow_matrix leaving out the first-placement row (``rows = layers``): test_flow_matrix_rows_and_columns;
+- SQLite's epoch seconds from the whole stored text (``strftime('%s', changed_at)``, which rounds
+  23:59:59.999999 up to the next day): test_queries_match_the_oracle[sqlite-*].
 """
 
 from __future__ import annotations
