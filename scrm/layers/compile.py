@@ -40,9 +40,8 @@ class LayerCompileError(ValueError):
     """The rule set cannot be evaluated (e.g. more condition tags than tag_bits holds)."""
 
 
-def ids_filter(column: Any, only: Sequence[str] | None, dialect: str) -> ColumnElement[bool] | None:
-    if only is None:
-        return None
+def ids_filter(column: Any, only: Sequence[str], dialect: str) -> ColumnElement[bool]:
+    """``column IN only``: one array parameter on PostgreSQL, an expanding IN on SQLite."""
     if dialect == "postgresql":
         return column == sa.any_(sa.bindparam("layer_ids", list(only), type_=postgresql.ARRAY(sa.String)))
     return column.in_(sa.bindparam("layer_ids", list(only), expanding=True))
@@ -207,9 +206,8 @@ class _Facts:
 
     @staticmethod
     def _restrict(where: list[Any], column: Any, only: Sequence[str] | None, dialect: str) -> None:
-        f = ids_filter(column, only, dialect)
-        if f is not None:
-            where.append(f)
+        if only is not None:
+            where.append(ids_filter(column, only, dialect))
 
     # The fact columns (NULL-free where a count is meant).
     def order_count(self, within: int | None) -> Any:

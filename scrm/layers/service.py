@@ -199,7 +199,7 @@ def _relayer_groups(conn: Connection, ruleset: RuleSet, ids: Sequence[str] | Non
     row in, joined or left); returns how many groups changed (or would)."""
     g, gm = CustomerGroup.__table__.c, GroupMember.__table__.c
     scoped = ids is not None
-    if scoped:
+    if ids is not None:
         mine = (ids_filter(gm.member_id, ids, "postgresql") if conn.dialect.name == "postgresql"
                 else gm.member_id.in_(sa.select(_pass.c.external_userid)))
         conn.execute(_chats.insert().from_select(["chat_id"], sa.select(gm.chat_id).where(mine).distinct()))

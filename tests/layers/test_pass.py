@@ -154,7 +154,8 @@ def _random_world(seed: int) -> World:
         w.groups[f"g{g}"] = (rnd.choice(["active", "active", "dismissed"]), rnd.choice(["A", "B", None]))
     pairs = rnd.sample([(f"g{g}", e) for g in range(5) for e in exts], 60)
     for i, (g, e) in enumerate(pairs, 1):
-        w.members.append((i, g, e, rnd.choice(["member", "member", "left"]), NOW - dt.timedelta(days=rnd.randint(0, 50))))
+        w.members.append((i, g, e, rnd.choice(["member", "member", "left"]),
+                          NOW - dt.timedelta(days=rnd.randint(0, 50))))
     return w
 
 
@@ -254,7 +255,8 @@ def test_group_layer_is_the_members_majority(engine):
     assert report.groups_relayered == 2
     assert full_pass(engine, rules, now=NOW).groups_relayered == 0
     with engine.begin() as conn:
-        conn.execute(sa.text("UPDATE group_members SET state = 'left' WHERE chat_id = 'g1' AND member_id IN ('r1', 'r2')"))
+        conn.execute(sa.text("UPDATE group_members SET state = 'left' "
+                             "WHERE chat_id = 'g1' AND member_id IN ('r1', 'r2')"))
     assert relayer_customers(engine, rules, ["r2"], now=NOW).groups_relayered == 1
     assert layers()["g1"] == "new"
 
