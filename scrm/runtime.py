@@ -23,6 +23,9 @@ def build_client(settings: Settings | None = None) -> WeComClient:
 def build_processor(settings: Settings | None = None) -> Processor:
     from sqlmodel import Session
 
+    from scrm.db import utcnow
+    from scrm.layers.notify import relayer_notifier
+    from scrm.layers.tagsync import reconcile_rule_tags
     from scrm.routing.router import StoreRouter
 
     settings = settings or get_settings()
@@ -31,6 +34,11 @@ def build_processor(settings: Settings | None = None) -> Processor:
     router = StoreRouter(lambda: Session(engine, expire_on_commit=False), client,
                          welcome_text=settings.wecom.welcome_text, link_base=settings.web.base_url(),
                          group_cap=settings.routing.group_qr_cap, room_base_id=settings.routing.room_base_id)
+
+    def reconcile_tags() -> None:
+        """A tag event re-read the library: accept WeCom's renames, forget deleted rule tags."""
+        reconcile_rule_tags(engine, client, now=utcnow())
+
     return Processor(
         engine,
         client,
@@ -38,6 +46,8 @@ def build_processor(settings: Settings | None = None) -> Processor:
         chat_delay_ms=settings.pipeline.chat_event_delay_ms,
         max_attempts=settings.pipeline.max_attempts,
         router=router,
+        on_customers_changed=relayer_notifier(get_redis(redis_url(settings)), settings),
+        on_tag_library_changed=reconcile_tags,
     )
 
 

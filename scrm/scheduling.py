@@ -1,5 +1,6 @@
 """Periodic jobs (APScheduler): the inbox relay, the SOP engine (plan ahead, fire due posts,
-read mass-send results), the click write-behind and the KPI rollups. One scheduler at a time,
+read mass-send results), the click write-behind, the KPI rollups, the nightly layering pass, the
+rule-tag sync and the journey planner. One scheduler at a time,
 guarded by a Redis lock; the SOP ledger's constraints keep its limits even if two ever run, and
 the click flush and the rollups take turns on their own locks."""
 
@@ -12,6 +13,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.cron import CronTrigger
 
 from scrm.callbacks.relay import relay_pending
 from scrm.config import Settings
@@ -97,6 +99,35 @@ def funnel_rollup_job(settings: Settings) -> None:
     refresh_funnel_rollups(get_engine(settings.database_url()), tz=settings.sop.timezone)
 
 
+def layers_nightly_job(settings: Settings) -> None:
+    """Every customer re-layered (time alone moves people: 60 silent days make a dormant one)."""
+    from scrm.layers.jobs import run_full_pass
+
+    run_full_pass(get_engine(settings.database_url()), settings)
+
+
+def tag_sync_job(settings: Settings) -> None:
+    """Apply the rule tags of customers whose layer, store or condition tags changed, within the
+    mark_tag limit shared through Redis."""
+    from scrm.db import utcnow
+    from scrm.layers.lint import load_ruleset
+    from scrm.layers.tagsync import mark_tag_limiter, sync_dirty_tags
+    from scrm.redisserver import get_redis, redis_url
+    from workers.actors import get_processor
+
+    limiter = mark_tag_limiter(settings, get_redis(redis_url(settings)))
+    sync_dirty_tags(get_engine(settings.database_url()), get_processor().client,
+                    load_ruleset(settings.layers.rules_dir), now=utcnow(), limit=settings.layers.relayer_batch,
+                    rate=limiter, group_name=settings.layers.tag_group_name)
+
+
+def journey_plan_job(settings: Settings) -> None:
+    """Plan the 1:1 journey messages layer changes started (into the SOP ledger)."""
+    from scrm.journeys.jobs import run_journey_plan
+
+    run_journey_plan(get_engine(settings.database_url()), settings)
+
+
 def make_scheduler(settings: Settings, send: Callable[[int], None],
                    enqueue_sop: Callable[[list[int]], None] | None = None) -> BackgroundScheduler:
     sched = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30})
@@ -117,6 +148,14 @@ def make_scheduler(settings: Settings, send: Callable[[int], None],
         sched.add_job(sop_poll_job, "interval", seconds=sop.poll_interval_seconds, args=[settings], id="sop_poll")
         sched.add_job(store_codes_job, "interval", seconds=settings.routing.refresh_interval_seconds,
                       args=[settings], id="store_codes")
+        layers = settings.layers
+        hour, minute = (int(x) for x in layers.nightly_at.split(":"))
+        sched.add_job(layers_nightly_job, CronTrigger(hour=hour, minute=minute, timezone=sop.timezone),
+                      args=[settings], id="layers_nightly", misfire_grace_time=3600)
+        sched.add_job(tag_sync_job, "interval", seconds=layers.tag_sync_interval_seconds, args=[settings],
+                      id="tag_sync")
+        sched.add_job(journey_plan_job, "interval", seconds=settings.journeys.plan_interval_seconds,
+                      args=[settings], id="journey_plan", next_run_time=datetime.now(UTC))
     return sched
 
 

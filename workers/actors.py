@@ -88,4 +88,19 @@ def send_sop_posts(post_ids: list[int]) -> None:
     get_sop_sender().send(post_ids)
 
 
-ALL: list[dramatiq.Actor] = [process_callback, fan_out_callbacks, send_sop_posts]
+@dramatiq.actor(queue_name="layers", max_retries=5, min_backoff=2_000, max_backoff=60_000, time_limit=600_000)
+def relayer_dirty() -> None:
+    """Re-layer the customers events marked (debounced: one message per burst). Running twice is
+    harmless: each run takes what is marked, and the pass writes only what changed."""
+    from scrm.config import get_settings
+    from scrm.db import get_engine
+    from scrm.layers.jobs import drain_relayer
+    from scrm.layers.notify import schedule_relayer
+    from scrm.redisserver import get_redis, redis_url
+
+    settings = get_settings()
+    drain_relayer(get_engine(settings.database_url()), get_redis(redis_url(settings)), settings,
+                  schedule=schedule_relayer)
+
+
+ALL: list[dramatiq.Actor] = [process_callback, fan_out_callbacks, send_sop_posts, relayer_dirty]

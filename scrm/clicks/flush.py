@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from redis import Redis
@@ -64,16 +65,22 @@ class FlushReport:
     busy: bool = False  # another flusher held the lock
     left: int | None = None  # records still queued when the flush ended (None: not asked)
     error: str | None = None  # flush_until_empty: why it stopped early (the batch is kept)
+    # Customers (signed customer tokens) whose clicks were written: the layering workers re-layer them.
+    customers: set[str] = dataclasses.field(default_factory=set)
 
     def add(self, other: FlushReport) -> None:
         for f in ("taken", "written", "already_written", "counted", "repeats", "not_a_person", "late",
                   "malformed", "refused_tokens", "batches"):
             setattr(self, f, getattr(self, f) + getattr(other, f))
+        self.customers |= other.customers
         self.busy = self.busy or other.busy
         self.left = other.left if other.left is not None else self.left
 
     def log_fields(self) -> dict:
-        return {k: v for k, v in dataclasses.asdict(self).items() if v not in (0, None, False)}
+        fields = {k: v for k, v in dataclasses.asdict(self).items() if v not in (0, None, False) and k != "customers"}
+        if self.customers:
+            fields["customers"] = len(self.customers)
+        return fields
 
 
 # The batch move as one script (atomic in Redis like a MULTI, but one round trip instead of one
@@ -169,6 +176,7 @@ def flush_clicks(engine: Engine, redis: Redis, *, window: dt.timedelta, batch: i
         if not _done(redis, raws):
             log.warning("clicks_flush_lock_expired", taken=len(raws), detail="another flusher took the batch over")
         report.written, report.already_written = result.written, result.already_written
+        report.customers = {r.external_userid for r in records if r.external_userid and r.token_refusal is None}
         reasons = result.reasons
         report.counted = reasons.get(CountReason.COUNTED, 0)
         report.repeats = reasons.get(CountReason.REPEAT, 0)
@@ -182,9 +190,11 @@ def flush_clicks(engine: Engine, redis: Redis, *, window: dt.timedelta, batch: i
 
 
 def flush_until_empty(engine: Engine, redis: Redis, *, window: dt.timedelta, batch: int,
-                      max_batches: int = 1000) -> FlushReport:
+                      max_batches: int = 1000,
+                      on_customers: Callable[[list[str]], None] | None = None) -> FlushReport:
     """Flush batch after batch until the queue is empty (or ``max_batches``); never raises for an
-    outage: a database or Redis error ends the run with ``error`` set and the batch kept."""
+    outage: a database or Redis error ends the run with ``error`` set and the batch kept.
+    ``on_customers`` is told which customers' clicks were written (their layers may change)."""
     total = FlushReport()
     for _ in range(max_batches):
         try:
@@ -206,6 +216,11 @@ def flush_until_empty(engine: Engine, redis: Redis, *, window: dt.timedelta, bat
         pass
     if total.taken or total.error:
         log.info("clicks_flushed", **total.log_fields())
+    if on_customers is not None and total.customers:
+        try:
+            on_customers(sorted(total.customers))
+        except Exception as exc:  # noqa: BLE001 - the clicks are written; the nightly pass catches up
+            log.warning("layer_notify_failed", error=str(exc)[:200], customers=len(total.customers))
     return total
 
 
@@ -213,9 +228,11 @@ def flush_from_settings(settings=None) -> FlushReport:
     """The scheduler's job: flush the queue of the configured Redis into the configured database."""
     from scrm.config import get_settings
     from scrm.db import get_engine
+    from scrm.layers.notify import relayer_notifier
     from scrm.redisserver import get_redis, redis_url
 
     settings = settings or get_settings()
-    return flush_until_empty(get_engine(settings.database_url()), get_redis(redis_url(settings)),
+    redis = get_redis(redis_url(settings))
+    return flush_until_empty(get_engine(settings.database_url()), redis,
                              window=dt.timedelta(hours=settings.clicks.unique_window_hours),
-                             batch=settings.clicks.flush_batch)
+                             batch=settings.clicks.flush_batch, on_customers=relayer_notifier(redis, settings))

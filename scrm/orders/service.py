@@ -216,6 +216,7 @@ class RefundOutcome:
     created: bool
     refunded_fen: int  # the order's refunds so far, this one included
     amount_fen: int  # the order's amount
+    external_userid: str | None = None  # the order's customer (None: unmatched)
 
 
 def _refund_row(conn: Connection, refund: RefundIn) -> Any:
@@ -232,8 +233,9 @@ def _same_refund(conn: Connection, row: Any, refund: RefundIn) -> RefundOutcome:
         raise OrderConflict(f"refund {refund.refund_id!r} is already recorded with different content: "
                             + "; ".join(diff))
     o = Order.__table__.c
-    order = conn.execute(select(o.amount_fen, o.refunded_fen).where(o.id == row.order_pk)).one()
-    return RefundOutcome(refund.refund_id, refund.order_id, False, order.refunded_fen, order.amount_fen)
+    order = conn.execute(select(o.amount_fen, o.refunded_fen, o.external_userid).where(o.id == row.order_pk)).one()
+    return RefundOutcome(refund.refund_id, refund.order_id, False, order.refunded_fen, order.amount_fen,
+                         order.external_userid)
 
 
 def record_refund(engine: Engine, refund: RefundIn) -> RefundOutcome:
@@ -246,7 +248,7 @@ def record_refund(engine: Engine, refund: RefundIn) -> RefundOutcome:
             if row is not None:
                 out = _same_refund(conn, row, refund)
             else:
-                order = conn.execute(select(o.id, o.amount_fen, o.refunded_fen).where(
+                order = conn.execute(select(o.id, o.amount_fen, o.refunded_fen, o.external_userid).where(
                     o.source == refund.source, o.order_id == refund.order_id)).first()
                 if order is None:
                     raise OrderNotFound(f"order {refund.order_id!r} (source {refund.source!r}) is not recorded: "
@@ -265,7 +267,8 @@ def record_refund(engine: Engine, refund: RefundIn) -> RefundOutcome:
                     amount_fen=refund.amount_fen, refunded_at=as_utc(refund.refunded_at),
                     created_at=utcnow()))
                 total = conn.execute(select(o.refunded_fen).where(o.id == order.id)).scalar_one()
-                out = RefundOutcome(refund.refund_id, refund.order_id, True, total, order.amount_fen)
+                out = RefundOutcome(refund.refund_id, refund.order_id, True, total, order.amount_fen,
+                                    order.external_userid)
     except IntegrityError:
         with engine.connect() as conn:  # the same refund id at the same moment: compare with it
             row = _refund_row(conn, refund)

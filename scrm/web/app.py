@@ -94,6 +94,7 @@ def create_app(
     click_window: dt.timedelta = DEFAULT_WINDOW,
     clock: Callable[[], dt.datetime] = utcnow,
     auth=None,
+    on_customers_changed: Callable[[list[str]], None] | None = None,
 ) -> CallbackEndpoint:
     """The ASGI app: the callback fast path in front of the FastAPI app (``.api``).
 
@@ -107,7 +108,9 @@ def create_app(
     and salts visitor keys (None: a random one for this app, fine for tests). ``clock``: the time a
     click is recorded at (the demo drives the redirect with a simulated clock).
     ``auth``: sign-in (:class:`scrm.web.auth_routes.AuthConfig`); with it come /login and the
-    managers' dashboard (/dashboard, /api/kpi); without it neither is served."""
+    managers' dashboard (/dashboard, /api/kpi); without it neither is served.
+    ``on_customers_changed``: told whose order or refund the order API recorded (the layering
+    workers re-layer them, debounced)."""
     from fastapi_offline import FastAPIOffline
 
     from scrm.web.pages import not_found_page
@@ -164,7 +167,8 @@ def create_app(
     from scrm.orders.signing import Verifier
     from scrm.web.orders_api import orders_router
 
-    app.include_router(orders_router(engine, orders_verifier or Verifier(secret="", nonces=_NoNonces())))
+    app.include_router(orders_router(engine, orders_verifier or Verifier(secret="", nonces=_NoNonces()),
+                                     on_customers_changed))
 
     from scrm.clicks.recording import PREFETCH_HEADERS, ClickRecorder, LinkLookupFailed
     from scrm.web.pages import PageNotFound
@@ -246,6 +250,7 @@ def app_from_settings(settings=None, *, clock: Callable[[], dt.datetime] = utcno
     from scrm.clicks.recording import click_queue_redis
     from scrm.config import get_settings
     from scrm.db import get_engine
+    from scrm.layers.notify import relayer_notifier
     from scrm.redisserver import get_redis, redis_url
     from scrm.runtime import build_crypto
     from workers.broker import setup_broker
@@ -281,6 +286,7 @@ def app_from_settings(settings=None, *, clock: Callable[[], dt.datetime] = utcno
         click_window=dt.timedelta(hours=settings.clicks.unique_window_hours),
         clock=clock,
         auth=auth,
+        on_customers_changed=relayer_notifier(r, settings),
     )
     if settings.wecom.secret.get_secret_value():
         app.api.include_router(toolbar_from_settings(settings, r))

@@ -6,6 +6,7 @@ carry a reason and a kind that becomes the HTTP status here. A refused request s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TypeVar
 
 from fastapi import APIRouter, HTTPException, Request
@@ -38,8 +39,18 @@ def _problems(exc: ValidationError) -> str:
     return "invalid request: " + "; ".join(parts)
 
 
-def orders_router(engine: Engine, verifier: Verifier) -> APIRouter:
+def orders_router(engine: Engine, verifier: Verifier,
+                  on_customers_changed: Callable[[list[str]], None] | None = None) -> APIRouter:
+    """``on_customers_changed`` is told whose order or refund was recorded (their layer may move)."""
     router = APIRouter(prefix="/api/orders", tags=["orders"])
+
+    def changed(created: bool, external_userid: str | None) -> None:
+        if not (created and external_userid and on_customers_changed):
+            return
+        try:
+            on_customers_changed([external_userid])
+        except Exception as exc:  # noqa: BLE001 - the order is recorded; the nightly pass catches up
+            log.warning("layer_notify_failed", external_userid=external_userid, error=str(exc)[:200])
 
     async def signed_body(request: Request) -> bytes:
         body = await request.body()
@@ -69,6 +80,7 @@ def orders_router(engine: Engine, verifier: Verifier) -> APIRouter:
             out = service.record_order(engine, order)
         except service.OrderError as exc:
             raise HTTPException(HTTP_STATUS.get(exc.kind, 409), exc.message) from None
+        changed(out.created, out.external_userid)
         return JSONResponse({"order_id": out.order_id, "created": out.created, "matched": out.matched,
                              "matched_by": out.matched_by}, status_code=201 if out.created else 200)
 
@@ -85,6 +97,7 @@ def orders_router(engine: Engine, verifier: Verifier) -> APIRouter:
             out = service.record_refund(engine, refund)
         except service.OrderError as exc:
             raise HTTPException(HTTP_STATUS.get(exc.kind, 409), exc.message) from None
+        changed(out.created, out.external_userid)
         return JSONResponse({"refund_id": out.refund_id, "order_id": out.order_id, "created": out.created,
                              "refunded_fen": out.refunded_fen, "amount_fen": out.amount_fen},
                             status_code=201 if out.created else 200)
