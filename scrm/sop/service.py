@@ -98,6 +98,9 @@ def member_layer_shares(conn: Connection) -> dict[str, tuple[tuple[str, float], 
     counts in the whole and in no layer. One query: members left-joined to their layer, counted by
     (group, layer)."""
     m, cl, g = GroupMember.__table__.c, CustomerLayer.__table__.c, CustomerGroup.__table__.c
+    if conn.dialect.name == "postgresql":
+        # One big hash join and aggregate: compiling it (JIT) costs more than it saves here.
+        conn.exec_driver_sql("SET LOCAL jit = off")
     rows = conn.execute(
         select(m.chat_id, cl.layer, func.count().label("n"))
         .select_from(GroupMember.__table__
@@ -259,7 +262,8 @@ def replan_day(
     with engine.begin() as conn:
         _lock_day(conn, day)
         if groups is None:
-            groups = load_groups(conn)
+            # Members' layer shares are one grouped query over every membership: only when a template uses them.
+            groups = load_groups(conn, member_layers=any(t.targets.member_layers for t in templates))
         ledger = read_day(conn, day, now=now, tz=tz)
         plan = plan_day(day, templates, GroupIndex(groups), limits, fixed=ledger.fixed, now=local_now(now, tz))
         result = ReplanResult(day=day, plan=plan)

@@ -186,6 +186,32 @@ def test_load_groups_computes_each_groups_layer_shares_from_its_current_customer
     assert index.match(template({"member_layers": [{"layer": "dormant", "at_least": "51%"}]})) == set()
 
 
+def test_replanning_a_day_reaches_the_groups_by_their_members_layers(engine):
+    """The scheduler's path (replan_day loads the groups itself): a member_layers template is
+    written into the ledger for the matching group only. Mutation tried: replan_day loading groups
+    with member_layers=False: no post is planned and the test fails."""
+    from zoneinfo import ZoneInfo
+
+    from scrm.sop.models import SopPost
+    from scrm.sop.planner import Limits
+    from scrm.sop.service import replan_day
+
+    now = dt.datetime(2026, 11, 23, 16, 0, tzinfo=dt.UTC)  # 00:00 on DAY in Shanghai
+    with Session(engine) as s:
+        for chat_id in ("sleepy", "busy"):
+            s.add(CustomerGroup(chat_id=chat_id, name=chat_id, owner_userid="bot1"))
+        for i, layer in enumerate(["dormant", "dormant", "repeat", "repeat", "repeat", "repeat"]):
+            chat_id = "sleepy" if i < 3 else "busy"
+            s.add(GroupMember(chat_id=chat_id, member_id=f"c{i}", member_type=2, state=MemberState.member))
+            s.add(CustomerLayer(external_userid=f"c{i}", layer=layer, since=now, computed_at=now))
+        s.commit()
+    result = replan_day(engine, [template({"member_layers": [{"layer": "dormant", "at_least": "60%"}]})], DAY,
+                        Limits(), tz=ZoneInfo("Asia/Shanghai"), now=now)
+    assert result.inserted == 1
+    with engine.connect() as conn:
+        assert [r.chat_id for r in conn.execute(SopPost.__table__.select())] == ["sleepy"]
+
+
 # --------------------------------------------------------------------------------------------
 # Lint
 
