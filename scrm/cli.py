@@ -346,6 +346,7 @@ def run(
                 _grant_demo_roles(stack)
             if demo and stack.sandbox is not None and stack.client is not None:
                 _play_demo_week(stack)
+            _layer_customers(stack)
             _print_summary(stack.engine)
             _print_sop_plan(stack.engine)
             warn_public_url(stack.settings)
@@ -387,6 +388,38 @@ def _play_demo_week(stack) -> None:
         console.print(f"demo week: {escape(week.line())}", soft_wrap=True)
         for note in week.notes:
             console.print(f"[yellow]note:[/yellow] {escape(note)}", soft_wrap=True)
+
+
+def _layer_customers(stack) -> None:
+    """Layer every customer now (the scheduler repeats it nightly), then put the rule tags on them
+    and plan the journeys their moves start, so the dashboard and the sandbox show them at once."""
+    from scrm.db import utcnow
+    from scrm.journeys.jobs import run_journey_plan
+    from scrm.layers.jobs import run_full_pass
+    from scrm.layers.lint import RulesError, load_ruleset
+    from scrm.layers.tagsync import mark_tag_limiter, sync_dirty_tags
+    from scrm.redisserver import get_redis, redis_url
+
+    settings = stack.settings
+    try:
+        rules = load_ruleset(settings.layers.rules_dir)
+    except RulesError as exc:
+        console.print(f"[yellow]warning:[/yellow] layers not computed: {escape(str(exc))} "
+                      f"(fix them with `scrm layers lint {settings.layers.rules_dir}`)", soft_wrap=True)
+        return
+    report = run_full_pass(stack.engine, settings, ruleset=rules)
+    names = {layer.id: layer.name for layer in rules.layers}
+    counts = ", ".join(f"{names.get(layer, layer)} {n}" for layer, n in report.by_layer().most_common())
+    line = f"layers: {report.customers} customers ({counts or 'none yet'}); {report.moved} moved"
+    if stack.client is not None and settings.wecom.is_sandbox:
+        tags = sync_dirty_tags(stack.engine, stack.client, rules, now=utcnow(), limit=100_000,
+                               rate=mark_tag_limiter(settings, get_redis(redis_url(settings))),
+                               group_name=settings.layers.tag_group_name)
+        line += f"; rule tags on {tags.relations} follow relations ({tags.calls} mark_tag calls)"
+        journeys = run_journey_plan(stack.engine, settings)
+        if journeys is not None:
+            line += f"; journeys: {journeys.inserted} one-to-one message(s) planned"
+    console.print(escape(line), soft_wrap=True)
 
 
 def _interrupt(*_) -> None:

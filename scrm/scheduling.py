@@ -152,6 +152,8 @@ def make_scheduler(settings: Settings, send: Callable[[int], None],
         hour, minute = (int(x) for x in layers.nightly_at.split(":"))
         sched.add_job(layers_nightly_job, CronTrigger(hour=hour, minute=minute, timezone=sop.timezone),
                       args=[settings], id="layers_nightly", misfire_grace_time=3600)
+        # Once at start too: a new deployment (or one down over night) has layers without waiting.
+        sched.add_job(layers_nightly_job, "date", run_date=datetime.now(UTC), args=[settings], id="layers_at_start")
         sched.add_job(tag_sync_job, "interval", seconds=layers.tag_sync_interval_seconds, args=[settings],
                       id="tag_sync")
         sched.add_job(journey_plan_job, "interval", seconds=settings.journeys.plan_interval_seconds,
