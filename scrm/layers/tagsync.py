@@ -47,13 +47,13 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections import defaultdict, deque
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-from sqlalchemy import case, delete, func, update
+from sqlalchemy import bindparam, case, delete, insert, update
 from sqlalchemy import select as core_select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
@@ -551,12 +551,33 @@ def reconcile_rule_tags(engine: Engine, client: CorpTags, ruleset: RuleSet | Non
 
 
 # -- the sync -----------------------------------------------------------------------------------
+FLUSH_EVERY = 500  # customers between database writes (marks, tag_ids, dirty flags)
+
+
+@dataclass
+class _Mark:
+    tag_id: str
+    removed_by_hand_at: datetime | None = None
+
+
+@dataclass
+class _Relation:
+    userid: str
+    external_userid: str
+    tag_ids: list[str]
+    marks: dict[str, _Mark] = field(default_factory=dict)  # key -> what scrm put there
+
+
 @dataclass
 class _Customer:
     external_userid: str
     computed_at: datetime
     desired: dict[str, str]  # key -> name
-    relations: list[FollowRelation] = field(default_factory=list)
+    relations: list[_Relation] = field(default_factory=list)
+
+
+class _TagGone(Exception):
+    """mark_tag answered 40068: a rule tag was deleted in WeCom meanwhile."""
 
 
 class _StopRun(Exception):
@@ -576,6 +597,103 @@ def _dirty_customers(session: Session, limit: int) -> list[tuple[str, str, str |
     return [tuple(r) for r in session.connection().execute(q)]
 
 
+def _load_relations(engine: Engine, customers: dict[str, _Customer]) -> None:
+    """Every active follow relation of ``customers`` and the marks scrm made on them (set-based)."""
+    fr, mk = FollowRelation.__table__.c, RuleTagMark.__table__.c
+    by_pair: dict[tuple[str, str], _Relation] = {}
+    for c in customers.values():
+        c.relations = []
+    with engine.connect() as conn:
+        for chunk in _chunks(list(customers)):
+            for userid, eid, tag_ids in conn.execute(
+                    core_select(fr.userid, fr.external_userid, fr.tag_ids)
+                    .where(fr.external_userid.in_(chunk), fr.status == FollowStatus.active).order_by(fr.id)):
+                rel = _Relation(userid, eid, list(tag_ids or []))
+                customers[eid].relations.append(rel)
+                by_pair[(userid, eid)] = rel
+            for userid, eid, key, tag_id, removed in conn.execute(
+                    core_select(mk.userid, mk.external_userid, mk.key, mk.tag_id, mk.removed_by_hand_at)
+                    .where(mk.external_userid.in_(chunk))):
+                if (owner := by_pair.get((userid, eid))) is not None:
+                    owner.marks[key] = _Mark(tag_id, removed)
+
+
+class _Writes:
+    """What a run learned, written in one transaction per FLUSH_EVERY customers (set-based), so an
+    unchanged customer costs no call and a share of a few statements. A crash before a flush loses
+    only the record of calls WeCom already applied: the next run sees the tags missing from
+    follow_relations and adds them again (mark_tag adding a tag a relation has changes nothing)."""
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self.tag_ids: dict[tuple[str, str], list[str]] = {}
+        self.marks_set: dict[tuple[str, str, str], _Mark] = {}
+        self.marks_del: set[tuple[str, str, str]] = set()
+        self.done: list[tuple[str, datetime, frozenset[str]]] = []  # customers whose relations all went well
+        self.failed: dict[str, RelationFailure] = {}  # external_userid -> its (first) failure
+
+    def set_mark(self, rel: _Relation, key: str, mark: _Mark) -> None:
+        rel.marks[key] = mark
+        self.marks_del.discard((rel.userid, rel.external_userid, key))
+        self.marks_set[(rel.userid, rel.external_userid, key)] = mark
+
+    def drop_mark(self, rel: _Relation, key: str) -> None:
+        rel.marks.pop(key, None)
+        self.marks_set.pop((rel.userid, rel.external_userid, key), None)
+        self.marks_del.add((rel.userid, rel.external_userid, key))
+
+    def flush(self, engine: Engine, report: SyncReport, now: datetime) -> None:
+        fr, mk, cl = FollowRelation.__table__.c, RuleTagMark.__table__.c, CustomerLayer.__table__.c
+        with engine.begin() as conn:
+            if self.tag_ids:
+                conn.execute(update(FollowRelation.__table__)
+                             .where(fr.userid == bindparam("u"), fr.external_userid == bindparam("e"))
+                             .values(tag_ids=bindparam("t"), updated_at=now),
+                             [{"u": u, "e": e, "t": t} for (u, e), t in self.tag_ids.items()])
+            gone = self.marks_del | set(self.marks_set)
+            if gone:
+                conn.execute(delete(RuleTagMark.__table__).where(
+                    mk.userid == bindparam("u"), mk.external_userid == bindparam("e"), mk.key == bindparam("k")),
+                    [{"u": u, "e": e, "k": k} for u, e, k in gone])
+            if self.marks_set:
+                conn.execute(insert(RuleTagMark.__table__), [
+                    {"userid": u, "external_userid": e, "key": k, "tag_id": m.tag_id, "marked_at": now,
+                     "removed_by_hand_at": m.removed_by_hand_at} for (u, e, k), m in self.marks_set.items()])
+            live = {t for (t,) in conn.execute(core_select(RuleTag.__table__.c.tag_id))}
+            # Only if every tag applied still exists (a reconcile may have forgotten one meanwhile),
+            # and only if the row was not recomputed since it was read.
+            clear = [{"e": e, "c": c} for e, c, applied in self.done if applied <= live]
+            if clear:
+                conn.execute(update(CustomerLayer.__table__).where(
+                    cl.external_userid == bindparam("e"), cl.computed_at == bindparam("c"),
+                    cl.tags_dirty.is_(True)).values(tags_dirty=False), clear)
+            ids = [e for e, _c, _a in self.done]
+            still: set[str] = set()
+            for chunk in _chunks(ids):
+                still |= {e for (e,) in conn.execute(core_select(cl.external_userid).where(
+                    cl.external_userid.in_(chunk), cl.tags_dirty.is_(True)))}
+            cleared = [e for e in ids if e not in still]
+            for chunk in _chunks(cleared):
+                conn.execute(delete(RuleTagFailure.__table__).where(
+                    RuleTagFailure.__table__.c.external_userid.in_(chunk)))
+        report.cleaned += len(cleared)
+        report.left_dirty += len(still)
+        if self.failed:
+            with _session(engine) as s:
+                for failure in self.failed.values():
+                    row = s.get(RuleTagFailure, failure.external_userid) or RuleTagFailure(
+                        external_userid=failure.external_userid, userid=failure.userid, errcode=failure.errcode,
+                        error="", attempts=0, failed_at=now)
+                    row.userid, row.errcode, row.error = failure.userid, failure.errcode, failure.describe()[:500]
+                    row.attempts, row.failed_at = row.attempts + 1, now
+                    s.add(row)
+                s.commit()
+            report.left_dirty += len(self.failed)
+        self._reset()
+
+
 def sync_dirty_tags(engine: Engine, client: CorpTags, ruleset: RuleSet, *, now: datetime, limit: int,
                     rate: RateLimiter, group_name: str | None = None) -> SyncReport:
     """Bring the rule tags of up to ``limit`` dirty customers' active follow relations in line with
@@ -591,40 +709,41 @@ def sync_dirty_tags(engine: Engine, client: CorpTags, ruleset: RuleSet, *, now: 
         if not rows:
             return report
         stores = load_stores(s)
-        customers = {eid: _Customer(eid, computed_at, desired_tags(ruleset, layer, home, bits or 0, stores))
-                     for eid, layer, home, bits, computed_at in rows}
-        ids = list(customers)
-        marks: dict[tuple[str, str], dict[str, RuleTagMark]] = defaultdict(dict)
-        for chunk in _chunks(ids):
-            for rel in s.exec(select(FollowRelation).where(
-                    FollowRelation.__table__.c.external_userid.in_(chunk),
-                    FollowRelation.status == FollowStatus.active).order_by(FollowRelation.__table__.c.id)):
-                customers[rel.external_userid].relations.append(rel)
-            for m in s.exec(select(RuleTagMark).where(RuleTagMark.__table__.c.external_userid.in_(chunk))):
-                marks[(m.userid, m.external_userid)][m.key] = m
+    customers = {eid: _Customer(eid, computed_at, desired_tags(ruleset, layer, home, bits or 0, stores))
+                 for eid, layer, home, bits, computed_at in rows}
+    _load_relations(engine, customers)
     report.customers = len(customers)
     report.tags_renamed = rename_rule_tags(engine, client, rule_tag_names(ruleset, stores),
                                            group_name=group_name, now=now)
     wanted = {k: n for c in customers.values() for k, n in c.desired.items()}
     state = _RunState(engine, client, group_name, now, wanted)
     report.tags_created += state.refresh_tags()
-    for cust in customers.values():
-        try:
-            ok = _sync_customer(state, cust, marks, rate, report)
-        except _StopRun as stop:
-            report.failures.append(stop.failure)
-            _record_failure(engine, stop.failure, now)
-            report.stopped = stop.why
-            report.left_dirty += 1
-            log.warning("tag_sync_stopped", reason=stop.why, errcode=stop.failure.errcode,
-                        userid=stop.failure.userid, external_userid=stop.failure.external_userid)
-            break
-        report.tags_created += state.created_since_last
-        state.created_since_last = 0
-        if ok:
-            report.cleaned += 1
-        else:
-            report.left_dirty += 1
+    writes = _Writes()
+    pending = 0
+    try:
+        for cust in customers.values():
+            try:
+                _sync_customer(state, cust, writes, rate, report, retry_gone=True)
+            except _TagGone:
+                log.info("tag_sync_tag_gone", external_userid=cust.external_userid,
+                         outcome="re-reading the tag library, making the tag again, retrying the customer once")
+                writes.flush(engine, report, now)  # the reconcile forgets marks in the database
+                state.tag_deleted_in_wecom()
+                _load_relations(engine, customers)
+                _sync_customer(state, cust, writes, rate, report, retry_gone=False)
+            pending += 1
+            if pending >= FLUSH_EVERY:
+                writes.flush(engine, report, now)
+                pending = 0
+    except _StopRun as stop:
+        report.failures.append(stop.failure)
+        writes.failed.setdefault(stop.failure.external_userid, stop.failure)
+        report.stopped = stop.why
+        log.warning("tag_sync_stopped", reason=stop.why, errcode=stop.failure.errcode,
+                    userid=stop.failure.userid, external_userid=stop.failure.external_userid)
+    finally:
+        writes.flush(engine, report, now)
+    report.tags_created += state.created_later
     report.seconds = time.perf_counter() - started
     log.info("tag_sync_done", customers=report.customers, relations=report.relations, calls=report.calls,
              unchanged=report.unchanged, added=report.added, removed=report.removed, gone=report.gone,
@@ -644,7 +763,7 @@ class _RunState:
         self.mapping: dict[str, str] = {}
         self.rule_ids: set[str] = set()
         self.names: dict[str, str] = {}  # tag id -> name (for messages)
-        self.created_since_last = 0
+        self.created_later = 0
 
     def refresh_tags(self) -> int:
         self.mapping, created = ensure_rule_tags(self.engine, self.client, self.wanted,
@@ -657,146 +776,89 @@ class _RunState:
 
     def tag_deleted_in_wecom(self) -> None:
         reconcile_rule_tags(self.engine, self.client, now=self.now, refresh=True)
-        self.created_since_last += self.refresh_tags()
+        self.created_later += self.refresh_tags()
 
 
-def _plan(state: _RunState, cust: _Customer, rel: FollowRelation, rel_marks: dict[str, RuleTagMark],
-          report: SyncReport, session: Session) -> tuple[list[str], list[str], dict[str, str]]:
-    """(add, remove, key of each tag id added) for one relation; records hand removals and ends
-    overrides of tags the customer no longer qualifies for (in ``session``)."""
-    current = list(rel.tag_ids or [])
-    present = set(current)
+def _plan(state: _RunState, cust: _Customer, rel: _Relation, writes: _Writes,
+          report: SyncReport) -> tuple[list[str], list[str], dict[str, str]]:
+    """(add, remove, key of each tag id added) for one relation; notes hand removals and ends
+    overrides of tags the customer no longer qualifies for."""
+    present = set(rel.tag_ids)
     desired_ids = {state.mapping[k]: k for k in cust.desired}
     skip: set[str] = set()
-    for key, m in rel_marks.items():
+    for key, m in list(rel.marks.items()):
         if key not in cust.desired:
             if m.removed_by_hand_at is not None or m.tag_id not in present:
-                session.delete(m)  # no longer wanted: the override (or the stale mark) ends
+                writes.drop_mark(rel, key)  # no longer wanted: the override (or the stale mark) ends
             continue
         if m.tag_id != state.mapping[key]:
-            session.delete(m)  # made with a tag WeCom no longer has
+            writes.drop_mark(rel, key)  # made with a tag WeCom no longer has
             continue
         if m.tag_id in present:
             if m.removed_by_hand_at is not None:  # a person put it back: the override ends
-                m.removed_by_hand_at = None
-                session.add(m)
+                writes.set_mark(rel, key, _Mark(m.tag_id))
             continue
         if m.removed_by_hand_at is None:
-            m.removed_by_hand_at = state.now
-            session.add(m)
+            writes.set_mark(rel, key, _Mark(m.tag_id, state.now))
             report.overrides += 1
             log.info("rule_tag_removed_by_hand", userid=rel.userid, external_userid=rel.external_userid,
                      key=key, tag_id=m.tag_id, outcome="not put back while the customer qualifies for it")
         skip.add(m.tag_id)
     add = [tid for tid in desired_ids if tid not in present and tid not in skip]
-    remove = [tid for tid in current if tid in state.rule_ids and tid not in desired_ids]
+    remove = [tid for tid in rel.tag_ids if tid in state.rule_ids and tid not in desired_ids]
     return add, remove, {tid: desired_ids[tid] for tid in add}
 
 
-def _sync_customer(state: _RunState, cust: _Customer, marks: dict[tuple[str, str], dict[str, RuleTagMark]],
-                   rate: RateLimiter, report: SyncReport) -> bool:
-    """One customer in one transaction: mark every active relation, record marks and tag_ids, then
-    clear the dirty flag if all went well. Returns whether it was cleared."""
-    ok = True
-    failure: RelationFailure | None = None
+def _sync_customer(state: _RunState, cust: _Customer, writes: _Writes, rate: RateLimiter, report: SyncReport,
+                   *, retry_gone: bool) -> None:
+    """Mark every active relation of one customer; what happened goes to ``writes``. With
+    ``retry_gone``, a 40068 raises ``_TagGone`` (the caller reconciles and calls again without it:
+    relations already done are then unchanged and cost nothing)."""
     applied: set[str] = set()
-    with _session(state.engine) as s:
-        for rel in cust.relations:
+    failed = False
+    for rel in cust.relations:
+        if retry_gone:
             report.relations += 1
-            rel = s.merge(rel, load=False)
-            rel_marks = {k: s.merge(m, load=False) for k, m in marks.get((rel.userid, rel.external_userid), {}).items()}
-            for retry in (False, True):
-                add, remove, keys = _plan(state, cust, rel, rel_marks, report, s)
-                if not add and not remove:
-                    report.unchanged += 1
-                    applied.update(t for t in rel.tag_ids or [] if t in state.rule_ids)
-                    break
-                rate_wait = rate.acquire()
-                report.waited += rate_wait
-                report.calls += 1
-                try:
-                    state.client.mark_tag(rel.userid, rel.external_userid, add=add, remove=remove)
-                except WeComAPIError as exc:
-                    fail = RelationFailure(rel.userid, rel.external_userid, exc.errcode, exc.errmsg or str(exc),
-                                           tuple(state.names.get(t, t) for t in add),
-                                           tuple(state.names.get(t, t) for t in remove))
-                    if exc.errcode == INVALID_TAG and not retry:
-                        log.info("tag_sync_tag_gone", userid=rel.userid, external_userid=rel.external_userid,
-                                 outcome="re-reading the tag library and retrying once")
-                        s.commit()  # keep overrides found so far; the reconcile writes in its own sessions
-                        state.tag_deleted_in_wecom()
-                        s.expire_all()  # the reconcile forgot marks and may have changed the relation
-                        rel_marks = {m.key: m for m in s.exec(select(RuleTagMark).where(
-                            RuleTagMark.userid == rel.userid, RuleTagMark.external_userid == rel.external_userid))}
-                        continue
-                    if exc.errcode == NOT_CONTACT:
-                        report.gone += 1
-                        log.info("tag_sync_relation_gone", userid=rel.userid, external_userid=rel.external_userid,
-                                 errcode=exc.errcode, outcome="nothing to tag")
-                        break
-                    if isinstance(exc, RateLimited | SystemBusy | TransportError):
-                        s.commit()
-                        why = {RateLimited: "WeCom rate limit (45009/45033) after backoff",
-                               SystemBusy: "WeCom busy (-1) after retries"}.get(type(exc), "WeCom unreachable")
-                        raise _StopRun(fail, why) from exc
-                    ok = False
-                    failure = fail
-                    report.failures.append(fail)
-                    log.warning("tag_sync_mark_refused", userid=rel.userid, external_userid=rel.external_userid,
-                                errcode=exc.errcode, errmsg=exc.errmsg, add=list(fail.add), remove=list(fail.remove))
-                    break
-                report.added += len(add)
-                report.removed += len(remove)
-                gone = set(remove)
-                rel.tag_ids = [t for t in rel.tag_ids or [] if t not in gone] + add
-                s.add(rel)
-                for tid in add:
-                    key = keys[tid]
-                    m = rel_marks.get(key) or RuleTagMark(userid=rel.userid, external_userid=rel.external_userid,
-                                                          key=key, tag_id=tid)
-                    m.tag_id, m.marked_at, m.removed_by_hand_at = tid, state.now, None
-                    rel_marks[key] = s.merge(m)
-                for m in list(rel_marks.values()):
-                    if m.tag_id in gone:
-                        s.delete(m)
-                applied.update(t for t in rel.tag_ids if t in state.rule_ids)
-                break
-        if ok:
-            cleared = _clear_dirty(s, cust, applied)
-        else:
-            cleared = False
-        s.commit()
-    if failure is not None:
-        _record_failure(state.engine, failure, state.now)
-    elif cleared:
-        with _session(state.engine) as s:
-            s.connection().execute(delete(RuleTagFailure.__table__).where(
-                RuleTagFailure.__table__.c.external_userid == cust.external_userid))
-            s.commit()
-    return cleared
-
-
-def _clear_dirty(s: Session, cust: _Customer, applied: set[str]) -> bool:
-    """Clear tags_dirty unless the row was recomputed meanwhile or a tag applied was forgotten."""
-    if applied:
-        still = s.connection().execute(core_select(func.count()).select_from(RuleTag.__table__).where(
-            RuleTag.__table__.c.tag_id.in_(sorted(applied)))).scalar_one()
-        if still < len(applied):
-            return False
-    cl = CustomerLayer.__table__.c
-    done = s.connection().execute(update(CustomerLayer.__table__).where(
-        cl.external_userid == cust.external_userid, cl.computed_at == cust.computed_at,
-        cl.tags_dirty.is_(True)).values(tags_dirty=False)).rowcount
-    return bool(done)
-
-
-def _record_failure(engine: Engine, failure: RelationFailure, now: datetime) -> None:
-    with _session(engine) as s:
-        row = s.get(RuleTagFailure, failure.external_userid)
-        if row is None:
-            row = RuleTagFailure(external_userid=failure.external_userid, userid=failure.userid,
-                                 errcode=failure.errcode, error=failure.describe()[:500], attempts=0, failed_at=now)
-        row.userid, row.errcode, row.error = failure.userid, failure.errcode, failure.describe()[:500]
-        row.attempts, row.failed_at = row.attempts + 1, now
-        s.add(row)
-        s.commit()
+        add, remove, keys = _plan(state, cust, rel, writes, report)
+        if not add and not remove:
+            report.unchanged += 1
+            applied.update(t for t in rel.tag_ids if t in state.rule_ids)
+            continue
+        report.waited += rate.acquire()
+        report.calls += 1
+        try:
+            state.client.mark_tag(rel.userid, rel.external_userid, add=add, remove=remove)
+        except WeComAPIError as exc:
+            if exc.errcode == INVALID_TAG and retry_gone:
+                raise _TagGone() from exc
+            fail = RelationFailure(rel.userid, rel.external_userid, exc.errcode, exc.errmsg or str(exc),
+                                   tuple(state.names.get(t, t) for t in add),
+                                   tuple(state.names.get(t, t) for t in remove))
+            if exc.errcode == NOT_CONTACT:
+                report.gone += 1
+                log.info("tag_sync_relation_gone", userid=rel.userid, external_userid=rel.external_userid,
+                         errcode=exc.errcode, outcome="nothing to tag")
+                continue
+            if isinstance(exc, RateLimited | SystemBusy | TransportError):
+                why = {RateLimited: "WeCom rate limit (45009/45033) after backoff",
+                       SystemBusy: "WeCom busy (-1) after retries"}.get(type(exc), "WeCom unreachable")
+                raise _StopRun(fail, why) from exc
+            failed = True
+            report.failures.append(fail)
+            writes.failed.setdefault(cust.external_userid, fail)
+            log.warning("tag_sync_mark_refused", userid=rel.userid, external_userid=rel.external_userid,
+                        errcode=exc.errcode, errmsg=exc.errmsg, add=list(fail.add), remove=list(fail.remove))
+            continue
+        report.added += len(add)
+        report.removed += len(remove)
+        gone = set(remove)
+        rel.tag_ids = [t for t in rel.tag_ids if t not in gone] + add
+        writes.tag_ids[(rel.userid, rel.external_userid)] = list(rel.tag_ids)
+        for tid in add:
+            writes.set_mark(rel, keys[tid], _Mark(tid))
+        for key, m in list(rel.marks.items()):
+            if m.tag_id in gone:
+                writes.drop_mark(rel, key)
+        applied.update(t for t in rel.tag_ids if t in state.rule_ids)
+    if not failed:
+        writes.done.append((cust.external_userid, cust.computed_at, frozenset(applied)))
