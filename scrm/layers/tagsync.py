@@ -40,6 +40,10 @@ Choices (each says why):
   every rule tag applied still exists.
 - Known window: a tag event's library read that was fetched before scrm created a tag and applied
   after may mark scrm's tag deleted in the mirror; reconcile asks WeCom by id before forgetting.
+- One sync at a time (the scheduler's job): two at once would race on the marks they record.
+- WeCom lets an app edit only the tags it created: a tag adopted from scrm's group that a person
+  made cannot be renamed by a YAML change; the refusal is logged (``rule_tag_rename_failed``) and
+  retried each run. A rename whose new name another tag in the group holds (40071) likewise waits.
 """
 
 from __future__ import annotations
@@ -735,6 +739,8 @@ def sync_dirty_tags(engine: Engine, client: CorpTags, ruleset: RuleSet, *, now: 
             if pending >= FLUSH_EVERY:
                 writes.flush(engine, report, now)
                 pending = 0
+                log.info("tag_sync_progress", customers=report.cleaned + report.left_dirty, of=report.customers,
+                         calls=report.calls, unchanged=report.unchanged, waited=round(report.waited, 3))
     except _StopRun as stop:
         report.failures.append(stop.failure)
         writes.failed.setdefault(stop.failure.external_userid, stop.failure)
