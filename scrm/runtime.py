@@ -66,6 +66,7 @@ def build_sop_sender(settings: Settings | None = None) -> SopSender:
     from pathlib import Path
     from zoneinfo import ZoneInfo
 
+    from scrm.journeys.jobs import journeys_loader
     from scrm.sop.jobs import load_templates
     from scrm.sop.sender import SopSender
 
@@ -77,4 +78,5 @@ def build_sop_sender(settings: Settings | None = None) -> SopSender:
         lambda: load_templates(Path(sop.templates_dir), sop),
         tz=ZoneInfo(sop.timezone),
         link_base=settings.web.base_url(),
+        journeys=journeys_loader(settings),
     )

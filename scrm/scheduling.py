@@ -44,6 +44,7 @@ def sop_fire_job(settings: Settings, enqueue_sop: Callable[[list[int]], None]) -
     from pathlib import Path
     from zoneinfo import ZoneInfo
 
+    from scrm.journeys.jobs import journeys_loader
     from scrm.sop.jobs import fire, load_templates
     from scrm.sop.reminders import send_reminders
     from workers.actors import get_processor
@@ -52,11 +53,13 @@ def sop_fire_job(settings: Settings, enqueue_sop: Callable[[list[int]], None]) -
     client = get_processor().client  # the process's one WeCom client (shared token, pooled connections)
     toolbar = f"{settings.web.base_url()}/toolbar"
     tz = ZoneInfo(settings.sop.timezone)
+    journeys = journeys_loader(settings)
     fire(engine, enqueue_sop,
          remind=lambda now: send_reminders(engine, client, toolbar_url=toolbar, tz=tz, now=now,
                                            agent_id=settings.wecom.agent_id,
                                            templates=lambda: load_templates(Path(settings.sop.templates_dir),
-                                                                            settings.sop)))
+                                                                            settings.sop),
+                                           journeys=journeys))
 
 
 def sop_poll_job(settings: Settings) -> None:

@@ -25,7 +25,7 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, cast
+from typing import Any
 
 from sqlalchemy import Row, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -51,9 +51,9 @@ from scrm.wecom.errors import RateLimited, SystemBusy, TransportError, WeComAPIE
 from scrm.wecom.messages import (
     MAX_CHATS_PER_TEMPLATE,
     Attachment,
-    GroupMsgTemplate,
     MessageLimitError,
     PostContent,
+    SingleMsgTemplate,
     group_msg_template,
     post_content,
     robot_messages,
@@ -65,7 +65,7 @@ MAX_CUSTOMERS_PER_CALL = 10_000  # add_msg_template chat_type single: external_u
 RETRY_AFTER = dt.timedelta(minutes=2)
 
 
-def single_msg_template(sender: str, external_userids: list[str], content: PostContent) -> dict[str, Any]:
+def single_msg_template(sender: str, external_userids: list[str], content: PostContent) -> SingleMsgTemplate:
     """The 1:1 mass-send task (add_msg_template chat_type single, reference 3.7) for up to 10,000
     customers of one ``sender`` (their owner), who confirms it in the client."""
     if not sender:
@@ -74,8 +74,8 @@ def single_msg_template(sender: str, external_userids: list[str], content: PostC
         raise MessageLimitError(f"external_userid holds {len(external_userids)} customers; WeCom takes 1 to "
                                 f"{MAX_CUSTOMERS_PER_CALL}")
     checked = post_content(content["text"]["content"] if "text" in content else None, content["attachments"])
-    body: dict[str, Any] = {"chat_type": "single", "sender": sender, "external_userid": list(external_userids),
-                            "attachments": checked["attachments"]}
+    body: SingleMsgTemplate = {"chat_type": "single", "sender": sender, "external_userid": list(external_userids),
+                               "attachments": checked["attachments"]}
     if "text" in checked:
         body["text"] = checked["text"]
     return body
@@ -287,7 +287,7 @@ class SopSender:
             if msgid is not None:
                 return self._record(sender, payload, batch, {"msgid": msgid, "fail_list": []})
         try:
-            result = self.client.add_msg_template(cast(GroupMsgTemplate, body))
+            result = self.client.add_msg_template(body)
         except TransportError:
             msgid = self._find_created(sender, payload, started, single=single)
             if msgid is None:

@@ -321,6 +321,7 @@ def toolbar_from_settings(settings, redis):
     from zoneinfo import ZoneInfo
 
     from scrm.db import get_engine
+    from scrm.journeys.jobs import journeys_loader
     from scrm.sop.jobs import TemplatesRefused, load_templates
     from scrm.web.toolbar import ToolbarConfig, session_secret, toolbar_router
     from scrm.wecom.client import WeComClient
@@ -345,4 +346,5 @@ def toolbar_from_settings(settings, redis):
         tz=ZoneInfo(sop.timezone),
         templates=templates,
         sandbox=settings.wecom.is_sandbox,  # simulated sends: the sandbox corp only
+        journeys=journeys_loader(settings),  # 1:1 journey messages, in a customer's chat
     ))

@@ -11,13 +11,13 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
-from scrm.wecom.messages import AppMessage, Attachment, GroupMsgTemplate, RobotMessage
+from scrm.wecom.messages import AppMessage, Attachment, GroupMsgTemplate, RobotMessage, SingleMsgTemplate
 
 
 class MassSendAPI(Protocol):
     """Mass sends to customer groups and their delivery results (reference §3.7)."""
 
-    def add_msg_template(self, payload: GroupMsgTemplate) -> dict[str, Any]: ...
+    def add_msg_template(self, payload: GroupMsgTemplate | SingleMsgTemplate) -> dict[str, Any]: ...
 
     def get_groupmsg_list_v2(self, **payload: Any) -> dict[str, Any]: ...
 

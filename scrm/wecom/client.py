@@ -34,7 +34,14 @@ from scrm.wecom.errors import (
     WeComAPIError,
     error_for,
 )
-from scrm.wecom.messages import AppMessage, Attachment, GroupMsgTemplate, RobotMessage, welcome_message
+from scrm.wecom.messages import (
+    AppMessage,
+    Attachment,
+    GroupMsgTemplate,
+    RobotMessage,
+    SingleMsgTemplate,
+    welcome_message,
+)
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -421,7 +428,7 @@ class WeComClient:
         self._post("externalcontact/groupchat/del_join_way", {"config_id": config_id})
 
     # -- mass messaging ------------------------------------------------------------------------
-    def add_msg_template(self, payload: GroupMsgTemplate) -> dict[str, Any]:
+    def add_msg_template(self, payload: GroupMsgTemplate | SingleMsgTemplate) -> dict[str, Any]:
         """Create a mass-send task (build ``payload`` with ``messages.group_msg_template``)."""
         data = self._post("externalcontact/add_msg_template", payload)
         return {"msgid": data.get("msgid"), "fail_list": list(data.get("fail_list") or [])}

@@ -116,6 +116,17 @@ class GroupMsgTemplate(TypedDict):
     attachments: list[Attachment]
 
 
+class SingleMsgTemplate(TypedDict):
+    """``POST externalcontact/add_msg_template`` for customers one by one (chat_type single): the
+    owner confirms it in the client; WeCom delivers one such message a customer a day."""
+
+    chat_type: Literal["single"]
+    sender: str
+    external_userid: list[str]
+    text: NotRequired[TextContent]
+    attachments: list[Attachment]
+
+
 class WelcomeMessage(TypedDict):
     """``POST externalcontact/send_welcome_msg`` (reference §3.8)."""
 
