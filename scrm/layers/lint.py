@@ -58,6 +58,7 @@ TOP_KEYS = ("layers", "default_layer", "rules", "tags")
 # Without a database, store and city tag names are checked with these (long, real-world) values.
 SAMPLE_STORE_NAMES = ("瑞幸咖啡(南京西路恒隆广场店)", "瑞幸咖啡(北京首都国际机场T3航站楼国际出发店)")
 SAMPLE_CITIES = ("上海", "西双版纳傣族自治州")
+SAMPLE_STORE_CODE = "SH0231"
 
 
 @dataclass(frozen=True)
@@ -468,7 +469,7 @@ def _tag_problems(folder: _Folder, parts: _Parts, stores: Sequence[StoreRef] | N
 
     if tags.layer_tag is not None:
         for i, layer in parts.layers:
-            name = tags.fill("layer_tag", layer.name) or ""
+            name = tags.fill("layer_tag", name=layer.name) or ""
             loc = loc_of("layer_tag") or ("layers", i, "name")
             if too_long(name):
                 out.append(folder.at(loc, f"{format_loc(loc)}: layer {layer.id!r} gets the tag {name!r} "
@@ -478,26 +479,28 @@ def _tag_problems(folder: _Folder, parts: _Parts, stores: Sequence[StoreRef] | N
     for i, rule in parts.tag_rules:
         claim(rule.name, f"tag rule {rule.id!r}", ("tags", "rules", i, "name"))
     count = len(names)
+    store_values = None if stores is None else [
+        (s.code, {"name": s.name or s.code, "code": s.code}) for s in sorted(stores, key=lambda s: s.code)]
+    city_values = None if stores is None else [(c, {"city": c}) for c in sorted({s.city for s in stores if s.city})]
     for key, what, real, samples in (
-        ("store_tag", "store name", sorted({s.name for s in stores}) if stores is not None else None,
-         SAMPLE_STORE_NAMES),
-        ("city_tag", "city", sorted({s.city for s in stores if s.city}) if stores is not None else None,
-         SAMPLE_CITIES),
+        ("store_tag", "store name", store_values,
+         [(n, {"name": n, "code": SAMPLE_STORE_CODE}) for n in SAMPLE_STORE_NAMES]),
+        ("city_tag", "city", city_values, [(c, {"city": c}) for c in SAMPLE_CITIES]),
     ):
         if getattr(tags, key) is None:
             continue
         loc = ("tags", key) if key in (raw_tags or {}) else ("tags",) if raw_tags else ()
         label = format_loc(("tags", key))
         if real is None:
-            longest = max(samples, key=len)
-            name = tags.fill(key, longest) or ""
+            longest, values = max(samples, key=lambda item: len(tags.fill(key, **item[1]) or ""))
+            name = tags.fill(key, **values) or ""
             if too_long(name):
                 out.append(folder.at(loc, f"{label}: with a {what} as long as {longest!r} the tag is {name!r} "
                                           f"({len(name)} characters; WeCom allows {WECOM_TAG_NAME_MAX}); "
                                           "check the real names with `scrm layers lint --stores`", WARNING))
             continue
-        long_ones = [(v, tags.fill(key, v) or "") for v in real]
-        long_ones = [(v, n) for v, n in long_ones if too_long(n)]
+        filled = [(v, tags.fill(key, **values) or "") for v, values in real]
+        long_ones = [(v, n) for v, n in filled if too_long(n)]
         if long_ones:
             shown = ", ".join(f"{n!r} ({len(n)})" for _, n in long_ones[:3])
             more = f" and {len(long_ones) - 3} more" if len(long_ones) > 3 else ""
@@ -505,9 +508,9 @@ def _tag_problems(folder: _Folder, parts: _Parts, stores: Sequence[StoreRef] | N
             out.append(folder.at(loc, f"{label}: {len(long_ones)} {makes} tag "
                                       f"names over WeCom's {WECOM_TAG_NAME_MAX} characters: {shown}{more}; shorten "
                                       f"tags.{key} or those names"))
-        for v in real:
-            claim(tags.fill(key, v) or "", f"{key.removesuffix('_tag')} {v!r}", loc)
-        count += len(real)
+        for v, n in filled:
+            claim(n, f"{key.removesuffix('_tag')} {v!r}", loc)
+        count += len(filled)
     if count > WECOM_CORP_TAGS_MAX:
         unknown = "" if stores is not None else " before the per-store and per-city tags"
         out.append(folder.at(("tags",), f"tags: {count} tags{unknown}; WeCom holds at most {WECOM_CORP_TAGS_MAX} "

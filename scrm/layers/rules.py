@@ -121,8 +121,10 @@ class TagRule(_Strict):
         return v
 
 
-# The one placeholder each per-layer / per-store / per-city tag name is filled in with.
-TAG_PLACEHOLDERS = {"layer_tag": "name", "store_tag": "name", "city_tag": "city"}
+# The placeholders each per-layer / per-store / per-city tag name pattern may use (at least one,
+# each at most once): the layer's name; the store's name and/or code; the city.
+TAG_PLACEHOLDERS: dict[str, tuple[str, ...]] = {"layer_tag": ("name",), "store_tag": ("name", "code"),
+                                                "city_tag": ("city",)}
 
 
 def placeholders(pattern: str) -> list[str]:
@@ -134,35 +136,44 @@ def placeholders(pattern: str) -> list[str]:
 class TagSettings(_Strict):
     """Which rule tags exist. Names with ``{name}`` / ``{city}`` make one tag per store / city."""
 
-    layer_tag: str | None = Field(default="分层·{name}", description="One tag per layer; null: none")
-    store_tag: str | None = Field(default="门店·{name}", description="The home store, for sales; null: none")
-    city_tag: str | None = Field(default="区域·{city}", description="The home store's city, for operators")
+    layer_tag: str | None = Field(default="分层·{name}", description="One tag per layer ({name}: the layer's "
+                                  "name); null: none")
+    store_tag: str | None = Field(default="门店·{name}", description="The home store, for sales ({name} and/or "
+                                  "{code}: the store's); null: none")
+    city_tag: str | None = Field(default="区域·{city}", description="The home store's city ({city}), for "
+                                 "operators; null: none")
     rules: list[TagRule] = Field(default_factory=list)
 
     @field_validator("layer_tag", "store_tag", "city_tag")
     @classmethod
-    def _one_placeholder(cls, v: str | None, info: Any) -> str | None:
-        """Each pattern names its one placeholder exactly once: without it every layer / store /
-        city would get the same tag, and an unknown one could not be filled in."""
+    def _placeholders(cls, v: str | None, info: Any) -> str | None:
+        """A pattern names what tells its tags apart (without it every layer / store / city would
+        get the same tag), each once, and nothing that cannot be filled in."""
         if v is None:
             return v
-        want = TAG_PLACEHOLDERS[info.field_name]
+        allowed = TAG_PLACEHOLDERS[info.field_name]
+        shown = " and/or ".join("{" + a + "}" for a in allowed)
         try:
             found = placeholders(v)
         except ValueError as exc:
-            raise ValueError(f"{v!r} is not a tag name pattern ({exc}); write {{{want}}} where the "
-                             f"{want} goes, and no other braces") from None
-        if found != [want]:
-            others = [f for f in found if f != want]
-            extra = f"; {{{others[0]}}} is not filled in" if others else ""
-            raise ValueError(f"{v!r} must contain {{{want}}} exactly once{extra}")
+            raise ValueError(f"{v!r} is not a tag name pattern ({exc}); write {shown} where it goes, and no "
+                             "other braces") from None
+        unknown = [f for f in found if f not in allowed]
+        if unknown:
+            raise ValueError(f"{v!r}: {{{unknown[0]}}} is not filled in; {info.field_name} may use {shown}")
+        if not found or len(found) != len(set(found)):
+            raise ValueError(f"{v!r} must contain {shown} once")
         return v
 
-    def fill(self, key: str, value: str) -> str | None:
-        """The tag name ``key`` (layer_tag, store_tag, city_tag) makes for one layer name / store
-        name / city, or None when that kind of tag is switched off."""
+    def fill(self, key: str, **values: str) -> str | None:
+        """The tag name ``key`` (layer_tag, store_tag, city_tag) makes for one layer / store /
+        city (``name=``, ``code=``, ``city=``), or None when that kind of tag is switched off."""
         pattern = getattr(self, key)
-        return None if pattern is None else pattern.replace("{" + TAG_PLACEHOLDERS[key] + "}", value)
+        if pattern is None:
+            return None
+        for field, value in values.items():
+            pattern = pattern.replace("{" + field + "}", value)
+        return pattern
 
 
 class RuleSet(_Strict):

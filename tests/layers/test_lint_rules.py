@@ -378,10 +378,30 @@ def test_tag_names_made_twice_and_more_tags_than_wecom_holds_are_errors(tmp_path
     assert any(f"WeCom holds at most {WECOM_CORP_TAGS_MAX} corp tags" in m for m in messages), messages
 
 
+def test_two_stores_with_one_name_make_one_tag_name_twice_unless_the_pattern_uses_the_code(tmp_path):
+    """Mutation tried: labelling store claims by store name instead of code: the clash between
+    two stores called 静安寺店 goes unseen."""
+    folder, _ = rules_folder(tmp_path, """
+        rules:
+          - id: bought
+            layer: buyer
+            when: { orders: { min: 1 } }
+          - id: quiet
+            layer: dormant
+            when: { days_since_last_order: { min: 60 } }
+        """, tags="tags:\n  city_tag: null\n")
+    twins = [StoreRef("SH01", "静安寺店", "上海"), StoreRef("SH02", "静安寺店", "上海")]
+    problem = only(lint_rules(folder, stores=twins))
+    assert "'门店·静安寺店' is made twice (store 'SH01' and store 'SH02')" in problem.message
+    (tmp_path / "tags.yaml").write_text("tags:\n  city_tag: null\n  store_tag: 门店·{name}({code})\n",
+                                        encoding="utf-8")
+    assert lint_rules(folder, stores=twins) == []
+
+
 def test_a_tag_pattern_without_its_placeholder_is_an_error(tmp_path):
     tags = """
         tags:
-          store_tag: 门店·{code}
+          store_tag: 门店·{city}
         """
     folder, _ = rules_folder(tmp_path, """
         rules:
@@ -393,4 +413,6 @@ def test_a_tag_pattern_without_its_placeholder_is_an_error(tmp_path):
             when: { days_since_last_order: { min: 60 } }
         """, tags=tags)
     problem = only(lint_rules(folder))
-    assert problem.line == 2 and "must contain {name} exactly once; {code} is not filled in" in problem.message
+    assert problem.line == 2 and "{city} is not filled in; store_tag may use {name} and/or {code}" in problem.message
+    (tmp_path / "tags.yaml").write_text("tags:\n  layer_tag: 分层\n", encoding="utf-8")
+    assert "'分层' must contain {name} once" in only(lint_rules(folder)).message
