@@ -113,15 +113,22 @@ def tag_sync_job(settings: Settings) -> None:
     """Apply the rule tags of customers whose layer, store or condition tags changed, within the
     mark_tag limit shared through Redis."""
     from scrm.db import utcnow
-    from scrm.layers.lint import load_ruleset
-    from scrm.layers.tagsync import mark_tag_limiter, sync_dirty_tags
+    from scrm.layers.lint import RulesError, load_ruleset
+    from scrm.layers.tagsync import TagSyncError, mark_tag_limiter, sync_dirty_tags
     from scrm.redisserver import get_redis, redis_url
+    from scrm.wecom.errors import WeComAPIError
     from workers.actors import get_processor
 
+    layers = settings.layers
     limiter = mark_tag_limiter(settings, get_redis(redis_url(settings)))
-    sync_dirty_tags(get_engine(settings.database_url()), get_processor().client,
-                    load_ruleset(settings.layers.rules_dir), now=utcnow(), limit=settings.layers.relayer_batch,
-                    rate=limiter, group_name=settings.layers.tag_group_name)
+    # One run takes about what the limit lets through in one interval (the rest waits for the next).
+    limit = max(1, int(layers.mark_tag_per_minute * layers.tag_sync_interval_seconds / 60))
+    try:
+        sync_dirty_tags(get_engine(settings.database_url()), get_processor().client,
+                        load_ruleset(layers.rules_dir), now=utcnow(), limit=limit, rate=limiter,
+                        group_name=layers.tag_group_name)
+    except (TagSyncError, WeComAPIError, RulesError) as exc:  # the next run tries again
+        log.warning("tag_sync_failed", error=str(exc)[:300])
 
 
 def journey_plan_job(settings: Settings) -> None:
