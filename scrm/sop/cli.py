@@ -49,7 +49,11 @@ def lint_command(
     target = path or get_settings().sop.templates_dir
     if not target.exists():
         _fail(console, f"{target} does not exist")
-    _, problems = lint(target, quiet_hours=_quiet_hours())
+    from scrm.layers.lint import defined_layer_ids
+
+    # Layer ids the layer rules define: a template targeting another one is warned about (None: rules unreadable).
+    _, problems = lint(target, quiet_hours=_quiet_hours(),
+                       layer_ids=defined_layer_ids(get_settings().layers.rules_dir))
     for problem in problems:
         console.print(str(problem), markup=False)
     errors = len(errors_in(problems))

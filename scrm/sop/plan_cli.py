@@ -79,7 +79,8 @@ def plan_command(
     limits = Limits.from_settings(s.sop)
     now = utcnow()
     with engine.connect() as conn:
-        groups = load_groups(conn)
+        # Members' layer shares cost a grouped query over every membership: only when a template targets them.
+        groups = load_groups(conn, member_layers=any(t.targets.member_layers for t in templates))
         g = CustomerGroup.__table__.c
         names: dict[str, str] = {r.chat_id: r.name for r in conn.execute(select(g.chat_id, g.name))}
         if not groups:

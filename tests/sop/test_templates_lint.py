@@ -640,3 +640,30 @@ def test_cli_preview_refuses_templates_with_problems(store_group, tmp_path):
     assert result.exit_code == 2
     assert "bad.yaml:4: steps[0].text: unknown variable 'stroe'" in result.output
     assert "fix them first" in result.output
+
+
+def test_cli_lint_warns_when_a_template_targets_a_layer_the_layer_rules_do_not_define(tmp_path, monkeypatch):
+    """`scrm sop lint` reads the layer rules (layers.rules_dir) and warns at the line of a layer id
+    they do not define. Mutation tried: the command not passing the rules' layer ids to lint (the
+    warning disappeared and the test failed)."""
+    from scrm.config import reset_settings_cache
+
+    monkeypatch.setenv("SCRM_LAYERS__RULES_DIR", str(Path(__file__).resolve().parents[2] / "layers"))
+    reset_settings_cache()
+    try:
+        path, text = write(tmp_path, "winback.yaml", """
+            id: winback
+            name: 唤醒
+            targets:
+              member_layers: [{layer: dormant, at_least: 30%}]
+              layers: [sleepy]
+            steps:
+              - {at: "10:00", text: 好久不见}
+            """)
+        result = runner.invoke(sop_app, ["lint", str(tmp_path)])
+    finally:
+        reset_settings_cache()
+    assert result.exit_code == 0, result.output  # a warning, not an error
+    warnings = [out for out in result.output.splitlines() if ": warning:" in out]
+    assert len(warnings) == 1 and warnings[0].startswith(f"{path}:{line(text, 'sleepy')}: warning:"), result.output
+    assert "'sleepy' is not a layer" in warnings[0]  # member_layers' dormant is one: no warning for it
