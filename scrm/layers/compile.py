@@ -117,6 +117,19 @@ def _state_match(state: Any, patterns: Sequence[str]) -> ColumnElement[bool]:
     return sa.or_(*terms) if terms else sa.false()
 
 
+def _first_per_customer(dialect: str, ext: Any, code: Any, order: tuple[Any, ...], from_: Any,
+                        where: list[Any], name: str) -> Any:
+    """(ext, code) of each customer's first row in ``order``: ``DISTINCT ON`` on PostgreSQL (one
+    sort, no window over every row), ``row_number()`` elsewhere."""
+    if dialect == "postgresql":
+        return (sa.select(ext.label("ext"), code.label("code")).select_from(from_).where(*where)
+                .ext(postgresql.distinct_on(ext)).order_by(ext, *order).subquery(name))
+    ranked = (sa.select(ext.label("ext"), code.label("code"),
+                        sa.func.row_number().over(partition_by=ext, order_by=order).label("rn"))
+              .select_from(from_).where(*where).subquery(f"{name}r"))
+    return sa.select(ranked.c.ext, ranked.c.code).where(ranked.c.rn == 1).subquery(name)
+
+
 class _Facts:
     """The per-customer fact columns of the compiled query."""
 
@@ -182,18 +195,14 @@ class _Facts:
         code = store_of_state(dialect, fr.state)
         where = [fr.state.is_not(None)]
         self._restrict(where, fr.external_userid, only, dialect)
-        qr_ranked = (sa.select(fr.external_userid.label("ext"), st.code.label("code"), sa.func.row_number().over(
-            partition_by=fr.external_userid, order_by=(fr.added_at.asc().nulls_last(), fr.id)).label("rn"))
-            .select_from(FollowRelation.__table__.join(Store.__table__, st.code == code)).where(*where)
-            .subquery("lqr"))
-        self.qr = sa.select(qr_ranked.c.ext, qr_ranked.c.code).where(qr_ranked.c.rn == 1).subquery("lq")
+        self.qr = _first_per_customer(
+            dialect, fr.external_userid, st.code, (fr.added_at.asc().nulls_last(), fr.id),
+            FollowRelation.__table__.join(Store.__table__, st.code == code), where, "lq")
         where = [gm.state == MemberState.member.value, g.store_code.is_not(None)]
         self._restrict(where, gm.member_id, only, dialect)
-        grp_ranked = (sa.select(gm.member_id.label("ext"), g.store_code.label("code"), sa.func.row_number().over(
-            partition_by=gm.member_id, order_by=(gm.joined_at.asc().nulls_last(), gm.id)).label("rn"))
-            .select_from(GroupMember.__table__.join(CustomerGroup.__table__, g.chat_id == gm.chat_id))
-            .where(*where).subquery("lgr"))
-        self.grp = sa.select(grp_ranked.c.ext, grp_ranked.c.code).where(grp_ranked.c.rn == 1).subquery("lgs")
+        self.grp = _first_per_customer(
+            dialect, gm.member_id, g.store_code, (gm.joined_at.asc().nulls_last(), gm.id),
+            GroupMember.__table__.join(CustomerGroup.__table__, g.chat_id == gm.chat_id), where, "lgs")
         base = base.outerjoin(self.qr, self.qr.c.ext == c.external_userid)
         base = base.outerjoin(self.grp, self.grp.c.ext == c.external_userid)
         self.home = sa.func.coalesce(self.qr.c.code, self.grp.c.code)

@@ -19,7 +19,7 @@ class CustomerLayer(SQLModel, table=True):
     __table_args__ = (Index("ix_customer_layers_home_store_layer", "home_store", "layer"),)
 
     external_userid: str = Field(primary_key=True, max_length=64)
-    layer: str = Field(max_length=32, index=True)
+    layer: str = Field(max_length=32)  # counted per store through (home_store, layer)
     rule_id: str | None = Field(default=None, max_length=32)  # None: no rule matched, the default layer
     home_store: str | None = Field(default=None, max_length=32)
     # Condition tags that hold: bit i is the ruleset's tags.rules[i] (RuleSet.tag_bit).
@@ -40,7 +40,7 @@ class LayerChange(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     external_userid: str = Field(max_length=64, index=True)
     from_layer: str | None = Field(default=None, max_length=32)
-    to_layer: str = Field(max_length=32, index=True)
+    to_layer: str = Field(max_length=32)  # read with changed_at >= since: that index serves
     rule_id: str | None = Field(default=None, max_length=32)
     home_store: str | None = Field(default=None, max_length=32)
     changed_at: datetime = Field(default_factory=utcnow, index=True)

@@ -32,7 +32,6 @@ def upgrade() -> None:
     sa.Column('tags_dirty', sa.Boolean(), nullable=False),
     sa.PrimaryKeyConstraint('external_userid'),
     )
-    op.create_index('ix_customer_layers_layer', 'customer_layers', ['layer'])
     op.create_index('ix_customer_layers_tags_dirty', 'customer_layers', ['tags_dirty'])
     op.create_index('ix_customer_layers_home_store_layer', 'customer_layers', ['home_store', 'layer'])
     op.create_table('layer_changes',
@@ -46,7 +45,6 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id'),
     )
     op.create_index('ix_layer_changes_external_userid', 'layer_changes', ['external_userid'])
-    op.create_index('ix_layer_changes_to_layer', 'layer_changes', ['to_layer'])
     op.create_index('ix_layer_changes_changed_at', 'layer_changes', ['changed_at'])
     op.create_index('ix_layer_changes_store_changed_at', 'layer_changes', ['home_store', 'changed_at'])
     with op.batch_alter_table('sop_posts') as batch:
