@@ -73,7 +73,8 @@ class _Needs:
     """What the conditions refer to, so only those facts are aggregated."""
 
     orders: bool = False
-    order_windows: set[int] = field(default_factory=set)
+    order_windows: set[int] = field(default_factory=set)  # counted orders within N days
+    gmv_windows: set[int] = field(default_factory=set)  # net GMV within N days
     clicks: bool = False
     click_windows: set[int] = field(default_factory=set)
     follows: bool = False
@@ -83,9 +84,10 @@ class _Needs:
     def walk(self, c: Condition) -> None:
         if c.orders is not None or c.gmv is not None or c.days_since_last_order is not None:
             self.orders = True
-        for w in (c.orders, c.gmv):
-            if w is not None and w.within_days is not None:
-                self.order_windows.add(w.within_days)
+        if c.orders is not None and c.orders.within_days is not None:
+            self.order_windows.add(c.orders.within_days)
+        if c.gmv is not None and c.gmv.within_days is not None:
+            self.gmv_windows.add(c.gmv.within_days)
         if c.unique_clicks is not None:
             self.clicks = True
             if c.unique_clicks.within_days is not None:
@@ -151,9 +153,10 @@ class _Facts:
                                sa.func.sum(o.amount_fen - o.refunded_fen).label("fen"),
                                sa.func.max(o.paid_at).label("last")]
             for d in sorted(needs.order_windows):
-                inside = window(o.paid_at, d)
-                cols.append(sa.func.sum(sa.case((inside, 1), else_=0)).label(f"n{d}"))
-                cols.append(sa.func.sum(sa.case((inside, o.amount_fen - o.refunded_fen), else_=0)).label(f"fen{d}"))
+                cols.append(sa.func.sum(sa.case((window(o.paid_at, d), 1), else_=0)).label(f"n{d}"))
+            for d in sorted(needs.gmv_windows):
+                cols.append(sa.func.sum(sa.case((window(o.paid_at, d), o.amount_fen - o.refunded_fen), else_=0))
+                            .label(f"fen{d}"))
             where = [o.external_userid.is_not(None), o.refunded_fen < o.amount_fen]
             self._restrict(where, o.external_userid, only, dialect)
             self.orders = sa.select(*cols).where(*where).group_by(o.external_userid).subquery("lo")
