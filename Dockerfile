@@ -4,6 +4,8 @@ COPY pyproject.toml README.md ./
 COPY scrm ./scrm
 COPY workers ./workers
 COPY sop_templates ./sop_templates
+COPY layers ./layers
+COPY journeys ./journeys
 COPY config.yaml ./
 RUN pip install --no-cache-dir .
 ENV SCRM_DATA_DIR=/var/lib/scrm

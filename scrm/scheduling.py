@@ -105,8 +105,12 @@ def funnel_rollup_job(settings: Settings) -> None:
 def layers_nightly_job(settings: Settings) -> None:
     """Every customer re-layered (time alone moves people: 60 silent days make a dormant one)."""
     from scrm.layers.jobs import run_full_pass
+    from scrm.layers.lint import RulesError
 
-    run_full_pass(get_engine(settings.database_url()), settings)
+    try:
+        run_full_pass(get_engine(settings.database_url()), settings)
+    except RulesError as exc:  # say what to fix, once per run; no traceback (nothing to debug)
+        log.warning("layers_rules_refused", problems=str(exc)[:1000], hint="scrm layers lint")
 
 
 def tag_sync_job(settings: Settings) -> None:

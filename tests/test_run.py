@@ -32,7 +32,8 @@ def fresh_env(**extra: str) -> dict[str, str]:
 
 @pytest.fixture
 def folder(tmp_path):
-    shutil.copytree(ROOT / "sop_templates", tmp_path / "sop_templates")
+    for operators_folder in ("sop_templates", "layers", "journeys"):  # what operators edit, beside config
+        shutil.copytree(ROOT / operators_folder, tmp_path / operators_folder)
     return tmp_path
 
 

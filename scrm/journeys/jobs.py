@@ -58,7 +58,7 @@ def run_journey_plan(engine: Engine, settings, *, now: dt.datetime | None = None
     if journeys is None:
         path = Path(settings.journeys.templates_dir)
         if not path.exists():
-            log.warning("journeys_missing", path=str(path))
+            log.info("journeys_missing", path=str(path))  # journeys are optional: none configured
             return None
         try:
             journeys = load_journeys(path, settings.sop, Path(settings.layers.rules_dir))
