@@ -266,3 +266,26 @@ def test_wipe_leaves_no_rows(engine):
     full_pass(engine, ruleset(STANDARD), now=NOW)
     wipe(engine)
     assert stored(engine) == {} and rows(engine, LayerChange) == []
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_a_first_placement_keeps_every_index_of_the_layer_tables(engine):
+    """A first placement rebuilds the layer tables' non-unique indexes after its insert (one
+    sorted build instead of a million index inserts): afterwards every index is there again,
+    defined as before, and the second pass (fewer new rows than stored) leaves them alone.
+
+    Mutation tried: ``_bulk_end`` doing nothing: failed, the indexes were gone after the pass."""
+    def indexes() -> dict[str, str]:
+        with engine.connect() as conn:
+            return dict(conn.execute(sa.text(
+                "SELECT indexname, indexdef FROM pg_indexes WHERE tablename IN ('customer_layers', 'layer_changes')"
+            )).all())
+
+    before = indexes()
+    assert {"ix_customer_layers_home_store_layer", "ix_layer_changes_external_userid"} <= set(before)
+    load(engine, small_world())
+    rules = ruleset(STANDARD)
+    assert full_pass(engine, rules, now=NOW).moved == 6
+    assert indexes() == before
+    assert full_pass(engine, rules, now=NOW + 90 * DAY).moved > 0
+    assert indexes() == before
