@@ -17,6 +17,11 @@ Prints each figure against its goal; asserts nothing about speed. Steps:
    customers/s against 1,000/s per worker;
 5. a summary table.
 
+Each pass over more than 1,000 customers also logs ``layers_pass_steps``: seconds per step
+(evaluate = the compiled SELECT into the temp table, diff, count, write, groups, commit). The
+customers are loaded in external_userid order; real ids arrive in no order, which the pass'
+keyless temporary tables and key-ordered writes are meant to make irrelevant.
+
 ``--reuse`` keeps the data of an earlier run with the same ``--customers``/``--seed`` (the layer
 tables are emptied so the first pass is a first pass again).
 """
