@@ -48,3 +48,21 @@ def database(console: Console) -> Iterator[Engine]:
         missing = "no such table" in detail or "does not exist" in detail
         hint = " (run `scrm init` to create the schema?)" if missing else ""
         fail(console, f"database error: {detail}{hint}")
+
+
+def report_lint(console: Console, problems: list, *, files: int, noun: str, strict: bool) -> NoReturn:
+    """Print lint problems one per line (``file:line: message``), then the coloured summary, and
+    exit: 1 on any error (or any warning with ``strict``). Shared by `scrm sop lint` and `scrm layers lint`."""
+    from scrm.sop.lint import errors_in
+
+    for problem in problems:
+        console.print(str(problem), markup=False)
+    errors = len(errors_in(problems))
+    warnings = len(problems) - errors
+    failed = errors or (strict and warnings)
+    colour = "red" if failed else ("yellow" if warnings else "green")
+    summary = f"{plural(files, noun)}, {plural(errors, 'problem')}"
+    if warnings:
+        summary += f", {plural(warnings, 'warning')}"
+    console.print(f"[{colour}]{summary}[/{colour}]")
+    raise typer.Exit(1 if failed else 0)

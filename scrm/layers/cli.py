@@ -18,7 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from scrm.cli_common import console as _console
-from scrm.cli_common import database, fail
+from scrm.cli_common import database, fail, report_lint
 from scrm.cli_common import plural as _plural
 from scrm.config import get_settings
 
@@ -128,7 +128,7 @@ def lint_command(
 ) -> None:
     """Check the layer and tag rules: YAML, keys, layer ids, precedence, WeCom tag names. Every
     problem is listed in one run. Exit 1 on any error; warnings pass (unless --strict)."""
-    from scrm.layers.lint import errors_in, lint_rules, stores_for_lint
+    from scrm.layers.lint import lint_rules, stores_for_lint
     from scrm.sop.lint import template_files
 
     console = _console()
@@ -140,17 +140,7 @@ def lint_command(
         with database(console) as engine:
             known = stores_for_lint(engine)
     problems = lint_rules(target, stores=known)
-    for problem in problems:
-        console.print(str(problem), markup=False)
-    errors = len(errors_in(problems))
-    warnings = len(problems) - errors
-    failed = errors or (strict and warnings)
-    colour = "red" if failed else ("yellow" if warnings else "green")
-    summary = f"{_plural(len(template_files(target)), 'file')}, {_plural(errors, 'problem')}"
-    if warnings:
-        summary += f", {_plural(warnings, 'warning')}"
-    console.print(f"[{colour}]{summary}[/{colour}]")
-    raise typer.Exit(1 if failed else 0)
+    report_lint(console, problems, files=len(template_files(target)), noun="file", strict=strict)
 
 
 @layers_app.command("preview")

@@ -19,7 +19,7 @@ from rich.markup import escape
 
 from scrm.cli_common import console as _console
 from scrm.cli_common import fail as _fail
-from scrm.cli_common import plural as _plural
+from scrm.cli_common import report_lint
 from scrm.config import get_settings
 
 sop_app = typer.Typer(
@@ -43,7 +43,7 @@ def lint_command(
 ) -> None:
     """Check templates: YAML, keys, times, variables, WeCom limits. Every problem is listed in one
     run. Exit 1 on any problem; warnings are listed but pass (unless --strict)."""
-    from scrm.sop.lint import errors_in, lint, template_files
+    from scrm.sop.lint import lint, template_files
 
     console = _console()
     target = path or get_settings().sop.templates_dir
@@ -54,17 +54,7 @@ def lint_command(
     # Layer ids the layer rules define: a template targeting another one is warned about (None: rules unreadable).
     _, problems = lint(target, quiet_hours=_quiet_hours(),
                        layer_ids=defined_layer_ids(get_settings().layers.rules_dir))
-    for problem in problems:
-        console.print(str(problem), markup=False)
-    errors = len(errors_in(problems))
-    warnings = len(problems) - errors
-    failed = errors or (strict and warnings)
-    colour = "red" if failed else ("yellow" if warnings else "green")
-    summary = f"{_plural(len(template_files(target)), 'template')}, {_plural(errors, 'problem')}"
-    if warnings:
-        summary += f", {_plural(warnings, 'warning')}"
-    console.print(f"[{colour}]{summary}[/{colour}]")
-    raise typer.Exit(1 if failed else 0)
+    report_lint(console, problems, files=len(template_files(target)), noun="template", strict=strict)
 
 
 @sop_app.command("preview")
