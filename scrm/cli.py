@@ -63,6 +63,10 @@ from scrm.journeys.cli import journeys_app  # noqa: E402
 
 app.add_typer(journeys_app, name="journeys")
 
+from scrm.crm.cli import crm_app  # noqa: E402
+
+app.add_typer(crm_app, name="crm")
+
 
 def _setup_logging() -> None:
     from scrm.logs import configure_logging

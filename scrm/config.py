@@ -247,6 +247,27 @@ class JourneySettings(BaseModel):
     plan_interval_seconds: float = Field(default=600.0, gt=0)
 
 
+class CrmSettings(BaseModel):
+    """CRM follow-up records built from chats, calls and SMS (issue 14)."""
+
+    # Fact, question, next-step and risky-phrase rules (YAML, every *.yaml in the folder; crm/README.md).
+    rules_dir: Path = Path("crm")
+    # Messages of one customer further apart than this start a new follow-up record.
+    session_gap_hours: float = Field(default=8.0, gt=0, le=24 * 30)
+    # POST /api/crm/records is HMAC-signed like the order API, with this secret. Only from the
+    # environment / secrets file (SCRM_CRM__SECRET). Empty: the API answers 503.
+    secret: SecretStr = SecretStr("")
+    timestamp_tolerance_seconds: int = Field(default=300, ge=30, le=3600)
+    # Business hours (local time, sop.timezone) and ISO weekdays (1 = Monday) that waiting time counts in.
+    business_hours: str = Field(default="09:00-21:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-4]):[0-5]\d$")
+    business_days: list[int] = Field(default_factory=lambda: [1, 2, 3, 4, 5, 6, 7])
+    # A customer message not answered within this much business time counts as left unanswered.
+    unanswered_after_minutes: int = Field(default=30, ge=1, le=24 * 60)
+    # New messages rebuild their customer's records after this quiet time (a burst is one job).
+    debounce_seconds: float = Field(default=5.0, ge=0, le=3600)
+    rebuild_batch: int = Field(default=2000, ge=1, le=100_000)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="SCRM_",
@@ -271,6 +292,7 @@ class Settings(BaseSettings):
     kpi: KpiSettings = Field(default_factory=KpiSettings)
     layers: LayersSettings = Field(default_factory=LayersSettings)
     journeys: JourneySettings = Field(default_factory=JourneySettings)
+    crm: CrmSettings = Field(default_factory=CrmSettings)
 
     @classmethod
     def settings_customise_sources(

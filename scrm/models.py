@@ -2,6 +2,7 @@
 
 import scrm.auth.models  # noqa: F401  (each domain's tables register themselves)
 import scrm.clicks.models  # noqa: F401
+import scrm.crm.models  # noqa: F401
 import scrm.kpi.funnel_models  # noqa: F401
 import scrm.kpi.models  # noqa: F401
 import scrm.layers.models  # noqa: F401
