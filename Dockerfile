@@ -6,6 +6,7 @@ COPY workers ./workers
 COPY sop_templates ./sop_templates
 COPY layers ./layers
 COPY journeys ./journeys
+COPY crm ./crm
 COPY config.yaml ./
 RUN pip install --no-cache-dir .
 ENV SCRM_DATA_DIR=/var/lib/scrm

@@ -145,13 +145,18 @@ def ensure_secrets(data_dir: Path) -> Path | None:
             f"SCRM_WECOM__ENCODING_AES_KEY={aes}\n"
             f"SCRM_WECOM__SECRET={secrets.token_urlsafe(32)}\n"
             f"SCRM_ORDERS__SECRET={secrets.token_urlsafe(32)}\n"
+            f"SCRM_CRM__SECRET={secrets.token_urlsafe(32)}\n"
         )
         path.chmod(0o600)
-    elif path.read_text().startswith(GENERATED) and "SCRM_ORDERS__SECRET=" not in path.read_text() \
-            and not get_settings().orders.secret.get_secret_value():
-        # A sandbox secrets file from before the order API: give the demo's shop a secret too.
-        with path.open("a") as f:
-            f.write(f"SCRM_ORDERS__SECRET={secrets.token_urlsafe(32)}\n")
+    elif path.read_text().startswith(GENERATED):
+        # A sandbox secrets file from before the order API / the CRM API: give those a secret too.
+        settings, text = get_settings(), path.read_text()
+        missing = [name for name, configured in (("SCRM_ORDERS__SECRET", settings.orders.secret),
+                                                 ("SCRM_CRM__SECRET", settings.crm.secret))
+                   if f"{name}=" not in text and not configured.get_secret_value()]
+        if missing:
+            with path.open("a") as f:
+                f.writelines(f"{name}={secrets.token_urlsafe(32)}\n" for name in missing)
     reset_settings_cache()
     return path
 

@@ -32,7 +32,7 @@ def fresh_env(**extra: str) -> dict[str, str]:
 
 @pytest.fixture
 def folder(tmp_path):
-    for operators_folder in ("sop_templates", "layers", "journeys"):  # what operators edit, beside config
+    for operators_folder in ("sop_templates", "layers", "journeys", "crm"):  # what operators edit, beside config
         shutil.copytree(ROOT / operators_folder, tmp_path / operators_folder)
     return tmp_path
 
