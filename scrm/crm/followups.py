@@ -113,6 +113,21 @@ def business_seconds(start: dt.datetime, end: dt.datetime, hours: BusinessHours)
     return int(total)
 
 
+def business_exceeds(start: dt.datetime, end: dt.datetime, hours: BusinessHours, seconds: int) -> bool:
+    """Whether [start, end) holds more than ``seconds`` of business time; stops at the first window
+    that decides (a customer waiting for months costs one window, not a hundred)."""
+    if end <= start:
+        return False
+    total = 0.0
+    for w0, w1 in hours.windows(start, end):
+        lo, hi = max(w0, start), min(w1, end)
+        if hi > lo:
+            total += (hi - lo).total_seconds()
+            if int(total) > seconds:
+                return True
+    return False
+
+
 def sessions(messages: Sequence[Msg], gap: dt.timedelta) -> list[list[Msg]]:
     """Sorted messages split where the gap to the previous one exceeds ``gap``."""
     out: list[list[Msg]] = []

@@ -131,7 +131,7 @@ def _event_row(e: Event, external_userid: str, store: str | None) -> dict[str, A
                 business_seconds=e.business_seconds, rule_id=e.rule_id, phrase=e.phrase, excerpt=e.excerpt)
 
 
-def _event_key(row: Mapping[str, Any]) -> tuple:
+def _event_key(row: Mapping[Any, Any]) -> tuple:
     return (row["kind"], row["message_id"], as_utc(row["occurred_at"]), row["userid"], as_utc(row["replied_at"]),
             row["business_seconds"], row["rule_id"], row["phrase"], row["excerpt"], row["store_code"])
 
