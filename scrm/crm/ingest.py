@@ -288,6 +288,7 @@ class _Writer:
 
 def _finish(report: ImportReport, kind: str, started: float) -> ImportReport:
     report.seconds = time.monotonic() - started
+    report.problems.sort(key=lambda p: p[0])
     log.info("crm_imported", kind=kind, read=report.read, created=report.created, unchanged=report.unchanged,
              revoked=report.revoked, skipped=report.skipped, unmatched=report.unmatched, ambiguous=report.ambiguous,
              refused=report.refused, customers=len(report.customers), seconds=round(report.seconds, 2))
