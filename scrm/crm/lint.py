@@ -15,6 +15,7 @@ the items that pass.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,6 +170,9 @@ def _validation_problems(folder: _Folder, exc: ValidationError, prefix: tuple, m
         elif kind == "string_pattern_mismatch" and loc[-1] == "id":
             what = (f"{_short(value)} is not a valid id: lowercase letters, digits, '-' and '_', starting with a "
                     "letter or digit, at most 32 characters")
+        elif kind == "literal_error":
+            allowed = re.findall(r"'([^']*)'", str((err.get("ctx") or {}).get("expected", "")))
+            what = f"{msg} (got {_short(value)}){_suggest(str(value), allowed)}"
         elif kind == "value_error" or not isinstance(value, (str, int, float, bool, type(None))):
             what = msg
         else:

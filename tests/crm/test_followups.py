@@ -28,7 +28,8 @@ def run(msgs, now=None, gap=8.0):
 def test_a_record_summarises_its_session_and_each_fact_links_to_its_message():
     """Mutations tried: facts taken with the session's first message id (failed: the price links to
     message 1); de-duplication by value only (failed: the quantity 18 was dropped
-    as a repeat of the price 18); a rep tie going to the later writer (failed: rep2); last reply taken from any outbound message (failed: the recalled reply showed)."""
+    as a repeat of the price 18); a rep tie going to the later writer (failed: rep2);
+    last reply taken from any outbound message (failed: the recalled reply showed)."""
     built = run([
         m(1, 0, "你好，我想团购30杯生椰拿铁，下周三要，多少钱？"),
         m(2, 3, "团购价每杯18元", out=True),
