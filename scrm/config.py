@@ -266,6 +266,9 @@ class CrmSettings(BaseModel):
     # New messages rebuild their customer's records after this quiet time (a burst is one job).
     debounce_seconds: float = Field(default=5.0, ge=0, le=3600)
     rebuild_batch: int = Field(default=2000, ge=1, le=100_000)
+    # Every customer's records rebuilt, local time (sop.timezone): links calls and SMS to mobiles
+    # learnt since, and catches up next steps that time alone changes.
+    nightly_at: str = Field(default="04:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
 
 
 class Settings(BaseSettings):

@@ -23,6 +23,8 @@ def build_client(settings: Settings | None = None) -> WeComClient:
 def build_processor(settings: Settings | None = None) -> Processor:
     from sqlmodel import Session
 
+    from scrm.crm.hooks import crm_link_hook, fan_out
+    from scrm.crm.queue import crm_notifier
     from scrm.db import utcnow
     from scrm.layers.notify import relayer_notifier
     from scrm.layers.tagsync import reconcile_rule_tags
@@ -30,6 +32,7 @@ def build_processor(settings: Settings | None = None) -> Processor:
 
     settings = settings or get_settings()
     engine = get_engine(settings.database_url())
+    redis = get_redis(redis_url(settings))
     client = build_client(settings)
     router = StoreRouter(lambda: Session(engine, expire_on_commit=False), client,
                          welcome_text=settings.wecom.welcome_text, link_base=settings.web.base_url(),
@@ -46,7 +49,9 @@ def build_processor(settings: Settings | None = None) -> Processor:
         chat_delay_ms=settings.pipeline.chat_event_delay_ms,
         max_attempts=settings.pipeline.max_attempts,
         router=router,
-        on_customers_changed=relayer_notifier(get_redis(redis_url(settings)), settings),
+        # Layers re-layer the customer; the CRM links calls and SMS waiting on a mobile now known.
+        on_customers_changed=fan_out(relayer_notifier(redis, settings),
+                                     crm_link_hook(engine, crm_notifier(redis, settings))),
         on_tag_library_changed=reconcile_tags,
     )
 

@@ -135,6 +135,21 @@ def tag_sync_job(settings: Settings) -> None:
         log.warning("tag_sync_failed", error=str(exc)[:300])
 
 
+def crm_nightly_job(settings: Settings) -> None:
+    """Link calls and SMS whose mobile is known now, then rebuild every customer's follow-up records
+    (writes only what changed; catches up marks Redis lost)."""
+    from scrm.crm.ingest import link_unmatched
+    from scrm.crm.jobs import run_nightly_rebuild
+    from scrm.crm.lint import RulesError
+
+    engine = get_engine(settings.database_url())
+    linked = link_unmatched(engine)
+    try:
+        run_nightly_rebuild(engine, settings)
+    except RulesError as exc:  # say what to fix, once per run; no traceback (nothing to debug)
+        log.warning("crm_rules_refused", linked=len(linked), problems=str(exc)[:1000], hint="scrm crm rules lint")
+
+
 def journey_plan_job(settings: Settings) -> None:
     """Plan the 1:1 journey messages layer changes started (into the SOP ledger)."""
     from scrm.journeys.jobs import run_journey_plan
@@ -170,6 +185,9 @@ def make_scheduler(settings: Settings, send: Callable[[int], None],
         sched.add_job(layers_nightly_job, "date", run_date=datetime.now(UTC), args=[settings], id="layers_at_start")
         sched.add_job(tag_sync_job, "interval", seconds=layers.tag_sync_interval_seconds, args=[settings],
                       id="tag_sync")
+        hour, minute = (int(x) for x in settings.crm.nightly_at.split(":"))
+        sched.add_job(crm_nightly_job, CronTrigger(hour=hour, minute=minute, timezone=sop.timezone),
+                      args=[settings], id="crm_nightly", misfire_grace_time=3600)
         sched.add_job(journey_plan_job, "interval", seconds=settings.journeys.plan_interval_seconds,
                       args=[settings], id="journey_plan", next_run_time=datetime.now(UTC))
     return sched

@@ -103,4 +103,20 @@ def relayer_dirty() -> None:
                   schedule=schedule_relayer)
 
 
-ALL: list[dramatiq.Actor] = [process_callback, fan_out_callbacks, send_sop_posts, relayer_dirty]
+@dramatiq.actor(queue_name="crm", max_retries=5, min_backoff=2_000, max_backoff=60_000, time_limit=600_000)
+def crm_rebuild_dirty() -> None:
+    """Rebuild the follow-up records of customers new messages marked (debounced: one message per
+    burst). Running twice is harmless: a rebuild with nothing new writes nothing."""
+    from scrm.config import get_settings
+    from scrm.crm.jobs import drain_crm
+    from scrm.crm.queue import schedule_crm_rebuild
+    from scrm.db import get_engine
+    from scrm.redisserver import get_redis, redis_url
+
+    settings = get_settings()
+    drain_crm(get_engine(settings.database_url()), get_redis(redis_url(settings)), settings,
+              schedule=schedule_crm_rebuild)
+
+
+ALL: list[dramatiq.Actor] = [process_callback, fan_out_callbacks, send_sop_posts, relayer_dirty,
+                             crm_rebuild_dirty]

@@ -95,6 +95,9 @@ def create_app(
     clock: Callable[[], dt.datetime] = utcnow,
     auth=None,
     on_customers_changed: Callable[[list[str]], None] | None = None,
+    crm_verifier=None,
+    on_crm_messages: Callable[[list[str]], None] | None = None,
+    crm_settings=None,
 ) -> CallbackEndpoint:
     """The ASGI app: the callback fast path in front of the FastAPI app (``.api``).
 
@@ -110,7 +113,10 @@ def create_app(
     ``auth``: sign-in (:class:`scrm.web.auth_routes.AuthConfig`); with it come /login and the
     managers' dashboard (/dashboard, /api/kpi); without it neither is served.
     ``on_customers_changed``: told whose order or refund the order API recorded (the layering
-    workers re-layer them, debounced)."""
+    workers re-layer them, debounced).
+    ``crm_verifier``: checks POST /api/crm/records (None: the API answers 503);
+    ``on_crm_messages``: told whose calls and SMS it stored (their follow-up records are rebuilt).
+    ``crm_settings``: :class:`scrm.config.CrmSettings` for the CRM pages (defaults without)."""
     from fastapi_offline import FastAPIOffline
 
     from scrm.web.pages import not_found_page
@@ -169,6 +175,11 @@ def create_app(
 
     app.include_router(orders_router(engine, orders_verifier or Verifier(secret="", nonces=_NoNonces()),
                                      on_customers_changed))
+
+    from scrm.web.crm_api import crm_records_router
+
+    app.include_router(crm_records_router(engine, crm_verifier or Verifier(secret="", nonces=_NoNonces()),
+                                          on_crm_messages))
 
     from scrm.clicks.recording import PREFETCH_HEADERS, ClickRecorder, LinkLookupFailed
     from scrm.web.pages import PageNotFound
@@ -249,10 +260,13 @@ def app_from_settings(settings=None, *, clock: Callable[[], dt.datetime] = utcno
     ``clock``: when clicks happen (the demo seeding passes its simulated clock)."""
     from scrm.clicks.recording import click_queue_redis
     from scrm.config import get_settings
+    from scrm.crm.hooks import crm_link_hook, fan_out
+    from scrm.crm.queue import crm_notifier
     from scrm.db import get_engine
     from scrm.layers.notify import relayer_notifier
     from scrm.redisserver import get_redis, redis_url
     from scrm.runtime import build_crypto
+    from scrm.web.crm_api import crm_verifier
     from workers.broker import setup_broker
 
     settings = settings or get_settings()
@@ -269,9 +283,11 @@ def app_from_settings(settings=None, *, clock: Callable[[], dt.datetime] = utcno
     else:
         log.warning("dashboard_disabled", corp_id=settings.wecom.corp_id,
                     hint="set SCRM_WEB__SESSION_SECRET (or the corp secret) to sign dashboard sessions")
+    engine = get_engine(settings.database_url())
+    crm_mark = crm_notifier(r, settings)
     app = create_app(
         crypto=build_crypto(settings),
-        engine=get_engine(settings.database_url()),
+        engine=engine,
         send=enqueue_callbacks,
         redis_ping=r.ping,
         queue_depth=lambda: r.llen("dramatiq:callbacks"),
@@ -286,7 +302,11 @@ def app_from_settings(settings=None, *, clock: Callable[[], dt.datetime] = utcno
         click_window=dt.timedelta(hours=settings.clicks.unique_window_hours),
         clock=clock,
         auth=auth,
-        on_customers_changed=relayer_notifier(r, settings),
+        # An order's mobile may link calls and SMS waiting on it (then their records are rebuilt).
+        on_customers_changed=fan_out(relayer_notifier(r, settings), crm_link_hook(engine, crm_mark)),
+        crm_verifier=crm_verifier(settings, r),
+        on_crm_messages=crm_mark,
+        crm_settings=settings.crm,
     )
     if settings.wecom.secret.get_secret_value():
         app.api.include_router(toolbar_from_settings(settings, r))
