@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy.engine import Engine
 
-from scrm.crm.queue import crm_queue
+from scrm.crm.queue import KEY_PREFIX, crm_queue
 from scrm.crm.service import RebuildReport, rebuild_all, rebuild_customers
 from scrm.db import utcnow
 from scrm.logs import get_logger
@@ -19,11 +19,11 @@ log = get_logger(__name__)
 
 
 def drain_crm(engine: Engine, redis: Any, settings: Any, *, now: dt.datetime | None = None,
-              schedule: Callable[[int], Any]) -> RebuildReport:
+              schedule: Callable[[int], Any], key_prefix: str = KEY_PREFIX) -> RebuildReport:
     """One debounced job: rebuild up to ``crm.rebuild_batch`` marked customers (the queue schedules
     the next job itself while more wait). A failed rebuild puts its ids back before re-raising, so
     the retry (or the next job) sees them."""
-    queue = crm_queue(redis, settings, schedule)
+    queue = crm_queue(redis, settings, schedule, key_prefix=key_prefix)
     ids = queue.drain(settings.crm.rebuild_batch)
     if not ids:
         return RebuildReport()

@@ -21,8 +21,9 @@ log = get_logger(__name__)
 KEY_PREFIX = "scrm:crm"
 
 
-def crm_queue(redis: Any, settings: Any, schedule: Callable[[int], Any]) -> RelayerQueue:
-    return RelayerQueue(redis, schedule, debounce_seconds=settings.crm.debounce_seconds, key_prefix=KEY_PREFIX)
+def crm_queue(redis: Any, settings: Any, schedule: Callable[[int], Any], *, key_prefix: str = KEY_PREFIX
+              ) -> RelayerQueue:
+    return RelayerQueue(redis, schedule, debounce_seconds=settings.crm.debounce_seconds, key_prefix=key_prefix)
 
 
 def schedule_crm_rebuild(delay_ms: int) -> None:
@@ -35,10 +36,11 @@ def schedule_crm_rebuild(delay_ms: int) -> None:
 
 
 def crm_notifier(redis: Any, settings: Any, *,
-                 schedule: Callable[[int], Any] = schedule_crm_rebuild) -> Callable[[list[str]], None]:
+                 schedule: Callable[[int], Any] = schedule_crm_rebuild,
+                 key_prefix: str = KEY_PREFIX) -> Callable[[Iterable[str]], None]:
     """``mark(external_userids)`` for the ingest (archive import, CSV import, POST /api/crm/records,
     a mobile newly linked to a customer). Never raises for Redis: a failed mark is a warning."""
-    queue = crm_queue(redis, settings, schedule)
+    queue = crm_queue(redis, settings, schedule, key_prefix=key_prefix)
 
     def mark(external_userids: Iterable[str]) -> None:
         ids = [i for i in external_userids if i]
