@@ -202,8 +202,10 @@ class Sandbox(CorpState):
                             [(CONTACT, "del_external_contact", fields)])
 
     def employee_edits_customer(self, userid: str, external_userid: str, *, remark: str | None = None,
-                                description: str | None = None, add_tags=(), remove_tags=()) -> ActionResult:
-        """The member edits remark/description/corp tags in the client (edit_external_contact)."""
+                                description: str | None = None, add_tags=(), remove_tags=(),
+                                remark_mobiles: list[str] | None = None) -> ActionResult:
+        """The member edits remark/description/remark mobiles (as typed: WeCom keeps them as given)/
+        corp tags in the client (edit_external_contact)."""
         with self.lock:
             f = self.follow(userid, external_userid)
             for t in list(add_tags) + list(remove_tags):
@@ -212,6 +214,8 @@ class Sandbox(CorpState):
                 f.remark = remark
             if description is not None:
                 f.description = description
+            if remark_mobiles is not None:
+                f.remark_mobiles = list(remark_mobiles)
             f.tag_ids = [t for t in f.tag_ids if t not in remove_tags] + [t for t in add_tags if t not in f.tag_ids]
             data = {"userid": userid, "external_userid": external_userid, "tag_ids": list(f.tag_ids),
                     "remark": f.remark}
