@@ -223,6 +223,11 @@ def create_app(
         cap = (routing_settings or _Routing()).group_qr_cap
         app.include_router(dashboard_router(KpiQueries(engine, tz=zone, cap=cap), current_principal, tz=zone,
                                             stores=lambda: store_choices(engine), csrf=csrf_token))
+        from scrm.config import CrmSettings
+        from scrm.web.crm_pages import crm_router
+
+        app.include_router(crm_router(engine, current_principal, tz=zone, csrf=csrf_token,
+                                      crm_settings=crm_settings or CrmSettings()))
 
     @app.get("/healthz")
     def healthz():

@@ -32,7 +32,7 @@ from markupsafe import Markup
 from pydantic import BaseModel, Field
 from sqlalchemy.engine import Engine
 
-from scrm.auth.roles import ROLE_NAMES, Forbidden, Principal
+from scrm.auth.roles import ROLE_NAMES, Forbidden, Principal, Role
 from scrm.kpi import compliance, funnel, queries
 from scrm.kpi.report import (
     UNATTRIBUTED,
@@ -939,6 +939,8 @@ def dashboard_router(source: KpiSource, principal: Callable[[Request], Principal
             "columns": COLUMNS, "column_by_key": COLUMN_BY_KEY, "dimension_names": DIMENSION_NAMES,
             "role_names": [ROLE_NAMES[r] for r in sorted(scope.principal.roles)],
             "logout_token": csrf(request) if csrf is not None else None,
+            # The CRM pages are for managers and sales reps (a clerk or operator would get a 403).
+            "crm_link": scope.principal.has(Role.manager, Role.sales_rep),
             **context}, status_code=status)
 
     def notice(request: Request, status: int, heading: str, message: str) -> Response:
