@@ -29,13 +29,15 @@ Waiting time counts business seconds only (:func:`business_seconds`).
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from scrm.crm.models import Direction, ServiceEventKind
-from scrm.crm.rules import CrmRules, NextStepRule
+from scrm.crm.rules import MAX_SCAN_CHARS, CrmRules, NextStepRule
 
 EXCERPT_CHARS = 120
 
@@ -87,12 +89,17 @@ class BusinessHours:
         day = first
         while day <= last:
             if day.isoweekday() in self.days:
-                length = self.end_minute - self.start_minute
-                if length <= 0:
-                    length += 24 * 60
-                # Local wall clock -> UTC (zoneinfo resolves a DST gap or fold).
-                yield _local(day, self.start_minute, self.tz), _local(day, self.start_minute + length, self.tz)
+                yield _day_window(self, day)
             day += dt.timedelta(days=1)
+
+
+@functools.lru_cache(maxsize=4096)
+def _day_window(hours: BusinessHours, day: dt.date) -> tuple[dt.datetime, dt.datetime]:
+    """The day's window in UTC: local wall clock converted (zoneinfo resolves a DST gap or fold)."""
+    length = hours.end_minute - hours.start_minute
+    if length <= 0:
+        length += 24 * 60
+    return _local(day, hours.start_minute, hours.tz), _local(day, hours.start_minute + length, hours.tz)
 
 
 def _local(day: dt.date, minute: int, tz: dt.tzinfo) -> dt.datetime:
@@ -220,21 +227,67 @@ def _rep(session: list[Msg]) -> str | None:
     return min(counts, key=lambda u: (-counts[u], first_at[u]))
 
 
-def _facts(session: list[Msg], rules: CrmRules) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class _Plan:
+    """The rules as plain tuples for the hot loop (pydantic attribute access costs more than the
+    regex search itself on a million messages)."""
+
+    facts: tuple[tuple[str, str, str, str | None, Any], ...]  # id, kind, label, fixed value, pattern
+    phrases: tuple[tuple[str, Any], ...]  # id, pattern
+    markers: tuple[str, ...]
+
+
+_plans: dict[int, tuple[CrmRules, _Plan]] = {}
+
+
+def _plan(rules: CrmRules) -> _Plan:
+    cached = _plans.get(id(rules))
+    if cached is not None and cached[0] is rules:
+        return cached[1]
+    plan = _Plan(facts=tuple((r.id, r.kind, r.label, r.value, r.pattern) for r in rules.facts),
+                 phrases=tuple((p.id, p.pattern) for p in rules.phrases),
+                 markers=tuple(rules.questions.markers))
+    if len(_plans) > 32:
+        _plans.clear()
+    _plans[id(rules)] = (rules, plan)
+    return plan
+
+
+def _value(m: re.Match[str]) -> str:
+    """A match's value: the keyword, else the group named value, else the first group, else all."""
+    whole = m.group(0)
+    groups = m.groupdict()
+    if groups.get("_kw") is not None:
+        value = groups["_kw"]
+    elif groups.get("value") is not None:
+        value = groups["value"]
+    else:
+        value = next((g for g in m.groups() if g is not None), whole)
+    return value.strip() or whole
+
+
+def _facts(session: list[Msg], plan: _Plan) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     seen: set[tuple[str, str]] = set()
     for m in session:
-        if not m.live or not m.content:
+        if m.revoked or not m.content:
             continue
-        for rule in rules.facts:
-            for value, _ in rule.matches(m.content):
-                value = rule.value or value
-                if (rule.id, value) in seen:
+        text = m.content[:MAX_SCAN_CHARS]
+        for rule_id, kind, label, fixed, pattern in plan.facts:
+            for found in pattern.finditer(text):
+                if not found.group(0):
                     continue
-                seen.add((rule.id, value))
-                out.append({"kind": rule.kind, "label": rule.label, "value": value, "rule_id": rule.id,
-                            "message_id": m.id})
+                value = fixed or _value(found)
+                if (rule_id, value) in seen:
+                    continue
+                seen.add((rule_id, value))
+                out.append({"kind": kind, "label": label, "value": value, "rule_id": rule_id, "message_id": m.id})
     return out
+
+
+def _is_question(text: str, plan: _Plan) -> bool:
+    head = text[:MAX_SCAN_CHARS]
+    return any(marker in head for marker in plan.markers)
 
 
 def _step_holds(step: NextStepRule, *, facts: list[dict[str, Any]], open_count: int, session: list[Msg],
@@ -264,7 +317,8 @@ def build_record(session: list[Msg], rules: CrmRules, now: dt.datetime) -> Recor
     if not live:
         return None  # every message recalled: nothing to follow up
     inbound_text = [m for m in live if m.inbound and m.content]
-    questions = [m for m in inbound_text if rules.questions.is_question(m.content)]
+    plan = _plan(rules)
+    questions = [m for m in inbound_text if _is_question(m.content, plan)]
     question_ids = {m.id for m in questions}
     first_q = questions[0] if questions else (inbound_text[0] if inbound_text else None)
     replies = [m for m in live if not m.inbound and m.content]
@@ -274,7 +328,7 @@ def build_record(session: list[Msg], rules: CrmRules, now: dt.datetime) -> Recor
                        "asked_at": m.sent_at.astimezone(dt.UTC).isoformat()}
                       for i, m in enumerate(session)
                       if i > last_out_index and m.id in question_ids]
-    facts = _facts(session, rules)
+    facts = _facts(session, plan)
     step_text, step_rule = rules.default_next_step, None
     for step in rules.next_steps:
         if _step_holds(step, facts=facts, open_count=len(open_questions), session=session, now=now):
@@ -329,6 +383,7 @@ def _events(line: list[Msg], split: list[list[Msg]], reps: list[str | None], rul
                      business_seconds=business_seconds(m.sent_at, reply.sent_at, hours) if reply else None,
                      excerpt=excerpt(m.content))
 
+    plan = _plan(rules)
     out: list[Event] = []
     for s in split:
         first_in = next((m for m in s if m.live and m.inbound), None)
@@ -342,11 +397,12 @@ def _events(line: list[Msg], split: list[list[Msg]], reps: list[str | None], rul
     for m in live:
         if m.inbound or not m.content:
             continue
-        for rule in rules.phrases:
-            found = rule.pattern.search(m.content[:2000])
+        text = m.content[:MAX_SCAN_CHARS]
+        for rule_id, pattern in plan.phrases:
+            found = pattern.search(text)
             if found:
                 out.append(Event(kind=ServiceEventKind.risky, message_id=m.id, occurred_at=m.sent_at,
-                                 userid=m.userid, rule_id=rule.id, phrase=found.group(0)[:128],
+                                 userid=m.userid, rule_id=rule_id, phrase=found.group(0)[:128],
                                  excerpt=excerpt(m.content, around=found.start())))
     return out
 

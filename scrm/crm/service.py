@@ -72,6 +72,10 @@ class RebuildReport:
     seconds: float = 0.0
     missing: list[str] = field(default_factory=list)  # ids given with no messages
     updated: int = 0  # records whose content changed
+    steps: dict[str, float] = field(default_factory=dict)  # seconds per step: load, build, write
+
+    def add_step(self, name: str, seconds: float) -> None:
+        self.steps[name] = self.steps.get(name, 0.0) + seconds
 
 
 class EditRefused(Exception):
@@ -142,6 +146,7 @@ _EVENT_COLS = ("kind", "message_id", "occurred_at", "userid", "replied_at", "bus
 
 def _rebuild_batch(conn: Connection, ids: Sequence[str], bounds: tuple[str, str] | None, *, rules: CrmRules,
                    settings: CrmSettings, hours: BusinessHours, now: dt.datetime, report: RebuildReport) -> None:
+    clock = time.perf_counter()
     messages = _load_messages(conn, ids, bounds)
     existing: dict[str, dict[int, Any]] = defaultdict(dict)
     for row in conn.execute(sa.select(F).where(_where(F.c.external_userid, ids, bounds))):
@@ -156,6 +161,8 @@ def _rebuild_batch(conn: Connection, ids: Sequence[str], bounds: tuple[str, str]
     stores = dict(conn.execute(sa.select(L.c.external_userid, L.c.home_store)
                                .where(_where(L.c.external_userid, ids, bounds))).all())
     everyone = sorted(set(ids) | set(messages) | set(existing) | set(old_events))
+    report.add_step("load", time.perf_counter() - clock)
+    clock = time.perf_counter()
 
     inserts: list[dict[str, Any]] = []
     updates: list[dict[str, Any]] = []
@@ -184,6 +191,8 @@ def _rebuild_batch(conn: Connection, ids: Sequence[str], bounds: tuple[str, str]
         if Counter(_event_key(r) for r in new_events) != Counter(old_events.get(ext, [])):
             replace_events.append(ext)
             event_rows.extend(new_events)
+    report.add_step("build", time.perf_counter() - clock)
+    clock = time.perf_counter()
     if deletes:
         for chunk in _chunks(deletes):  # type: ignore[arg-type]
             conn.execute(sa.delete(F).where(F.c.id.in_(list(chunk))))
@@ -197,6 +206,7 @@ def _rebuild_batch(conn: Connection, ids: Sequence[str], bounds: tuple[str, str]
             conn.execute(sa.delete(S).where(S.c.external_userid.in_(list(chunk))))
         if event_rows:
             conn.execute(sa.insert(S), event_rows)
+    report.add_step("write", time.perf_counter() - clock)
     report.created += len(inserts)
     report.updated += len(updates)
     report.removed += len(deletes)
@@ -220,6 +230,8 @@ def _run_batch(engine: Engine, ids: Sequence[str], bounds: tuple[str, str] | Non
         for name in ("customers", "records", "created", "removed", "events", "updated"):
             setattr(total, name, getattr(total, name) + getattr(part, name))
         total.missing.extend(part.missing)
+        for name, seconds in part.steps.items():
+            total.add_step(name, seconds)
         return
 
 
@@ -274,7 +286,8 @@ def rebuild_all(engine: Engine, *, now: dt.datetime, settings: CrmSettings, tz: 
             progress(min(i + size, len(ids)), len(ids))
     report.seconds = time.perf_counter() - started
     log.info("crm_rebuild_all", customers=report.customers, records=report.records, created=report.created,
-             updated=report.updated, removed=report.removed, events=report.events, seconds=round(report.seconds, 3))
+             updated=report.updated, removed=report.removed, events=report.events, seconds=round(report.seconds, 3),
+             steps={k: round(v, 2) for k, v in report.steps.items()})
     return report
 
 
