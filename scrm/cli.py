@@ -64,6 +64,7 @@ from scrm.journeys.cli import journeys_app  # noqa: E402
 app.add_typer(journeys_app, name="journeys")
 
 from scrm.crm.cli import crm_app  # noqa: E402
+from scrm.crm import rules_cli as _crm_rules_cli  # noqa: E402,F401  (registers `scrm crm rules`, `rebuild`)
 
 app.add_typer(crm_app, name="crm")
 
