@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from sqlalchemy.engine import Engine
 
 from scrm.auth import service as auth_service
+from scrm.auth.models import RoleGrant, User
 from scrm.auth.roles import Role
 from scrm.auth.throttle import MemoryThrottle
 from scrm.config import CrmSettings
@@ -130,6 +131,7 @@ def seed(engine: Engine, *, with_users: bool = True) -> dict[str, Any]:
         message("cB1", local(29, 11, 5), "收到", out=True, userid="repB"),
         message("cB1", local(29, 11, 10), "<b>爱买不买</b>，别问了", out=True, userid="repB"),
         message("cAB", local(27, 9, 0), "共享客户的问题？"),
+        message("cA1", local(27, 8, 0), "订单链接 https://shop.example.com/o/" + "x" * 160),
         message(None, local(27, 9, 0), "没人认领的短信", channel="sms", mobile="+8613600000000"),
     ])
     add_rows(engine, CrmMessage, [dict(channel="chat", source_id="revoke-3", external_userid="cA1", mobile=None,
@@ -138,13 +140,28 @@ def seed(engine: Engine, *, with_users: bool = True) -> dict[str, Any]:
                                        revoked_at=None, created_at=NOW)])
     service.rebuild_customers(engine, ["cA1", "cB1", "cAB"], now=NOW, settings=settings(), tz=TZ)
     if with_users:
-        for userid, name, role, stores in (("repA", "", Role.sales_rep, ()), ("repB", "", Role.sales_rep, ()),
-                                           ("boss", "", Role.manager, ()),
-                                           ("clerk", "店员小张", Role.store_staff, ("S1",)),
-                                           ("op", "运营小李", Role.operator, ())):
-            auth_service.add_user(engine, userid, name=name, password=PASSWORD, role=role, stores=list(stores))
+        add_users(engine)
     return {"first": ids[0], "reply": ids[1], "revoked": ids[2], "call": ids[3], "sms": ids[4], "hostile": ids[5],
-            "b_secret": ids[6], "risky": ids[8]}
+            "b_secret": ids[6], "risky": ids[8], "long": ids[10]}
+
+
+_hash: list[str] = []  # one argon2 hash of PASSWORD for every test (hashing is slow on purpose)
+
+
+def add_users(engine: Engine) -> None:
+    """Local accounts: reps repA and repB, manager boss, clerk (store S1) and op (operator)."""
+    users = (("repA", "", Role.sales_rep, ""), ("repB", "", Role.sales_rep, ""), ("boss", "", Role.manager, ""),
+             ("clerk", "店员小张", Role.store_staff, "S1"), ("op", "运营小李", Role.operator, ""))
+    if not _hash:
+        auth_service.add_user(engine, "hash-probe", password=PASSWORD)
+        with engine.begin() as conn:
+            _hash.append(conn.execute(sa.select(User.__table__.c.password_hash)
+                                      .where(User.__table__.c.userid == "hash-probe")).scalar_one())
+            conn.execute(sa.delete(User.__table__).where(User.__table__.c.userid == "hash-probe"))
+    add_rows(engine, User, [dict(userid=u, name=n, password_hash=_hash[0], disabled=False, created_at=NOW,
+                                 last_sign_in_at=None) for u, n, _, _ in users])
+    add_rows(engine, RoleGrant, [dict(userid=u, role=r.value, store_code=code, created_at=NOW)
+                                 for u, _, r, code in users])
 
 
 def make_app(engine: Engine, *, base_url: str = "http://scrm", names: LayerNames = NAMES) -> FastAPI:

@@ -7,11 +7,11 @@ screen. Screenshots: /tmp/shots/crm_*.png.
 
 Mutations tried (each made the named test fail, then was undone):
 - ``| safe`` on the message text in crm_customer.html: test_rep_sees_their_customer_and_hostile_text_stays_text
-  (an <img> appeared in main and the onerror dialog fired);
+  (the <script> text was no longer visible: the browser had parsed it as markup);
 - queries.require_customer not checking the follow relation (``may_open`` always True):
   test_another_reps_customer_is_a_chinese_403 (rep B's customer opened with 200);
-- ``ol.timeline li.msg`` without ``overflow-wrap`` (``.text`` rule dropped) and a long unbroken message:
-  test_rep_sees_their_customer_and_hostile_text_stays_text[390] (the layout check found the page scrolling sideways).
+- ``.text`` without ``overflow-wrap``/``word-break`` (the seed has a 200-character link in a message):
+  test_rep_sees_their_customer_and_hostile_text_stays_text[390] (the page scrolled sideways: 1525 > 390).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ Mutations tried (each made the named tests fail, then was undone):
 - ``_scope_ids`` without the ``userid == rep`` condition: test_rep_list_shows_only_their_customers,
   test_search_stays_in_the_reps_scope;
 - ``_scope_ids`` without the ``status == active`` condition: test_rep_list_shows_only_their_customers
-  (cGone listed) and test_another_reps_customer_is_refused_everywhere (cGone opened);
+  (cGone listed); ``may_open`` without it: test_another_reps_customer_is_refused_everywhere (cGone opened);
 - ``may_open`` answering True for everyone: test_another_reps_customer_is_refused_everywhere;
 - the edit's CSRF comparison removed (any token accepted): test_edit_needs_the_csrf_token;
 - parse_search keeping the separators (``compact = text``): test_search_by_name_and_partial_mobile;
@@ -202,11 +202,11 @@ def test_customer_page_shows_header_timeline_and_records(client, world):
     assert "销售小陈" in html and "张三-拿铁大客户" in html
     # the merged timeline, newest first; the recall row itself not shown, the recalled text gone
     order = [int(x) for x in re.findall(r'id="m-(\d+)"', html)]
-    assert order == [ids["hostile"], ids["sms"], ids["call"], ids["revoked"], ids["reply"], ids["first"]]
+    assert order == [ids["hostile"], ids["sms"], ids["call"], ids["revoked"], ids["reply"], ids["first"], ids["long"]]
     assert "该消息已撤回" in html and "这条消息会撤回" not in html
     assert "3分12秒" in html and "已接通" in html and "已送达" in html
     assert all(label in html for label in ("聊天", "电话", "短信"))
-    assert "共 6 条" in html and "加载更早的消息" not in html
+    assert "共 7 条" in html and "加载更早的消息" not in html
     # the records with their facts linking to the message they came from
     views = service.records_for(engine, "cA1")
     assert len(re.findall(r'class="card record"', html)) == len(views)
@@ -229,10 +229,11 @@ def test_timeline_pages_and_message_links(client, world):
     third = client.get("/crm/customers/cA2?page=3")
     assert [int(x) for x in re.findall(r'id="m-(\d+)"', third.text)] == list(reversed(ids))[200:]
     assert "加载更早的消息" not in third.text and "查看较新的消息" in third.text
-    # a link to the 150th newest message opens the page that has it
-    target = list(reversed(ids))[149]
+    # a link to the 221st newest message opens the page that has it
+    target = list(reversed(ids))[220]
     linked = client.get(f"/crm/customers/cA2?msg={target}")
-    assert f'id="m-{target}"' in linked.text and "第 2 / 3 页" in linked.text
+    assert f'id="m-{target}"' in linked.text and "第 3 / 3 页" in linked.text
+    assert 'class="msg in focus"' in linked.text or 'class="msg out focus"' in linked.text
     # another customer's message id does not open anything of theirs
     other = client.get(f"/crm/customers/cA2?msg={ids[0] - 1}")
     assert other.status_code == 200 and "第 1 / 3 页" in other.text
