@@ -63,8 +63,8 @@ from scrm.journeys.cli import journeys_app  # noqa: E402
 
 app.add_typer(journeys_app, name="journeys")
 
-from scrm.crm.cli import crm_app  # noqa: E402
 from scrm.crm import rules_cli as _crm_rules_cli  # noqa: E402,F401  (registers `scrm crm rules`, `rebuild`)
+from scrm.crm.cli import crm_app  # noqa: E402
 
 app.add_typer(crm_app, name="crm")
 
@@ -357,6 +357,8 @@ def run(
             if demo and stack.sandbox is not None and stack.client is not None:
                 _play_demo_week(stack)
             _layer_customers(stack)
+            if demo and stack.sandbox is not None and stack.settings.wecom.is_sandbox:
+                _play_crm_demo(stack)
             _print_summary(stack.engine)
             _print_sop_plan(stack.engine)
             warn_public_url(stack.settings)
@@ -398,6 +400,23 @@ def _play_demo_week(stack) -> None:
         console.print(f"demo week: {escape(week.line())}", soft_wrap=True)
         for note in week.notes:
             console.print(f"[yellow]note:[/yellow] {escape(note)}", soft_wrap=True)
+
+
+def _play_crm_demo(stack) -> None:
+    """A sales rep's week of chats, calls and SMS through the real importers, so /crm has records."""
+    from scrm.crm.demo import play_crm_demo
+    from scrm.crm.lint import RulesError
+    from scrm.db import utcnow
+
+    try:
+        played = play_crm_demo(stack.engine, stack.settings, stack.sandbox, stack.demo or {},
+                               wait_applied=stack.wait_applied, now=utcnow())
+    except RulesError as exc:
+        console.print(f"[yellow]warning:[/yellow] CRM records not built: {escape(str(exc))} "
+                      f"(fix them with `scrm crm rules lint`)", soft_wrap=True)
+        return
+    if played is not None:
+        console.print(f"crm: {escape(played.line())}", soft_wrap=True)
 
 
 def _layer_customers(stack) -> None:
@@ -468,6 +487,7 @@ def _print_urls(stack) -> None:
                   f"门店群 (customer)     {base}/g/{store.code}",
                   f"附近门店 (nearest)    {base}/l"]
     lines += [f"群主工具栏 (toolbar)  {base}/toolbar", f"经营看板 (dashboard)  {base}/dashboard",
+              f"客户跟进 (CRM)        {base}/crm",
               f"callbacks            {base}/wecom/callback"]
     if stack.sandbox_url:
         lines.append(f"WeCom sandbox        {stack.sandbox_url}/sandbox/actions")

@@ -59,6 +59,9 @@ def test_run_twice_on_one_data_dir_keeps_the_same_corp_and_counts(folder):
     assert "demo corp created" in first.stdout
     assert re.search(r"demo chain: 6 stores in .*北京.*, \d+ groups attached", first.stdout), first.stdout
     assert "demo: a new customer scanned" in first.stdout
+    # The CRM demo: a rep's chats, calls and SMS through the real importers and the record builder.
+    assert re.search(r"crm: .* is a sales rep: [1-9]\d* chat/call/SMS messages with [1-9]\d* customers imported, "
+                     r"[1-9]\d* follow-up records built", first.stdout.replace("\n", " ")), first.stdout
     assert "stopping (--exit-after-demo)" in first.stdout and "scrm is running" not in first.stdout
     # Start-up output is what a person needs: no library chatter, no log lines, no tokens.
     for noise in ("setup plugin", "Context impl", "non-transactional DDL", "event=", "access_token="):
@@ -73,6 +76,7 @@ def test_run_twice_on_one_data_dir_keeps_the_same_corp_and_counts(folder):
         again = scrm(folder, "run", "--exit-after-demo", env=env)
         assert again.returncode == 0, again.stdout + again.stderr
         assert "demo corp loaded from" in again.stdout and "demo chain:" not in again.stdout
+        assert "\ncrm: " not in again.stdout  # played once per data dir
         assert summary(again.stdout) == counts
     assert redis_servers_of(folder) == []
     # The QR images shown on the pages point at this run's sandbox, wherever it listens now.
