@@ -629,3 +629,11 @@ def test_real_queries_behind_every_view(engine):
         assert "150 / 200" in text_of(c.get("/dashboard/funnel", headers=as_("boss")).text)
         clerk = c.get("/api/kpi/funnel", headers=as_("clerk")).json()
         assert clerk["filter"]["stores"] == ["S1"] and all(r["store_code"] == "S1" for r in clerk["rows"])
+
+
+def test_the_crm_tab_is_offered_only_to_who_may_open_it(client):
+    """Managers get the 客户跟进 tab; a clerk or an operator would be refused there (403), so they
+    don't see it. Mutation tried: ``crm_link`` always true: the clerk's page showed the tab."""
+    assert 'href="/crm"' in client.get("/dashboard", headers=as_("boss")).text
+    for user in ("clerk", "op"):
+        assert 'href="/crm"' not in client.get("/dashboard", headers=as_(user)).text, user
