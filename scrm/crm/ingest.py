@@ -26,6 +26,7 @@ import datetime as dt
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -190,12 +191,18 @@ def _insert_rows(conn: Connection, rows: list[dict[str, Any]]) -> set[str]:
 
 class _Writer:
     """Batches rows into the table; ``compare``: a row whose id is stored with other content is a
-    problem (calls, SMS). ``outcomes`` (the API) records each position's outcome."""
+    problem (calls, SMS). ``outcomes`` (the API) records each position's outcome.
+
+    ``background``: batches are written by one worker thread, in order, while the caller parses
+    the next one (the database works while Python parses; at most one batch waits). A failed write
+    is raised to the caller at its next batch or at :meth:`flush`."""
 
     def __init__(self, engine: Engine, report: ImportReport, *, compare: bool, chats: bool,
-                 outcomes: dict[int, str] | None = None):
+                 outcomes: dict[int, str] | None = None, background: bool = False):
         self.engine, self.report, self.compare, self.chats, self.outcomes = engine, report, compare, chats, outcomes
         self.rows: list[tuple[int, dict[str, Any]]] = []
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crm-ingest") if background else None
+        self._pending: Future[None] | None = None
         self.recalls: dict[str, dt.datetime] = {}  # pre_msgid -> the recall's time (chats)
         if chats:
             self._load_recalls()
@@ -212,16 +219,37 @@ class _Writer:
     def add(self, line: int, row: dict[str, Any]) -> None:
         self.rows.append((line, row))
         if len(self.rows) >= BATCH:
-            self.flush()
+            self._submit()
+
+    def _submit(self) -> None:
+        rows, self.rows = self.rows, []
+        if not rows:
+            return
+        if self._pool is None:
+            self._write(rows)
+            return
+        self._wait()
+        self._pending = self._pool.submit(self._write, rows)
+
+    def _wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def flush(self) -> None:
+        """Write what is left and wait until every batch is stored."""
+        self._submit()
+        self._wait()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
 
     def _outcome(self, line: int, outcome: str) -> None:
         if self.outcomes is not None:
             self.outcomes[line] = outcome
 
-    def flush(self) -> None:
-        if not self.rows:
-            return
-        rows, self.rows = self.rows, []
+    def _write(self, rows: list[tuple[int, dict[str, Any]]]) -> None:
         report = self.report
         # One row per id: a repeat within the batch is unchanged or, with other content, a problem.
         first: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}
@@ -338,25 +366,28 @@ def import_chats(engine: Engine, source: Source, *, now: dt.datetime, progress: 
     started = time.monotonic()
     report = ImportReport()
     employees = _employees(engine)
-    writer = _Writer(engine, report, compare=False, chats=True)
-    for line, text in _lines(source, progress):
-        if text is None:
+    writer = _Writer(engine, report, compare=False, chats=True, background=True)
+    try:
+        for line, text in _lines(source, progress):
+            if text is None:
+                report.read += 1
+                report.problems.append((line, "not UTF-8"))
+                continue
+            if not text.strip():
+                continue
             report.read += 1
-            report.problems.append((line, "not UTF-8"))
-            continue
-        if not text.strip():
-            continue
-        report.read += 1
-        try:
-            row = parse_line(text, employees, now=now)
-        except BadLine as exc:
-            report.problems.append((line, str(exc)))
-            continue
-        if isinstance(row, Skipped):
-            report.skipped += 1
-            continue
-        writer.add(line, row)
-    writer.flush()
+            try:
+                row = parse_line(text, employees, now=now)
+            except BadLine as exc:
+                report.problems.append((line, str(exc)))
+                continue
+            if isinstance(row, Skipped):
+                report.skipped += 1
+                continue
+            writer.add(line, row)
+        writer.flush()
+    finally:
+        writer.close()
     return _finish(report, "chats", started)
 
 
@@ -379,7 +410,18 @@ def _csv(engine: Engine, source: Source, *, model: type[CallIn] | type[SmsIn], c
          progress: Progress | None, kind: str) -> ImportReport:
     started = time.monotonic()
     report = ImportReport()
-    writer = _Writer(engine, report, compare=True, chats=False)
+    writer = _Writer(engine, report, compare=True, chats=False, background=True)
+    try:
+        _read_csv(writer, report, source, model=model, columns=columns, required=required, id_column=id_column,
+                  time_column=time_column, now=now, tz=tz, progress=progress)
+    finally:
+        writer.close()
+    return _finish(report, kind, started)
+
+
+def _read_csv(writer: _Writer, report: ImportReport, source: Source, *, model: type[CallIn] | type[SmsIn],
+              columns: tuple[str, ...], required: tuple[str, ...], id_column: str, time_column: str,
+              now: dt.datetime, tz: dt.tzinfo, progress: Progress | None) -> None:
     numbered = _lines(source, progress)
     where: dict[str, int] = {"line": 0}
 
@@ -397,7 +439,7 @@ def _csv(engine: Engine, source: Source, *, model: type[CallIn] | type[SmsIn], c
         header = [h.strip() for h in next(reader)]
     except StopIteration:
         report.problems.append((1, "the file is empty: the first line must name the columns"))
-        return _finish(report, kind, started)
+        return
     unknown = [h for h in header if h not in columns]
     missing = [c for c in required if c not in header]
     if unknown or missing or len(set(header)) != len(header):
@@ -405,7 +447,7 @@ def _csv(engine: Engine, source: Source, *, model: type[CallIn] | type[SmsIn], c
             [f"missing column(s) {', '.join(missing)}"] if missing else []) + (
             ["a column appears twice"] if len(set(header)) != len(header) else [])
         report.problems.append((1, "; ".join(parts) + f" (columns: {', '.join(columns)}); nothing imported"))
-        return _finish(report, kind, started)
+        return
     end = where["line"]
     while True:
         try:
@@ -435,7 +477,6 @@ def _csv(engine: Engine, source: Source, *, model: type[CallIn] | type[SmsIn], c
             continue
         writer.add(line, record.row(None, given_mobile=given_mobile, now=now))
     writer.flush()
-    return _finish(report, kind, started)
 
 
 def import_calls(engine: Engine, source: Source, *, now: dt.datetime, tz: dt.tzinfo = SHANGHAI,
