@@ -185,3 +185,20 @@ def test_scope_by_role():
     for roles in ((Role.store_staff,), (Role.operator,), ()):
         with pytest.raises(queries.NotAllowed):
             queries.scope_for(p(*roles))
+
+
+def test_newest_messages_walk_never_guesses_at_a_tie(engine):
+    """The manager's unfiltered list reads only the newest messages for its first pages; customers
+    whose last message ties with the oldest message read are not placed from it (one of them may
+    lie outside), so the page is still ordered by (last contact, id). Mutation: ``>=`` instead of
+    ``>`` in _recent_first's HAVING put z9 (inside the read window) before b0..b8 (outside)."""
+    ids = ["a1", "z9", *[f"b{i}" for i in range(9)]]
+    add_rows(engine, Customer, [customer(eu, eu) for eu in ids])
+    add_rows(engine, FollowRelation, [follow("r1", eu) for eu in ids])
+    late, tie = T0 + dt.timedelta(hours=1), T0
+    insert_messages(engine, [message("a1", late, "x") for _ in range(queries.RECENT_WALK_FACTOR * 2 - 1)]
+                    + [message("z9", tie, "z")] + [message(f"b{i}", tie, "b") for i in range(9)])
+    scope = queries.CrmScope("boss", True, None)
+    got = queries.customer_list(engine, scope, per_page=2)
+    assert [r.external_userid for r in got.rows] == ["a1", "b0"]
+    assert everyone(engine, scope, per_page=2) == ["a1", *[f"b{i}" for i in range(9)], "z9"]
