@@ -308,3 +308,26 @@ def test_large_imports_go_in_batches(sample_people, monkeypatch):
     report = import_chats(sample_people, lines, now=NOW)
     assert (report.created, report.revoked) == (31, 1)
     assert rows(sample_people)[("chat", "b3")]["content"] == ""
+
+
+def test_a_failed_batch_write_stops_the_import_with_the_error(sample_people, monkeypatch):
+    """Batches are written on a worker thread; its failure must reach the caller, not vanish with
+    the thread. Tried: not collecting the worker's result (the import returned a report as if
+    every line were stored)."""
+    monkeypatch.setattr(ingest, "BATCH", 5)
+    real = ingest._insert_rows
+    calls = []
+
+    def failing(conn, rows):
+        calls.append(len(rows))
+        if len(calls) == 2:
+            raise RuntimeError("disk full")
+        return real(conn, rows)
+
+    monkeypatch.setattr(ingest, "_insert_rows", failing)
+    with pytest.raises(RuntimeError, match="disk full"):
+        import_chats(sample_people, [chat(f"f{i}", LIU, [ZHANG], at=MS + i) for i in range(20)], now=NOW)
+    assert len(rows(sample_people)) == 5  # the first batch is stored; re-running the import finishes it
+    monkeypatch.setattr(ingest, "_insert_rows", real)
+    again = import_chats(sample_people, [chat(f"f{i}", LIU, [ZHANG], at=MS + i) for i in range(20)], now=NOW)
+    assert (again.created, again.unchanged) == (15, 5)
