@@ -86,8 +86,8 @@ def oracle_search(world, rep: str | None, typed: str) -> set[str]:
     for eu in oracle_scope(world, rep):
         if typed.lower() in world["customers"][eu].lower():
             found.add(eu)
-        if any(typed.lower() in (remark or "").lower() for r, e, _, remark in world["follows"]
-               if e == eu and (rep is None or r == rep)):
+        if any(typed.lower() in (remark or "").lower() for r, e, status, remark in world["follows"]
+               if e == eu and status == "active" and (rep is None or r == rep)):
             found.add(eu)
         mobiles = {m for e, m in world["mobiles"] if e == eu}
         mobiles |= {m["mobile"] for m in world["messages"] if m["external_userid"] == eu and m["mobile"]}
