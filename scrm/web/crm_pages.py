@@ -309,7 +309,8 @@ def crm_router(engine, principal: Callable[[Request], Principal | None], *, tz: 
             **common(request, p), "scope": scope, "c": header, "shown_name": shown_name, "tl": tl,
             "records": records, "names": names, "more_records": more_records, "rpage": rpage, "link": link,
             "message_link": message_link, "base": base, "focus": focus, "layers": names_of(),
-            "saved": q.get("saved"), "page_errors": page_errors, "form_error": form_error or {}, "form_values": form_values or {},
+            "saved": q.get("saved"), "page_errors": page_errors, "form_error": form_error or {},
+            "form_values": form_values or {},
             "csrf_value": csrf(request)}, status_code=status)
 
     @router.get("/crm/customers/{external_userid}", response_class=HTMLResponse)
