@@ -43,9 +43,11 @@ SMS_HELP = ("SMS-gateway CSV (UTF-8, BOM or not; header row): sms_id, mobile, us
 
 
 def _rebuild(console: Console, engine: Engine, customers: set[str]) -> None:
-    """Rebuild the touched customers' records now; the worker does it when the builder is not there."""
+    """Rebuild the touched customers' records now. Refused rules leave the messages stored (the
+    worker or `scrm crm rebuild` builds the records once the rules are fixed): one line, exit 1."""
     import datetime as dt
 
+    from scrm.crm.lint import RulesError
     from scrm.crm.service import rebuild_customers
 
     if not customers:
@@ -54,10 +56,10 @@ def _rebuild(console: Console, engine: Engine, customers: set[str]) -> None:
     try:
         done = rebuild_customers(engine, sorted(customers), now=dt.datetime.now(dt.UTC), settings=settings.crm,
                                  tz=ZoneInfo(settings.sop.timezone))
-    except NotImplementedError:
-        console.print(f"records of {_plural(len(customers), 'customer')} are built by the worker "
-                      "(the rebuild is not available in this build)")
-        return
+    except RulesError as exc:
+        fail(console, f"the messages are stored, but the records of {_plural(len(customers), 'customer')} were "
+                      f"not rebuilt: {exc} (fix the rules: `scrm crm rules lint {settings.crm.rules_dir}`, "
+                      "then `scrm crm rebuild --all`)")
     console.print(f"rebuilt the records of {_plural(done.customers, 'customer')}: "
                   f"{_plural(done.records, 'record')} ({done.created} new, {done.removed} removed)")
 

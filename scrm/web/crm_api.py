@@ -17,10 +17,10 @@ from collections.abc import Callable
 from dataclasses import asdict
 
 from fastapi import APIRouter, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from sqlalchemy.engine import Engine
-from starlette.concurrency import run_in_threadpool
 
 from scrm.crm.ingest import record_batch
 from scrm.crm.ingest_schema import RecordsBatch, RecordsBatchDoc, problems

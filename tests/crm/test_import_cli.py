@@ -96,20 +96,32 @@ def test_refused_lines_are_listed_with_file_and_line_first_20_and_exit_1(cli, re
     assert rebuilds[0]["ids"] == [LIU]  # what was imported is still rebuilt
 
 
-def test_no_rebuild_only_stores_and_a_missing_builder_is_said_plainly(cli, monkeypatch):
-    """Tried: calling the rebuild with --no-rebuild (the builder was asked)."""
-    run, _ = cli
+def test_no_rebuild_only_stores_and_refused_rules_are_said_plainly(cli, monkeypatch, tmp_path):
+    """Tried: calling the rebuild with --no-rebuild (the builder was asked); not catching RulesError
+    (the test failed: a traceback instead of the one line)."""
+    run, engine = cli
     asked: list = []
+    real = service.rebuild_customers
     monkeypatch.setattr(service, "rebuild_customers", lambda *a, **k: asked.append(a))
     out = run("import", "sms", str(SAMPLES / "sms.csv"), "--no-rebuild")
     assert out.exit_code == 0 and asked == [] and "rebuilt" not in out.output
 
-    def not_yet(*a, **k):
-        raise NotImplementedError
-
-    monkeypatch.setattr(service, "rebuild_customers", not_yet)
+    monkeypatch.setattr(service, "rebuild_customers", real)  # the real builder, with rules that do not load
+    broken = tmp_path / "broken-rules"
+    broken.mkdir()
+    (broken / "rules.yaml").write_text("facts:\n  - id: price\n    kind: price\n    regex: '(a+)+'\n")
+    monkeypatch.setenv("SCRM_CRM__RULES_DIR", str(broken))
+    reset_settings_cache()
     out = run("import", "calls", str(SAMPLES / "calls.csv"))
-    assert out.exit_code == 0 and "records of 2 customers are built by the worker" in out.output
+    assert out.exit_code == 2 and isinstance(out.exception, SystemExit), out.output  # fail(): one line, exit 2
+    text = " ".join(out.output.split())
+    assert "the messages are stored, but the records of 2 customers were not rebuilt" in text, text
+    assert "scrm crm rules lint" in text and "Traceback" not in out.output
+    with engine.connect() as conn:  # the calls are stored all the same
+        from sqlalchemy import func, select
+
+        from scrm.crm.models import CrmMessage
+        assert conn.execute(select(func.count()).where(CrmMessage.__table__.c.channel == "call")).scalar() == 5
 
 
 def test_a_missing_file_or_a_bad_header_is_one_clear_line(cli, rebuilds, tmp_path):
