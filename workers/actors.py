@@ -109,11 +109,18 @@ def crm_rebuild_dirty() -> None:
     burst). Running twice is harmless: a rebuild with nothing new writes nothing."""
     from scrm.config import get_settings
     from scrm.crm.jobs import drain_crm
+    from scrm.crm.lint import RulesError, load_rules
     from scrm.crm.queue import schedule_crm_rebuild
     from scrm.db import get_engine
+    from scrm.logs import get_logger
     from scrm.redisserver import get_redis, redis_url
 
     settings = get_settings()
+    try:  # refused rules: the marks wait in Redis (no retry storm); the next mark or the nightly job retries
+        load_rules(settings.crm.rules_dir)
+    except RulesError as exc:
+        get_logger(__name__).warning("crm_rules_refused", problems=str(exc)[:1000], hint="scrm crm rules lint")
+        return
     drain_crm(get_engine(settings.database_url()), get_redis(redis_url(settings)), settings,
               schedule=schedule_crm_rebuild)
 
