@@ -31,13 +31,12 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import re
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from scrm.crm.models import Direction, ServiceEventKind
-from scrm.crm.rules import MAX_SCAN_CHARS, CrmRules, NextStepRule
+from scrm.crm.rules import MAX_SCAN_CHARS, CrmRules, fill
 
 EXCERPT_CHARS = 120
 
@@ -108,13 +107,41 @@ def _local(day: dt.date, minute: int, tz: dt.tzinfo) -> dt.datetime:
     return dt.datetime.combine(d, dt.time(minute // 60, minute % 60), tzinfo=tz).astimezone(dt.UTC)
 
 
+_window_cache: dict[BusinessHours, dict[int, tuple[dt.datetime, dt.datetime] | None]] = {}
+
+
+def _windows(hours: BusinessHours, start: dt.datetime, end: dt.datetime) -> list[tuple[dt.datetime, dt.datetime]]:
+    """:meth:`BusinessHours.windows` as a list, each day's window looked up by its ordinal (the
+    wait events call this once per customer turn: a generator and an lru_cache key per day cost
+    more than the arithmetic)."""
+    cache = _window_cache.get(hours)
+    if cache is None:
+        if len(_window_cache) > 16:
+            _window_cache.clear()
+        cache = _window_cache[hours] = {}
+    tz = hours.tz
+    first = start.astimezone(tz).toordinal() - 1
+    last = end.astimezone(tz).toordinal()
+    out = []
+    for ordinal in range(first, last + 1):
+        try:
+            window = cache[ordinal]
+        except KeyError:
+            day = dt.date.fromordinal(ordinal)
+            window = cache[ordinal] = _day_window(hours, day) if day.isoweekday() in hours.days else None
+        if window is not None:
+            out.append(window)
+    return out
+
+
 def business_seconds(start: dt.datetime, end: dt.datetime, hours: BusinessHours) -> int:
     """Seconds of [start, end) inside business hours (0 when end <= start)."""
     if end <= start:
         return 0
     total = 0.0
-    for w0, w1 in hours.windows(start, end):
-        lo, hi = max(w0, start), min(w1, end)
+    for w0, w1 in _windows(hours, start, end):
+        lo = w0 if w0 > start else start
+        hi = w1 if w1 < end else end
         if hi > lo:
             total += (hi - lo).total_seconds()
     return int(total)
@@ -215,16 +242,18 @@ def excerpt(text: str, around: int | None = None, width: int = EXCERPT_CHARS) ->
     return "…" + text[start: start + width - 2] + ("…" if start + width - 2 < len(text) else "")
 
 
-def _rep(session: list[Msg]) -> str | None:
-    counts: Counter[str] = Counter()
-    first_at: dict[str, int] = {}
-    for i, m in enumerate(session):
-        if not m.inbound and m.live and m.userid:
-            counts[m.userid] += 1
-            first_at.setdefault(m.userid, i)
-    if not counts:
-        return None
-    return min(counts, key=lambda u: (-counts[u], first_at[u]))
+@dataclass(frozen=True)
+class _Step:
+    """A next-step rule as plain values (sets for the fact conditions)."""
+
+    id: str
+    facts: frozenset[str] | None
+    kinds: frozenset[str] | None
+    open_questions: bool | None
+    last_from_customer: bool | None
+    no_reply: dt.timedelta | None
+    text: str
+    fills: bool  # the text holds a placeholder (else it is used as written)
 
 
 @dataclass(frozen=True)
@@ -232,25 +261,73 @@ class _Plan:
     """The rules as plain tuples for the hot loop (pydantic attribute access costs more than the
     regex search itself on a million messages)."""
 
-    facts: tuple[tuple[str, str, str, str | None, Any], ...]  # id, kind, label, fixed value, pattern
+    # id, kind, label, fixed value, pattern, how to read a match's value (_WHOLE, _GROUP1, _GENERAL)
+    facts: tuple[tuple[str, str, str, str | None, Any, int], ...]
     phrases: tuple[tuple[str, Any], ...]  # id, pattern
     markers: tuple[str, ...]
+    question: Any  # one regex: any marker, as a plain substring (what ``marker in text`` finds)
+    any_phrase: Any  # one regex that finds something wherever some phrase rule would (None: no shortcut)
+    steps: tuple[_Step, ...]
+    default_step: str
 
 
 _plans: dict[int, tuple[CrmRules, _Plan]] = {}
+
+
+def _any_of(rules: Sequence[Any]) -> Any:
+    """One regex matching wherever one of these matchers would: a message it finds nothing in needs
+    no rule-by-rule scan. None when the rules do not combine (the same group name in two regexes)."""
+    parts = []
+    for r in rules:
+        if r.regex:
+            parts.append(f"(?:{r.regex})")
+        if r.keywords:
+            parts.append("|".join(re.escape(k) for k in r.keywords))
+    if not parts:
+        return None
+    try:
+        return re.compile("|".join(parts), re.IGNORECASE)
+    except re.error:
+        return None
 
 
 def _plan(rules: CrmRules) -> _Plan:
     cached = _plans.get(id(rules))
     if cached is not None and cached[0] is rules:
         return cached[1]
-    plan = _Plan(facts=tuple((r.id, r.kind, r.label, r.value, r.pattern) for r in rules.facts),
+    steps = []
+    for step in rules.next_steps:
+        w = step.when
+        steps.append(_Step(
+            id=step.id, facts=frozenset(w.facts) if w.facts else None,
+            kinds=frozenset(w.fact_kinds) if w.fact_kinds else None, open_questions=w.open_questions,
+            last_from_customer=None if w.last_from is None else w.last_from == "customer",
+            no_reply=None if w.no_reply_hours is None else dt.timedelta(hours=w.no_reply_hours),
+            text=step.text, fills="{" in step.text or "}" in step.text))
+    markers = tuple(rules.questions.markers)
+    plan = _Plan(facts=tuple((r.id, r.kind, r.label, r.value, r.pattern, _reading(r.pattern)) for r in rules.facts),
                  phrases=tuple((p.id, p.pattern) for p in rules.phrases),
-                 markers=tuple(rules.questions.markers))
+                 markers=markers,
+                 question=re.compile("|".join(re.escape(m) for m in markers)),
+                 any_phrase=_any_of(rules.phrases),
+                 steps=tuple(steps), default_step=rules.default_next_step)
     if len(_plans) > 32:
         _plans.clear()
     _plans[id(rules)] = (rules, plan)
     return plan
+
+
+_WHOLE, _GROUP1, _GENERAL = 0, 1, 2
+
+
+def _reading(pattern: re.Pattern[str]) -> int:
+    """How :func:`_value` reads this pattern's matches, decided once: keywords only (the whole
+    match is the keyword), one group (it, else the whole match), anything else (the general way)."""
+    if pattern.groups == 1 and pattern.groupindex == {"_kw": 1} and pattern.pattern.startswith("(?P<_kw>"):
+        return _WHOLE
+    if pattern.groups == 1 and "_kw" not in pattern.groupindex:
+        return _GROUP1
+    return _GENERAL
 
 
 def _value(m: re.Match[str]) -> str:
@@ -269,80 +346,104 @@ def _value(m: re.Match[str]) -> str:
 def _facts(session: list[Msg], plan: _Plan) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     seen: set[tuple[str, str]] = set()
+    rules = plan.facts
     for m in session:
         if m.revoked or not m.content:
             continue
         text = m.content[:MAX_SCAN_CHARS]
-        for rule_id, kind, label, fixed, pattern in plan.facts:
+        mid = m.id
+        for rule_id, kind, label, fixed, pattern, reading in rules:
             for found in pattern.finditer(text):
-                if not found.group(0):
+                if not fixed:
+                    whole = found.group(0)
+                    if not whole:
+                        continue
+                    if reading == _WHOLE:
+                        value = whole.strip() or whole
+                    elif reading == _GROUP1:
+                        group = found.group(1)
+                        value = whole if group is None else (group.strip() or whole)
+                    else:
+                        value = _value(found)
+                elif found.end() == found.start():
                     continue
-                value = fixed or _value(found)
-                if (rule_id, value) in seen:
+                else:
+                    value = fixed
+                key = (rule_id, value)
+                if key in seen:
                     continue
-                seen.add((rule_id, value))
-                out.append({"kind": kind, "label": label, "value": value, "rule_id": rule_id, "message_id": m.id})
+                seen.add(key)
+                out.append({"kind": kind, "label": label, "value": value, "rule_id": rule_id, "message_id": mid})
     return out
 
 
-def _is_question(text: str, plan: _Plan) -> bool:
-    head = text[:MAX_SCAN_CHARS]
-    return any(marker in head for marker in plan.markers)
+def _next_step(plan: _Plan, facts: list[dict[str, Any]], open_count: int, last: Msg,
+               now: dt.datetime) -> tuple[str, str | None]:
+    """The first next step whose conditions hold (``last``: the session's last live message)."""
+    rule_ids = {f["rule_id"] for f in facts}
+    kinds = {f["kind"] for f in facts}
+    last_in = last.direction == _IN
+    for step in plan.steps:
+        if step.facts is not None and step.facts.isdisjoint(rule_ids):
+            continue
+        if step.kinds is not None and step.kinds.isdisjoint(kinds):
+            continue
+        if step.open_questions is not None and step.open_questions != (open_count > 0):
+            continue
+        if step.last_from_customer is not None and last_in != step.last_from_customer:
+            continue
+        if step.no_reply is not None and (not last_in or now - last.sent_at < step.no_reply):
+            continue
+        return (fill(step.text, facts) if step.fills else step.text), step.id
+    return fill(plan.default_step, facts), None
 
 
-def _step_holds(step: NextStepRule, *, facts: list[dict[str, Any]], open_count: int, session: list[Msg],
-                now: dt.datetime) -> bool:
-    w = step.when
-    if w.facts and not any(f["rule_id"] in w.facts for f in facts):
-        return False
-    if w.fact_kinds and not any(f["kind"] in w.fact_kinds for f in facts):
-        return False
-    if w.open_questions is not None and w.open_questions != (open_count > 0):
-        return False
-    live = [m for m in session if m.live]
-    last = live[-1] if live else None
-    if w.last_from is not None:
-        if last is None or (last.inbound != (w.last_from == "customer")):
-            return False
-    if w.no_reply_hours is not None:
-        if last is None or not last.inbound:
-            return False
-        if now - last.sent_at < dt.timedelta(hours=w.no_reply_hours):
-            return False
-    return True
+_IN = str(Direction.inbound)
 
 
 def build_record(session: list[Msg], rules: CrmRules, now: dt.datetime) -> Record | None:
-    live = [m for m in session if m.live]
+    plan = _plan(rules)
+    question = plan.question
+    live: list[Msg] = []
+    first_text_in: Msg | None = None
+    questions: list[tuple[int, Msg]] = []
+    last_reply: Msg | None = None
+    last_out_index = -1
+    counts: dict[str, int] = {}
+    for i, m in enumerate(session):
+        if m.revoked:
+            continue
+        live.append(m)
+        if m.direction == _IN:
+            if m.content:
+                if first_text_in is None:
+                    first_text_in = m
+                if question.search(m.content, 0, MAX_SCAN_CHARS) is not None:
+                    questions.append((i, m))
+        else:
+            last_out_index = i
+            if m.content:
+                last_reply = m
+            if m.userid:
+                counts[m.userid] = counts.get(m.userid, 0) + 1
     if not live:
         return None  # every message recalled: nothing to follow up
-    inbound_text = [m for m in live if m.inbound and m.content]
-    plan = _plan(rules)
-    questions = [m for m in inbound_text if _is_question(m.content, plan)]
-    question_ids = {m.id for m in questions}
-    first_q = questions[0] if questions else (inbound_text[0] if inbound_text else None)
-    replies = [m for m in live if not m.inbound and m.content]
-    last_reply = replies[-1] if replies else None
-    last_out_index = max((i for i, m in enumerate(session) if m.live and not m.inbound), default=-1)
+    first_q = questions[0][1] if questions else first_text_in
+    # the rep: most outbound messages; a tie goes to the first to write (dicts keep that order)
+    rep = None
+    best = 0
+    for userid, count in counts.items():
+        if count > best:
+            rep, best = userid, count
     open_questions = [{"text": excerpt(m.content, width=200), "message_id": m.id,
                        "asked_at": m.sent_at.astimezone(dt.UTC).isoformat()}
-                      for i, m in enumerate(session)
-                      if i > last_out_index and m.id in question_ids]
+                      for i, m in questions if i > last_out_index]
     facts = _facts(session, plan)
-    step_text, step_rule = rules.default_next_step, None
-    for step in rules.next_steps:
-        if _step_holds(step, facts=facts, open_count=len(open_questions), session=session, now=now):
-            step_text, step_rule = step.render(facts), step.id
-            break
-    else:
-        from scrm.crm.rules import fill
-
-        step_text = fill(rules.default_next_step, facts)
-    channels = sorted({m.channel for m in live})
+    step_text, step_rule = _next_step(plan, facts, len(open_questions), live[-1], now)
     return Record(
         first_message_id=session[0].id, last_message_id=session[-1].id,
         started_at=session[0].sent_at, ended_at=session[-1].sent_at,
-        userid=_rep(session), channels=channels, message_count=len(live),
+        userid=rep, channels=sorted({m.channel for m in live}), message_count=len(live),
         first_question=first_q.content if first_q else "",
         first_question_message_id=first_q.id if first_q else None,
         last_reply=last_reply.content if last_reply else "",
@@ -352,14 +453,9 @@ def build_record(session: list[Msg], rules: CrmRules, now: dt.datetime) -> Recor
 
 def _events(line: list[Msg], split: list[list[Msg]], reps: list[str | None], rules: CrmRules,
             hours: BusinessHours) -> list[Event]:
-    live = [m for m in line if m.live]
-    # For each live message, the first live outbound message after it (the reply).
-    next_reply: dict[int, Msg | None] = {}
-    upcoming: Msg | None = None
-    for m in reversed(live):
-        next_reply[m.id] = upcoming
-        if not m.inbound:
-            upcoming = m
+    live = [m for m in line if not m.revoked]
+    # For each live message, the first live outbound message after it (the reply), and the rep
+    # who wrote last before it; each message's session rep.
     session_rep: dict[int, str | None] = {}
     for s, rep in zip(split, reps, strict=True):
         for m in s:
@@ -367,38 +463,47 @@ def _events(line: list[Msg], split: list[list[Msg]], reps: list[str | None], rul
     last_rep: dict[int, str | None] = {}
     current: str | None = None
     for m in live:
-        if not m.inbound and m.userid:
+        if m.direction != _IN and m.userid:
             current = m.userid
         last_rep[m.id] = current
-
-    def answerable(m: Msg, reply: Msg | None) -> str | None:
-        if reply is not None and reply.userid:
-            return reply.userid
-        return session_rep.get(m.id) or last_rep.get(m.id)
+    next_reply: dict[int, Msg | None] = {}
+    upcoming: Msg | None = None
+    for m in reversed(live):
+        next_reply[m.id] = upcoming
+        if m.direction != _IN:
+            upcoming = m
 
     def waited(m: Msg, kind: str) -> Event:
         reply = next_reply[m.id]
-        return Event(kind=kind, message_id=m.id, occurred_at=m.sent_at, userid=answerable(m, reply),
-                     replied_at=reply.sent_at if reply else None,
-                     business_seconds=business_seconds(m.sent_at, reply.sent_at, hours) if reply else None,
-                     excerpt=excerpt(m.content))
+        if reply is not None:
+            userid = reply.userid or session_rep.get(m.id) or last_rep.get(m.id)
+            return Event(kind=kind, message_id=m.id, occurred_at=m.sent_at, userid=userid,
+                         replied_at=reply.sent_at, business_seconds=business_seconds(m.sent_at, reply.sent_at, hours),
+                         excerpt=excerpt(m.content))
+        return Event(kind=kind, message_id=m.id, occurred_at=m.sent_at,
+                     userid=session_rep.get(m.id) or last_rep.get(m.id), excerpt=excerpt(m.content))
 
     plan = _plan(rules)
     out: list[Event] = []
     for s in split:
-        first_in = next((m for m in s if m.live and m.inbound), None)
+        first_in = next((m for m in s if not m.revoked and m.direction == _IN), None)
         if first_in is not None:
             out.append(waited(first_in, ServiceEventKind.first_response))
-    previous: Msg | None = None
+    previous_in = False
     for m in live:
-        if m.inbound and (previous is None or not previous.inbound):
+        inbound = m.direction == _IN
+        if inbound and not previous_in:
             out.append(waited(m, ServiceEventKind.wait))
-        previous = m
+        previous_in = inbound
+    phrases = plan.phrases
+    any_phrase = plan.any_phrase
     for m in live:
-        if m.inbound or not m.content:
+        if m.direction == _IN or not m.content:
             continue
         text = m.content[:MAX_SCAN_CHARS]
-        for rule_id, pattern in plan.phrases:
+        if any_phrase is not None and any_phrase.search(text) is None:
+            continue
+        for rule_id, pattern in phrases:
             found = pattern.search(text)
             if found:
                 out.append(Event(kind=ServiceEventKind.risky, message_id=m.id, occurred_at=m.sent_at,
