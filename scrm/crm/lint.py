@@ -14,30 +14,20 @@ the items that pass.
 
 from __future__ import annotations
 
-import difflib
-import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ValidationError
-from yaml.nodes import MappingNode, ScalarNode
+from pydantic import ValidationError
 
 from scrm.crm.rules import CrmRules, FactRule, NextStepRule, PhraseRule, Questions
+from scrm.rules_folder import RulesFolder, read_rules_folder, short, suggest, validation_problems
 from scrm.sop.lint import (
-    ERROR,
     WARNING,
     Problem,
-    _duplicate_keys,
-    _Loader,
-    _yaml_error,
     errors_in,
-    line_of,
-    template_files,
 )
-from scrm.sop.render import format_loc
 
 TOP_KEYS = ("facts", "questions", "next_steps", "default_next_step", "phrases")
 REQUIRED = ("questions", "default_next_step")
@@ -51,134 +41,8 @@ class RulesError(Exception):
         super().__init__("the CRM rules do not load:\n" + "\n".join(str(p) for p in self.problems))
 
 
-@dataclass
-class _Source:
-    path: str
-    root: MappingNode
-    key_lines: dict[str, int]
-
-
-@dataclass
-class _Folder:
-    data: dict[str, Any] = field(default_factory=dict)
-    origin: dict[str, _Source] = field(default_factory=dict)
-    files: list[str] = field(default_factory=list)
-    problems: list[Problem] = field(default_factory=list)
-
-    def at(self, loc: tuple, message: str, severity: str = ERROR) -> Problem:
-        src = self.origin.get(str(loc[0])) if loc else None
-        if src is None:
-            where = next(iter(self.origin.values()), None)
-            return Problem(where.path if where else (self.files[0] if self.files else "crm"), None, message, severity)
-        return Problem(src.path, line_of(src.root, loc), message, severity)
-
-
-def _read(rules_dir: str | Path) -> _Folder:
-    folder = _Folder()
-    base = Path(rules_dir)
-    if not base.exists():
-        folder.problems.append(Problem(str(base), None, "no such file or directory"))
-        return folder
-    files = template_files(base)
-    if not files:
-        folder.problems.append(Problem(str(base), None, "no rule files (*.yaml) here"))
-        return folder
-    for file in files:
-        name = str(file)
-        folder.files.append(name)
-        try:
-            text = file.read_text(encoding="utf-8-sig")
-        except (OSError, UnicodeDecodeError) as exc:
-            folder.problems.append(Problem(name, None, f"cannot read the file: {exc}"))
-            continue
-        loader = _Loader(text)
-        try:
-            root = loader.get_single_node()
-            if root is None:
-                folder.problems.append(Problem(name, None, "the file is empty; it is ignored", WARNING))
-                continue
-            folder.problems.extend(_duplicate_keys(name, root))
-            data = loader.construct_document(root)
-        except yaml.YAMLError as exc:
-            folder.problems.append(_yaml_error(name, text, exc))
-            continue
-        except (ValueError, TypeError) as exc:
-            folder.problems.append(Problem(name, None, f"cannot read a value: {exc}"))
-            continue
-        finally:
-            loader.dispose()
-        if not isinstance(root, MappingNode) or not isinstance(data, dict):
-            folder.problems.append(Problem(name, root.start_mark.line + 1, "the top level must be a mapping of keys "
-                                           f"({', '.join(TOP_KEYS)})"))
-            continue
-        src = _Source(name, root, {})
-        for key_node, _ in root.value:
-            if isinstance(key_node, ScalarNode):
-                src.key_lines.setdefault(key_node.value, key_node.start_mark.line + 1)
-        for key, value in data.items():
-            key = str(key)
-            if key in folder.origin:
-                first = folder.origin[key]
-                folder.problems.append(Problem(
-                    name, src.key_lines.get(key),
-                    f"{key!r} is already given in {first.path} (line {first.key_lines.get(key)}); each top-level "
-                    "key lives in one file"))
-                continue
-            folder.origin[key] = src
-            folder.data[key] = value
-    return folder
-
-
-def _suggest(word: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _keys_of(model: type[BaseModel], own: tuple) -> list[str]:
-    models: list[Any] = [model]
-    for part in own:
-        if isinstance(part, int):
-            continue
-        found = [f for m in models for name, f in m.model_fields.items() if name == part]
-        if not found:
-            return []
-        ann = found[0].annotation
-        models = [ann] if isinstance(ann, type) and issubclass(ann, BaseModel) else []
-    return sorted({name for m in models for name in m.model_fields})
-
-
-def _validation_problems(folder: _Folder, exc: ValidationError, prefix: tuple, model: type[BaseModel]
-                         ) -> list[Problem]:
-    out = []
-    for err in exc.errors():
-        own = tuple(err["loc"])
-        loc = prefix + own
-        kind, msg, value = err["type"], err["msg"].removeprefix("Value error, "), err.get("input")
-        where, label = loc, format_loc(loc)
-        if kind == "extra_forbidden":
-            label = format_loc(loc[:-1])
-            what = f"unknown key {loc[-1]!r}{_suggest(str(loc[-1]), _keys_of(model, own[:-1]))}"
-        elif kind == "missing":
-            where = loc[:-1]
-            label = format_loc(where)
-            what = f"missing required key {loc[-1]!r}"
-        elif kind == "string_pattern_mismatch" and loc[-1] == "id":
-            what = (f"{_short(value)} is not a valid id: lowercase letters, digits, '-' and '_', starting with a "
-                    "letter or digit, at most 32 characters")
-        elif kind == "literal_error":
-            allowed = re.findall(r"'([^']*)'", str((err.get("ctx") or {}).get("expected", "")))
-            what = f"{msg} (got {_short(value)}){_suggest(str(value), allowed)}"
-        elif kind == "value_error" or not isinstance(value, (str, int, float, bool, type(None))):
-            what = msg
-        else:
-            what = f"{msg} (got {_short(value)})"
-        out.append(folder.at(where, f"{label}: {what}" if label else what))
-    return out
+def _read(rules_dir: str | Path) -> RulesFolder:
+    return read_rules_folder(rules_dir, TOP_KEYS, name="crm")
 
 
 @dataclass
@@ -189,7 +53,7 @@ class _Parts:
     questions: Questions | None = None
 
 
-def _validate(folder: _Folder) -> tuple[_Parts, list[Problem]]:
+def _validate(folder: RulesFolder) -> tuple[_Parts, list[Problem]]:
     parts, problems = _Parts(), []
     data = folder.data
     for key, model in (("facts", FactRule), ("next_steps", NextStepRule), ("phrases", PhraseRule)):
@@ -197,26 +61,26 @@ def _validate(folder: _Folder) -> tuple[_Parts, list[Problem]]:
         if raw is None:
             continue
         if not isinstance(raw, list):
-            problems.append(folder.at((key,), f"{key}: a list is expected (got {_short(raw)})"))
+            problems.append(folder.at((key,), f"{key}: a list is expected (got {short(raw)})"))
             continue
         for i, item in enumerate(raw):
             try:
                 getattr(parts, key).append((i, model.model_validate(item)))
             except ValidationError as exc:
-                problems.extend(_validation_problems(folder, exc, (key, i), model))
+                problems.extend(validation_problems(folder, exc, (key, i), model))
     if "questions" in data:
         try:
             parts.questions = Questions.model_validate(data["questions"])
         except ValidationError as exc:
-            problems.extend(_validation_problems(folder, exc, ("questions",), Questions))
+            problems.extend(validation_problems(folder, exc, ("questions",), Questions))
     if "default_next_step" in data:
         try:
             CrmRules.model_validate({"questions": {"markers": ["?"]}, "default_next_step": data["default_next_step"]})
         except ValidationError as exc:
-            problems.extend(_validation_problems(folder, exc, (), CrmRules))
+            problems.extend(validation_problems(folder, exc, (), CrmRules))
     for key in data:
         if key not in TOP_KEYS:
-            problems.append(folder.at((key,), f"unknown top-level key {key!r}{_suggest(key, TOP_KEYS)}; "
+            problems.append(folder.at((key,), f"unknown top-level key {key!r}{suggest(key, TOP_KEYS)}; "
                                               f"a rules file holds {', '.join(TOP_KEYS)}"))
     for key in REQUIRED:
         if key not in data and folder.files:
@@ -231,7 +95,7 @@ def _raw_ids(data: Any, key: str) -> list[tuple[int, str]]:
     return [(i, item["id"]) for i, item in enumerate(raw) if isinstance(item, dict) and isinstance(item.get("id"), str)]
 
 
-def _checks(folder: _Folder, parts: _Parts) -> list[Problem]:
+def _checks(folder: RulesFolder, parts: _Parts) -> list[Problem]:
     out: list[Problem] = []
     for key, what in (("facts", "fact rule id"), ("next_steps", "next step id"), ("phrases", "phrase rule id")):
         first: dict[str, int] = {}
@@ -247,7 +111,7 @@ def _checks(folder: _Folder, parts: _Parts) -> list[Problem]:
             if ident not in fact_ids:
                 out.append(folder.at(("next_steps", i, "when", "facts", k),
                                      f"next_steps[{i}].when.facts: {ident!r} is not a fact rule"
-                                     f"{_suggest(ident, fact_ids)}"))
+                                     f"{suggest(ident, fact_ids)}"))
     for j, step in parts.next_steps:
         for i, earlier in parts.next_steps:
             if i >= j:

@@ -17,16 +17,12 @@ validated one by one for the later checks.
 
 from __future__ import annotations
 
-import difflib
-import typing
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ValidationError
-from yaml.nodes import MappingNode, ScalarNode
+from pydantic import ValidationError
 
 from scrm.layers.rules import (
     WECOM_TAG_NAME_MAX,
@@ -40,16 +36,13 @@ from scrm.layers.rules import (
     TagRule,
     TagSettings,
 )
+from scrm.rules_folder import RulesFolder, read_rules_folder, short, suggest, validation_problems
 from scrm.sop.lint import (
     ERROR,
     WARNING,
     Problem,
-    _duplicate_keys,
-    _Loader,
-    _yaml_error,
     errors_in,
     line_of,
-    template_files,
 )
 from scrm.sop.render import format_loc
 
@@ -82,147 +75,9 @@ class RulesError(Exception):
 # Reading the folder
 
 
-@dataclass
-class _Source:
-    path: str
-    root: MappingNode
-    key_lines: dict[str, int]
-
-
-@dataclass
-class _Folder:
-    data: dict[str, Any] = field(default_factory=dict)
-    origin: dict[str, _Source] = field(default_factory=dict)  # top-level key -> its file
-    files: list[str] = field(default_factory=list)
-    problems: list[Problem] = field(default_factory=list)
-
-    def at(self, loc: tuple, message: str, severity: str = ERROR) -> Problem:
-        """A problem at ``loc`` (a path into the merged data) in the file holding ``loc[0]``."""
-        src = self.origin.get(str(loc[0])) if loc else None
-        if src is None:
-            where = next(iter(self.origin.values()), None)
-            return Problem(where.path if where else (self.files[0] if self.files else "layers"), None, message,
-                           severity)
-        return Problem(src.path, line_of(src.root, loc), message, severity)
-
-    def add(self, loc: tuple, message: str, severity: str = ERROR) -> None:
-        self.problems.append(self.at(loc, message, severity))
-
-
-def _read(rules_dir: str | Path) -> _Folder:
-    folder = _Folder()
-    base = Path(rules_dir)
-    if not base.exists():
-        folder.problems.append(Problem(str(base), None, "no such file or directory"))
-        return folder
-    files = template_files(base)
-    if not files:
-        folder.problems.append(Problem(str(base), None, "no rule files (*.yaml) here"))
-        return folder
-    for file in files:
-        name = str(file)
-        folder.files.append(name)
-        try:
-            text = file.read_text(encoding="utf-8-sig")
-        except (OSError, UnicodeDecodeError) as exc:
-            folder.problems.append(Problem(name, None, f"cannot read the file: {exc}"))
-            continue
-        loader = _Loader(text)
-        try:
-            root = loader.get_single_node()
-            if root is None:
-                folder.problems.append(Problem(name, None, "the file is empty; it is ignored", WARNING))
-                continue
-            folder.problems.extend(_duplicate_keys(name, root))
-            data = loader.construct_document(root)
-        except yaml.YAMLError as exc:
-            folder.problems.append(_yaml_error(name, text, exc))
-            continue
-        except (ValueError, TypeError) as exc:
-            folder.problems.append(Problem(name, None, f"cannot read a value: {exc}"))
-            continue
-        finally:
-            loader.dispose()
-        if not isinstance(root, MappingNode) or not isinstance(data, dict):
-            folder.problems.append(Problem(name, root.start_mark.line + 1, "the top level must be a mapping of keys "
-                                           f"({', '.join(TOP_KEYS)})"))
-            continue
-        src = _Source(name, root, {})
-        for key_node, _ in root.value:
-            if isinstance(key_node, ScalarNode):
-                src.key_lines.setdefault(key_node.value, key_node.start_mark.line + 1)
-        for key, value in data.items():
-            key = str(key)
-            if key in folder.origin:
-                first = folder.origin[key]
-                folder.problems.append(Problem(
-                    name, src.key_lines.get(key),
-                    f"{key!r} is already given in {first.path} (line {first.key_lines.get(key)}); each top-level "
-                    "key lives in one file (rules are tried in the order written, so they stay in one list)"))
-                continue
-            folder.origin[key] = src
-            folder.data[key] = value
-    return folder
-
-
-# --------------------------------------------------------------------------------------------
-# Validation errors -> problems
-
-
-def _models_in(annotation: Any) -> list[type[BaseModel]]:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return [annotation]
-    return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
-
-
-def _keys_at(model: type[BaseModel], loc: Iterable[str | int]) -> list[str]:
-    """The keys allowed in the mapping at ``loc`` below ``model``, to suggest one for a typo."""
-    models: list[type[BaseModel]] = [model]
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        found = [f for m in models for name, f in m.model_fields.items() if (f.alias or name) == part]
-        if not found:
-            return []
-        models = _models_in(found[0].annotation)
-    return sorted({(f.alias or name) for m in models for name, f in m.model_fields.items()})
-
-
-def _suggest(word: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _validation_problems(folder: _Folder, exc: ValidationError, prefix: tuple, model: type[BaseModel]
-                         ) -> list[Problem]:
-    """One problem per pydantic error of ``model`` validated at ``prefix`` of the merged data."""
-    out = []
-    for err in exc.errors():
-        own = tuple(err["loc"])
-        loc = prefix + own
-        kind, msg, value = err["type"], err["msg"].removeprefix("Value error, "), err.get("input")
-        where, label = loc, format_loc(loc)
-        if kind == "extra_forbidden":
-            label = format_loc(loc[:-1])
-            what = f"unknown key {loc[-1]!r}{_suggest(str(loc[-1]), _keys_at(model, own[:-1]))}"
-        elif kind == "missing":
-            where = label_loc = loc[:-1]
-            label = format_loc(label_loc)
-            what = f"missing required key {loc[-1]!r}"
-        elif kind == "string_pattern_mismatch" and loc[-1] == "id":
-            what = (f"{_short(value)} is not a valid id: lowercase letters, digits, '-' and '_', starting with a "
-                    "letter or digit, at most 32 characters")
-        elif kind == "value_error" or not isinstance(value, (str, int, float, bool, type(None))):
-            what = msg
-        else:
-            what = f"{msg} (got {_short(value)})"
-        out.append(folder.at(where, f"{label}: {what}" if label else what))
-    return out
+def _read(rules_dir: str | Path) -> RulesFolder:
+    return read_rules_folder(rules_dir, TOP_KEYS, name="layers",
+                             duplicate_note=" (rules are tried in the order written, so they stay in one list)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -239,7 +94,7 @@ class _Parts:
     tag_rules: list[tuple[int, TagRule]] = field(default_factory=list)
 
 
-def _validate_parts(folder: _Folder) -> tuple[_Parts, list[Problem]]:
+def _validate_parts(folder: RulesFolder) -> tuple[_Parts, list[Problem]]:
     parts, problems = _Parts(), []
     data = folder.data
     for key, model in (("layers", Layer), ("rules", LayerRule)):
@@ -247,7 +102,7 @@ def _validate_parts(folder: _Folder) -> tuple[_Parts, list[Problem]]:
         if raw is None:
             continue
         if not isinstance(raw, list):
-            problems.append(folder.at((key,), f"{key}: a list is expected (got {_short(raw)})"))
+            problems.append(folder.at((key,), f"{key}: a list is expected (got {short(raw)})"))
             continue
         if key == "layers" and not raw:
             problems.append(folder.at((key,), "layers: give at least one layer"))
@@ -255,12 +110,12 @@ def _validate_parts(folder: _Folder) -> tuple[_Parts, list[Problem]]:
             try:
                 valid = model.model_validate(item)
             except ValidationError as exc:
-                problems.extend(_validation_problems(folder, exc, (key, i), model))
+                problems.extend(validation_problems(folder, exc, (key, i), model))
                 continue
             getattr(parts, key).append((i, valid))
     if "default_layer" in data and not isinstance(data["default_layer"], str):
         problems.append(folder.at(("default_layer",), f"default_layer: a layer id is expected "
-                                                      f"(got {_short(data['default_layer'])})"))
+                                                      f"(got {short(data['default_layer'])})"))
     raw_tags = data.get("tags", {})
     if raw_tags is None:
         raw_tags = {}
@@ -269,20 +124,20 @@ def _validate_parts(folder: _Folder) -> tuple[_Parts, list[Problem]]:
         try:
             parts.tags = TagSettings.model_validate({k: v for k, v in raw_tags.items() if k != "rules"})
         except ValidationError as exc:
-            problems.extend(_validation_problems(folder, exc, ("tags",), TagSettings))
+            problems.extend(validation_problems(folder, exc, ("tags",), TagSettings))
         if isinstance(raw_rules, list):
             for i, item in enumerate(raw_rules):
                 try:
                     parts.tag_rules.append((i, TagRule.model_validate(item)))
                 except ValidationError as exc:
-                    problems.extend(_validation_problems(folder, exc, ("tags", "rules", i), TagRule))
+                    problems.extend(validation_problems(folder, exc, ("tags", "rules", i), TagRule))
         elif raw_rules is not None:
-            problems.append(folder.at(("tags", "rules"), f"tags.rules: a list is expected (got {_short(raw_rules)})"))
+            problems.append(folder.at(("tags", "rules"), f"tags.rules: a list is expected (got {short(raw_rules)})"))
     else:
-        problems.append(folder.at(("tags",), f"tags: a mapping is expected (got {_short(raw_tags)})"))
+        problems.append(folder.at(("tags",), f"tags: a mapping is expected (got {short(raw_tags)})"))
     for key in data:
         if key not in TOP_KEYS:
-            problems.append(folder.at((key,), f"unknown top-level key {key!r}{_suggest(key, TOP_KEYS)}; "
+            problems.append(folder.at((key,), f"unknown top-level key {key!r}{suggest(key, TOP_KEYS)}; "
                                               f"a rules file holds {', '.join(TOP_KEYS)}"))
     for key in ("layers", "default_layer"):
         if key not in data and folder.origin:
@@ -290,7 +145,7 @@ def _validate_parts(folder: _Folder) -> tuple[_Parts, list[Problem]]:
     return parts, problems
 
 
-def _twice(folder: _Folder, items: Iterable[tuple[int, str]], loc_of: Any, what: str) -> list[Problem]:
+def _twice(folder: RulesFolder, items: Iterable[tuple[int, str]], loc_of: Any, what: str) -> list[Problem]:
     first: dict[str, int] = {}
     out = []
     for i, ident in items:
@@ -314,7 +169,7 @@ def _raw_ids(data: Any, *loc: str) -> list[tuple[int, str]]:
     return [(i, item["id"]) for i, item in _raw_items(data, *loc) if isinstance(item.get("id"), str)]
 
 
-def _reference_problems(folder: _Folder, parts: _Parts) -> list[Problem]:
+def _reference_problems(folder: RulesFolder, parts: _Parts) -> list[Problem]:
     """Ids used twice and layers that don't exist, each at its line."""
     data = folder.data
     problems = _twice(folder, _raw_ids(data, "layers"), lambda i: ("layers", i, "id"), "layer id")
@@ -328,12 +183,12 @@ def _reference_problems(folder: _Folder, parts: _Parts) -> list[Problem]:
     default = folder.data.get("default_layer")
     if isinstance(default, str) and default not in ids:
         problems.append(folder.at(("default_layer",), f"default_layer: {default!r} is not a layer"
-                                                      f"{_suggest(default, ids)}{known}"))
+                                                      f"{suggest(default, ids)}{known}"))
     for i, rule in parts.rules:
         if rule.layer not in ids:
             problems.append(folder.at(("rules", i, "layer"), f"rules[{i}].layer: rule {rule.id!r} puts customers in "
                                                              f"{rule.layer!r}, which is not a layer"
-                                                             f"{_suggest(rule.layer, ids)}{known}"))
+                                                             f"{suggest(rule.layer, ids)}{known}"))
     return problems
 
 
@@ -390,7 +245,7 @@ def _key_implied(b: Condition, name: str, mine: Any) -> bool:
     return False  # a key this check does not know: not shown
 
 
-def _shadow_problems(folder: _Folder, parts: _Parts) -> list[Problem]:
+def _shadow_problems(folder: RulesFolder, parts: _Parts) -> list[Problem]:
     """A rule an earlier rule always beats: every customer it would take, the earlier one takes."""
     out = []
     for later, (j, rule) in enumerate(parts.rules):
@@ -406,7 +261,7 @@ def _shadow_problems(folder: _Folder, parts: _Parts) -> list[Problem]:
     return out
 
 
-def _unused_layer_problems(folder: _Folder, parts: _Parts) -> list[Problem]:
+def _unused_layer_problems(folder: RulesFolder, parts: _Parts) -> list[Problem]:
     default = folder.data.get("default_layer")
     used = {item.get("layer") for _, item in _raw_items(folder.data, "rules")}
     if not used <= {layer.id for _, layer in parts.layers}:
@@ -426,7 +281,7 @@ def _condition_locs(cond: Condition, loc: tuple) -> Iterable[tuple[tuple, Condit
         yield from _condition_locs(cond.not_, loc + ("not",))
 
 
-def _store_problems(folder: _Folder, parts: _Parts, stores: Sequence[StoreRef]) -> list[Problem]:
+def _store_problems(folder: RulesFolder, parts: _Parts, stores: Sequence[StoreRef]) -> list[Problem]:
     """Conditions naming stores or cities the database doesn't have (a typo matches nobody)."""
     codes = {s.code for s in stores}
     cities = {s.city for s in stores if s.city}
@@ -440,12 +295,12 @@ def _store_problems(folder: _Folder, parts: _Parts, stores: Sequence[StoreRef]) 
                     if value not in known:
                         kind = "store code" if key == "stores" else "city of a store"
                         out.append(folder.at(loc + (key, k), f"{format_loc(loc + (key,))}: {value!r} is not a {kind} "
-                                                             f"in the database{_suggest(value, known)}; it matches "
+                                                             f"in the database{suggest(value, known)}; it matches "
                                                              "nobody", WARNING))
     return out
 
 
-def _tag_problems(folder: _Folder, parts: _Parts, stores: Sequence[StoreRef] | None) -> list[Problem]:
+def _tag_problems(folder: RulesFolder, parts: _Parts, stores: Sequence[StoreRef] | None) -> list[Problem]:
     """Tag names over WeCom's 30 characters once filled in, names used twice in scrm's tag group,
     and more tags than a corp may hold."""
     tags = parts.tags
@@ -518,7 +373,7 @@ def _tag_problems(folder: _Folder, parts: _Parts, stores: Sequence[StoreRef] | N
     return out
 
 
-def _check(folder: _Folder, stores: Sequence[StoreRef] | None) -> tuple[RuleSet | None, list[Problem]]:
+def _check(folder: RulesFolder, stores: Sequence[StoreRef] | None) -> tuple[RuleSet | None, list[Problem]]:
     parts, problems = _validate_parts(folder)
     problems += _reference_problems(folder, parts)
     if "rules" in folder.origin:
