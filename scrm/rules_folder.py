@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import difflib
 import re
-import typing
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,17 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from yaml.nodes import MappingNode, ScalarNode
 
-from scrm.sop.lint import ERROR, WARNING, Problem, _duplicate_keys, _Loader, _yaml_error, line_of, template_files
+from scrm.sop.lint import (
+    ERROR,
+    WARNING,
+    Problem,
+    _duplicate_keys,
+    _Loader,
+    _models_in,
+    _yaml_error,
+    line_of,
+    template_files,
+)
 from scrm.sop.render import format_loc
 
 
@@ -118,12 +127,6 @@ def suggest(word: str, choices: Iterable[str]) -> str:
 def short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _models_in(annotation: Any) -> list[type[BaseModel]]:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return [annotation]
-    return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
 
 
 def keys_at(model: type[BaseModel], loc: Iterable[str | int]) -> list[str]:

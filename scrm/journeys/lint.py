@@ -15,17 +15,17 @@ from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 from yaml.nodes import MappingNode, Node
 
 from scrm.journeys.render import check_sources, render_journey, sample_context
 from scrm.journeys.template import Journey
+from scrm.rules_folder import keys_at
 from scrm.sop.lint import (
     DEFAULT_QUIET_HOURS,
     Problem,
     _field_line,
     _line,
-    _models_in,
     _parse,
     _step_problems,
     _validation_problems,
@@ -40,19 +40,6 @@ __all__ = ["Problem", "errors_in", "known_layers", "lint", "template_files"]
 _UNKNOWN_KEY = re.compile(r"unknown key '([^']*)'")
 
 
-def _keys_at(loc: tuple) -> list[str]:
-    """The keys a journey allows at ``loc`` (scrm.sop.lint suggests from the SOP template's)."""
-    models: list[type[BaseModel]] = [Journey]
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        found = [f for m in models for name, f in m.model_fields.items() if (f.alias or name) == part]
-        if not found:
-            return []
-        models = _models_in(found[0].annotation)
-    return sorted({(f.alias or name) for m in models for name, f in m.model_fields.items()})
-
-
 def _journey_problems(path: str, root: Node, data: Any, exc: ValidationError) -> list[Problem]:
     """Validation problems, with an unknown key's suggestion taken from the journey's own keys."""
     problems = _validation_problems(path, root, data, exc)
@@ -62,7 +49,7 @@ def _journey_problems(path: str, root: Node, data: Any, exc: ValidationError) ->
         m = _UNKNOWN_KEY.search(p.message)
         loc = next((u for u in unknown if m and u[-1] == m.group(1) and line_of(root, u) == p.line), None)
         if m and loc is not None:
-            close = difflib.get_close_matches(m.group(1), _keys_at(loc[:-1]), n=1, cutoff=0.6)
+            close = difflib.get_close_matches(m.group(1), keys_at(Journey, loc[:-1]), n=1, cutoff=0.6)
             label = format_loc(loc[:-1])
             what = f"unknown key {m.group(1)!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
             p = Problem(p.path, p.line, f"{label}: {what}" if label else what, p.severity)
