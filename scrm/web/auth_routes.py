@@ -93,7 +93,7 @@ class AuthConfig:
     oauth_authorize_url: str = "https://open.weixin.qq.com/connect/oauth2/authorize"
     sso_login_url: str = "https://login.work.weixin.qq.com/wwlogin/sso/login"
     throttle: Throttle = field(default_factory=MemoryThrottle)
-    home: str = "/"  # where a sign-in without ``next`` lands
+    home: str = "/"  # where a sign-in without ``next`` lands (production: /home, each person's own page)
 
     @property
     def secure(self) -> bool:
@@ -467,6 +467,19 @@ def auth_router(cfg: AuthConfig) -> APIRouter:
             "请把你的账号发给店长或管理员，请他在服务器上运行下面的命令为你开通：",
         ], 403, command=f"scrm users grant {userid} 角色 [--store 门店编号]")
 
+    @router.get("/home", include_in_schema=False)
+    def home(request: Request):
+        """Each person's own first page: a sales rep's customers, the figures for those who may see
+        them, else the index; signed out: the sign-in page."""
+        principal = current_principal(request)
+        if principal is None:
+            return RedirectResponse("/login", status_code=302)
+        if principal.may_see_kpis:
+            return RedirectResponse("/dashboard", status_code=302)
+        if principal.has(Role.sales_rep):
+            return RedirectResponse("/crm", status_code=302)
+        return RedirectResponse("/", status_code=302)
+
     @router.post("/logout")
     async def logout(request: Request):
         if _session(request, cfg) is not None:
@@ -503,4 +516,5 @@ def auth_from_settings(settings: Any, redis: Any = None) -> AuthConfig:
         oauth_authorize_url=web.oauth_authorize_url,
         sso_login_url=web.sso_login_url,
         throttle=RedisThrottle(redis) if redis is not None else MemoryThrottle(),
+        home="/home",
     )

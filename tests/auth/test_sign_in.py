@@ -275,3 +275,24 @@ def test_sign_in_inside_the_app_and_from_settings(users, monkeypatch):
         assert refused.status_code == 403 and "没有权限" in refused.text
         missing = web.get("/no-such-page", headers={"accept": "text/html"})
         assert missing.status_code == 404 and '<html lang="zh-CN">' in missing.text
+
+
+def test_each_person_lands_on_their_own_page(users):
+    """A sign-in without ``next`` goes to /home (production's ``home``), which sends a sales rep
+    to their customers (/crm), a manager or clerk to the figures, and someone signed out to the
+    sign-in page. Mutation tried: /home checking sales_rep before may_see_kpis (a manager who is also
+    a rep landed on /crm, not the dashboard)."""
+    service.add_user(users, "rep", name="销售甲", password=PASSWORD, role=Role.sales_rep)
+    service.grant(users, "boss", Role.sales_rep)  # a manager who also sells
+    s = make_site(users)
+    s.cfg.home = "/home"
+    with s.web:
+        assert s.web.get("/home", follow_redirects=False).headers["location"] == "/login"
+        for userid, lands in (("rep", "/crm"), ("boss", "/dashboard"), ("clerk", "/dashboard")):
+            s.web.cookies.clear()
+            page = s.web.get("/login", headers={"user-agent": DESKTOP_UA})
+            assert 'name="next" value="/home"' in page.text
+            r = sign_in(s.web, userid, next_url="")
+            assert r.status_code == 303 and r.headers["location"] == "/home", userid
+            assert s.web.get("/home", follow_redirects=False).headers["location"] == lands, userid
+    s.sandbox_http.close()
