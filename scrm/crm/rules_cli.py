@@ -106,7 +106,7 @@ def preview_cmd(
 @crm_app.command("rebuild")
 def rebuild_cmd(
     external_userids: list[str] | None = typer.Argument(None, help="customers to rebuild"),
-    everyone: bool = typer.Option(False, "--all", help="every customer with messages"),
+    everyone: bool = typer.Option(False, "--all", help="every customer with messages (after the rules changed)"),
 ) -> None:
     """Rebuild follow-up records and service events (only what changed is written)."""
     from scrm.crm.lint import RulesError
@@ -130,7 +130,7 @@ def rebuild_cmd(
                         bar.update(task, completed=done, total=total)
 
                     report = rebuild_all(engine, now=now, settings=settings.crm, tz=tz, progress=progress,
-                                         rules=ruleset)
+                                         rules=ruleset, only_changed=False)
             else:
                 report = rebuild_customers(engine, external_userids or [], now=now, settings=settings.crm, tz=tz,
                                            rules=ruleset)

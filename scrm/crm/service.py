@@ -74,6 +74,7 @@ class RebuildReport:
     missing: list[str] = field(default_factory=list)  # ids given with no messages
     updated: int = 0  # records whose content changed
     steps: dict[str, float] = field(default_factory=dict)  # seconds per step: load, build, write
+    skipped: int = 0  # rebuild_all(only_changed): customers left alone (nothing their records could show changed)
 
     def add_step(self, name: str, seconds: float) -> None:
         self.steps[name] = self.steps.get(name, 0.0) + seconds
@@ -284,30 +285,121 @@ def _all_customers(engine: Engine) -> list[str]:
     return sorted(ids)
 
 
+def _clock_steps(rules: CrmRules) -> list[tuple[int, dt.timedelta]]:
+    """(position, hours) of the next-step rules that time alone can make hold (``no_reply_hours``)."""
+    return [(i, dt.timedelta(hours=s.when.no_reply_hours)) for i, s in enumerate(rules.next_steps)
+            if s.when.no_reply_hours is not None]
+
+
+def _changed_customers(conn: Connection, rules: CrmRules, now: dt.datetime) -> tuple[set[str], set[str]]:
+    """(customers whose records a rebuild could change now, every customer with messages or records).
+
+    A customer is picked when:
+
+    - the live messages (not recalled, not a recall row) differ in number from what their records
+      count (``sum(message_count)``): a message arrived or was linked, or one was recalled;
+    - a message row was created after their newest record was built (a message and a recall in
+      the same day leave the count equal);
+    - a service event names another store than their layer's home store (the store moved);
+    - the clock: a record whose session ends with a customer message, built before a
+      ``no_reply_hours`` step (placed before the step the record shows) could hold, when it holds
+      by ``now`` (a recalled last message: whenever it was built that early).
+
+    Not seen: a change of the rules or of the business-hours settings (``rebuild_all(...,
+    only_changed=False)``, ``scrm crm rebuild --all``)."""
+    live = sa.case((sa.and_(M.c.msgtype != "revoke", M.c.revoked_at.is_(None)), 1), else_=0)
+    counted: dict[str, tuple[int, Any]] = {
+        e: (int(n or 0), as_utc(created)) for e, n, created in conn.execute(
+            sa.select(M.c.external_userid, sa.func.sum(live), sa.func.max(M.c.created_at))
+            .where(M.c.external_userid.is_not(None)).group_by(M.c.external_userid))}
+    covered: dict[str, tuple[int, Any]] = {
+        e: (int(n or 0), as_utc(built)) for e, n, built in conn.execute(
+            sa.select(F.c.external_userid, sa.func.sum(F.c.message_count), sa.func.max(F.c.built_at))
+            .group_by(F.c.external_userid))}
+    everyone = set(counted) | set(covered)
+    changed: set[str] = set()
+    for ext in everyone:
+        n, created = counted.get(ext, (0, None))
+        m, built = covered.get(ext, (0, None))
+        if n != m or (created is not None and built is not None and created > built):
+            changed.add(ext)
+    from scrm.layers.models import CustomerLayer
+
+    L = CustomerLayer.__table__
+    changed.update(conn.execute(
+        sa.select(S.c.external_userid).distinct()
+        .select_from(S.outerjoin(L, L.c.external_userid == S.c.external_userid))
+        .where(S.c.store_code.is_distinct_from(L.c.home_store))).scalars())
+    clock = _clock_steps(rules)
+    if clock:
+        longest = max(h for _, h in clock)
+        position = {s.id: i for i, s in enumerate(rules.next_steps)}
+        if conn.dialect.name == "postgresql":
+            early = F.c.built_at < F.c.ended_at + sa.func.make_interval(
+                0, 0, 0, 0, 0, 0, sa.literal(longest.total_seconds(), sa.Float))
+        else:
+            early = sa.func.julianday(F.c.built_at) < sa.func.julianday(F.c.ended_at) + longest.total_seconds() / 86400
+        rows = conn.execute(
+            sa.select(F.c.external_userid, F.c.ended_at, F.c.built_at, F.c.next_step_rule, M.c.revoked_at)
+            .select_from(F.join(M, M.c.id == F.c.last_message_id))
+            .where(M.c.direction == "in", early))
+        for ext, ended, built, rule, revoked in rows:
+            if ext in changed:
+                continue
+            shown = len(rules.next_steps) if rule is None else position.get(rule, -1)
+            if shown < 0:
+                changed.add(ext)  # a rule that is gone: the rules changed
+                continue
+            ended, built = as_utc(ended), as_utc(built)
+            for i, hours in clock:
+                if i < shown and built < ended + hours and (revoked is not None or ended + hours <= now):
+                    changed.add(ext)
+                    break
+    return changed, everyone
+
+
 def rebuild_all(engine: Engine, *, now: dt.datetime, settings: CrmSettings, tz: dt.tzinfo,
                 rules_dir: str | Path | None = None, batch: int | None = None,
-                progress: Callable[[int, int], Any] | None = None, rules: CrmRules | None = None) -> RebuildReport:
-    """Every customer with messages (or records left), in batches of consecutive ids read by key
-    range (``progress(done, total)`` after each). The nightly catch-up of whatever the debounced
-    rebuild missed (Redis down, a lost job) and of next steps that time alone changes."""
+                progress: Callable[[int, int], Any] | None = None, rules: CrmRules | None = None,
+                only_changed: bool = True) -> RebuildReport:
+    """The nightly catch-up of whatever the debounced rebuild missed (Redis down, a lost job) and
+    of next steps that time alone changes, in batches (``progress(done, total)`` after each).
+
+    ``only_changed`` (the default): only the customers :func:`_changed_customers` picks are read
+    and rebuilt (the others are counted in ``skipped``); False: every customer with messages (or
+    records left), in batches of consecutive ids read by key range — after the rules or the
+    business hours changed (``scrm crm rebuild --all``)."""
     started = time.perf_counter()
     rules = rules or _rules(settings, rules_dir)
     hours = business_hours(settings, tz)
     size = batch or settings.rebuild_batch
-    ids = _all_customers(engine)
     report = RebuildReport()
+    ranged = True
+    if only_changed:
+        clock = time.perf_counter()
+        with engine.connect() as conn:
+            changed, everyone = _changed_customers(conn, rules, now)
+        report.add_step("select", time.perf_counter() - clock)
+        ids = sorted(changed)
+        report.skipped = len(everyone - changed)
+        ranged = False
+        if len(changed) > size and len(changed) * 2 > len(everyone):  # most of many: all by key range
+            ids, report.skipped, ranged = _all_customers(engine), 0, True
+    else:
+        ids = _all_customers(engine)
     if progress:
         progress(0, len(ids))
     for i in range(0, len(ids), size):
         chunk = ids[i:i + size]
-        _run_batch(engine, chunk, (chunk[0], chunk[-1]), rules=rules, settings=settings, hours=hours, now=now,
-                   total=report)
+        _run_batch(engine, chunk, (chunk[0], chunk[-1]) if ranged else None, rules=rules, settings=settings,
+                   hours=hours, now=now, total=report)
         if progress:
             progress(min(i + size, len(ids)), len(ids))
+    report.missing.clear()  # records left without messages are removed, not reported
     report.seconds = time.perf_counter() - started
-    log.info("crm_rebuild_all", customers=report.customers, records=report.records, created=report.created,
-             updated=report.updated, removed=report.removed, events=report.events, seconds=round(report.seconds, 3),
-             steps={k: round(v, 2) for k, v in report.steps.items()})
+    log.info("crm_rebuild_all", customers=report.customers, skipped=report.skipped, records=report.records,
+             created=report.created, updated=report.updated, removed=report.removed, events=report.events,
+             seconds=round(report.seconds, 3), steps={k: round(v, 2) for k, v in report.steps.items()})
     return report
 
 

@@ -59,8 +59,9 @@ def insert(engine: Engine, rows: list[dict[str, Any]]) -> list[int]:
     return out
 
 
-def revoke(engine: Engine, message_id: int, at: dt.datetime) -> None:
-    """What the ingest does for a recall: blank the message and add the revoke row."""
+def revoke(engine: Engine, message_id: int, at: dt.datetime, *, created_at: dt.datetime | None = None) -> None:
+    """What the ingest does for a recall: blank the message and add the revoke row (imported at
+    ``created_at``, default the wall clock)."""
     t = CrmMessage.__table__
     with engine.begin() as conn:
         conn.execute(sa.update(t).where(t.c.id == message_id).values(content="", payload={}, revoked_at=at))
@@ -68,7 +69,8 @@ def revoke(engine: Engine, message_id: int, at: dt.datetime) -> None:
         conn.execute(sa.insert(t).values(channel=row.channel, source_id=f"revoke-{message_id}",
                                          external_userid=row.external_userid, userid=row.userid,
                                          direction=row.direction, sent_at=at, msgtype="revoke", content="",
-                                         payload={"pre_msgid": row.source_id}))
+                                         payload={"pre_msgid": row.source_id},
+                                         **({"created_at": created_at} if created_at else {})))
 
 
 def rows_of(engine: Engine, model: Any) -> list[tuple]:

@@ -59,8 +59,10 @@ def test_a_rebuild_with_nothing_new_writes_nothing(engine):
     again = rebuild(engine, "c1", "c2", now=NOW + H)  # later: built_at would move if anything were rewritten
     assert (again.created, again.updated, again.removed, again.events) == (0, 0, 0, 0)
     assert snapshot(engine) == before
-    everyone = rebuild_all(engine, now=NOW + 2 * H, settings=settings(), tz=TZ, batch=1)
+    everyone = rebuild_all(engine, now=NOW + 2 * H, settings=settings(), tz=TZ, batch=1, only_changed=False)
     assert everyone.customers == 2 and snapshot(engine) == before
+    nightly = rebuild_all(engine, now=NOW + 2 * H, settings=settings(), tz=TZ, batch=1)
+    assert (nightly.customers, nightly.skipped) == (0, 2) and snapshot(engine) == before
 
 
 def test_a_new_message_rewrites_only_its_record(engine):
@@ -218,3 +220,75 @@ def test_a_large_first_build_reads_back_equal(engine):
     assert snapshot(engine) == before
     (view, *_) = records_for(engine, "big0")
     assert {f["value"] for f in view.record.facts} >= {"订货", "30", "下周三", "18"}
+
+
+class _Reads:
+    """Spy on the customers a rebuild loads messages for."""
+
+    def __init__(self, monkeypatch):
+        from scrm.crm import service
+
+        self.ids: list[str] = []
+        real = service._load_messages
+
+        def spy(conn, ids, bounds):
+            loaded = real(conn, ids, bounds)
+            self.ids.extend(loaded)
+            return loaded
+
+        monkeypatch.setattr(service, "_load_messages", spy)
+
+
+def test_the_nightly_pass_reads_only_customers_whose_records_can_change(engine, monkeypatch):
+    """The nightly rebuild (``rebuild_all`` as ``run_nightly_rebuild`` calls it) leaves quiet customers
+    unread, yet updates a customer whose next step the clock alone flips (their question waits past
+    ``no_reply_hours``), one who got a message, one whose message was recalled, one who got a message
+    and a recall at once, and one whose home store moved; ``only_changed=False`` reads everyone.
+
+    Mutations tried on scrm/crm/service.py, each seen to fail here: the clock check removed (the
+    waiting customer kept 'open-questions'); the count check removed (the new message and the
+    recall were missed: the linked call and the recall rows are dated before the build); the
+    created_at check removed (the message + recall pair was missed);
+    the store check removed (the moved customer kept the old store)."""
+    quiet = ("q1", "q2")
+    for ext in quiet:
+        two_sessions(engine, ext)
+    waiting = insert(engine, [msg("w1", NOW - 0.5 * H, "拿铁多少钱？")])
+    grows = two_sessions(engine, "g1")
+    recalled = two_sessions(engine, "r1")
+    pair = two_sessions(engine, "p1")
+    insert(engine, [msg("s1", T0, "你好"), msg("s1", T0 + 0.1 * H, "您好", out=True)])
+    first = rebuild(engine, "q1", "q2", "w1", "g1", "r1", "p1", "s1")
+    assert first.customers == 7
+    (w,) = followups(engine, "w1")
+    assert w.next_step_rule == "open-questions"  # built at NOW: only half an hour waited
+
+    reads = _Reads(monkeypatch)
+    nothing = rebuild_all(engine, now=NOW + 0.5 * H, settings=settings(), tz=TZ)
+    assert reads.ids == [] and nothing.skipped == 7  # an hour waited: the no-reply step (2 h) cannot hold yet
+
+    later = NOW + 3 * H
+    # a call imported long ago and linked now that its mobile is known (its created_at is old)
+    insert(engine, [msg("g1", T0 + 10.2 * H, "再来20杯", channel="call") | {"created_at": T0}])
+    revoke(engine, recalled[2], T0 + 10.3 * H, created_at=T0 + 10.3 * H)
+    insert(engine, [msg("p1", T0 + 10.2 * H, "再来20杯") | {"created_at": later}])
+    revoke(engine, pair[2], T0 + 10.3 * H, created_at=later)
+    with engine.begin() as conn:
+        conn.execute(sa.insert(CustomerLayer.__table__).values(external_userid="s1", layer="A", home_store="S9"))
+    nightly = rebuild_all(engine, now=later, settings=settings(), tz=TZ)
+    assert sorted(reads.ids) == ["g1", "p1", "r1", "s1", "w1"]
+    assert nightly.customers == 5 and nightly.skipped == 2
+    (w,) = followups(engine, "w1")
+    assert w.next_step_rule == "no-reply" and waiting
+    assert followups(engine, "g1")[1].message_count == 3
+    assert followups(engine, "r1")[1].message_count == 1
+    assert followups(engine, "p1")[1].message_count == 2
+    assert {e.store_code for e in events(engine, "s1")} == {"S9"}
+
+    reads.ids.clear()
+    settled = rebuild_all(engine, now=later + 24 * H, settings=settings(), tz=TZ)
+    assert reads.ids == [] and settled.skipped == 7  # the flipped step was written: nothing waits any more
+
+    everyone = rebuild_all(engine, now=later + 24 * H, settings=settings(), tz=TZ, only_changed=False)
+    assert sorted(reads.ids) == ["g1", "p1", "q1", "q2", "r1", "s1", "w1"]
+    assert (everyone.customers, everyone.created, everyone.updated, everyone.removed) == (7, 0, 0, 0) and grows
