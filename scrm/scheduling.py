@@ -136,16 +136,17 @@ def tag_sync_job(settings: Settings) -> None:
 
 
 def crm_nightly_job(settings: Settings) -> None:
-    """Link calls and SMS whose mobile is known now, then rebuild every customer's follow-up records
-    (writes only what changed; catches up marks Redis lost)."""
+    """Link calls and SMS whose mobile is known now, then rebuild the follow-up records that can
+    have changed (everyone's after a rules change); writes only what changed."""
     from scrm.crm.ingest import link_unmatched
     from scrm.crm.jobs import run_nightly_rebuild
     from scrm.crm.lint import RulesError
+    from scrm.redisserver import get_redis, redis_url
 
     engine = get_engine(settings.database_url())
     linked = link_unmatched(engine)
     try:
-        run_nightly_rebuild(engine, settings)
+        run_nightly_rebuild(engine, settings, redis=get_redis(redis_url(settings)))
     except RulesError as exc:  # say what to fix, once per run; no traceback (nothing to debug)
         log.warning("crm_rules_refused", linked=len(linked), problems=str(exc)[:1000], hint="scrm crm rules lint")
 
