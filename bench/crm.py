@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import io
 import json
 import os
 import random
@@ -49,6 +48,7 @@ import sqlalchemy as sa  # noqa: E402
 from sqlmodel import SQLModel  # noqa: E402
 
 import scrm.models  # noqa: E402,F401
+from bench.pg_data import bench_database, copy_lines, mark_database, ts  # noqa: E402
 from scrm.config import CrmSettings  # noqa: E402
 from scrm.crm.ingest import import_calls, import_chats, import_sms  # noqa: E402
 from scrm.db import make_engine  # noqa: E402
@@ -66,21 +66,6 @@ ANSWERS = ["您好，美式每杯18元，200杯以上每杯16元。", "可以的
            "收到，已经安排门店准备。", "非常抱歉，我们马上核实。"]
 
 
-def _ts(t: dt.datetime) -> str:
-    return t.strftime("%Y-%m-%d %H:%M:%S.%f+00")
-
-
-def _copy(raw, table: str, columns: list[str], lines: list[str]) -> None:
-    with raw.cursor() as cur, cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as cp:
-        buf = io.StringIO()
-        for i, line in enumerate(lines, 1):
-            buf.write(line)
-            if i % 100_000 == 0:
-                cp.write(buf.getvalue())
-                buf = io.StringIO()
-        cp.write(buf.getvalue())
-
-
 def customer_id(i: int) -> str:
     return HEAVY if i == 0 else f"wmBench{i:011d}"
 
@@ -91,7 +76,7 @@ def mobile(i: int) -> str:
 
 def load_people(engine, customers: int, reps: int) -> dict[str, int]:
     """Customers, reps, follow relations and the mobile index, by COPY."""
-    now = _ts(NOW)
+    now = ts(NOW)
     emp = [f"rep{r:04d}\t销售{r:04d}\tf\tt\t{now}\t{now}\n" for r in range(reps)]
     cust, follow, mob = [], [], []
     for i in range(customers):
@@ -101,11 +86,11 @@ def load_people(engine, customers: int, reps: int) -> dict[str, int]:
         mob.append(f"+86{mobile(i)}\t{ext}\tremark_mobiles\t{now}\n")
     raw = engine.raw_connection()
     try:
-        _copy(raw, "employees", ["userid", "name", "is_bot", "active", "created_at", "updated_at"], emp)
-        _copy(raw, "customers", ["external_userid", "name", "mobiles", "status", "created_at", "updated_at"], cust)
-        _copy(raw, "follow_relations", ["userid", "external_userid", "tag_ids", "remark_mobiles", "status",
-                                        "updated_at"], follow)
-        _copy(raw, "customer_mobiles", ["mobile", "external_userid", "source", "created_at"], mob)
+        copy_lines(raw, "employees", ["userid", "name", "is_bot", "active", "created_at", "updated_at"], emp)
+        copy_lines(raw, "customers", ["external_userid", "name", "mobiles", "status", "created_at", "updated_at"], cust)
+        copy_lines(raw, "follow_relations", ["userid", "external_userid", "tag_ids", "remark_mobiles", "status",
+                                             "updated_at"], follow)
+        copy_lines(raw, "customer_mobiles", ["mobile", "external_userid", "source", "created_at"], mob)
         raw.commit()
     finally:
         raw.close()
@@ -226,22 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if not args.database_url:
         ap.error("give --database-url or set SCRM_TEST_POSTGRES_URL (PostgreSQL)")
-    admin = sa.create_engine(args.database_url, isolation_level="AUTOCOMMIT")
-    url = sa.engine.make_url(args.database_url).set(database=args.db_name).render_as_string(hide_password=False)
     marker = f"customers={args.customers} reps={args.reps} seed={args.seed}"
-    with admin.connect() as conn:
-        exists = conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": args.db_name}).first()
-        reuse = False
-        if exists and args.reuse:
-            probe = sa.create_engine(url)
-            with probe.connect() as pc:
-                reuse = pc.execute(sa.text("SELECT shobj_description(oid, 'pg_database') FROM pg_database "
-                                           "WHERE datname = current_database()")).scalar() == marker
-            probe.dispose()
-        if not reuse:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{args.db_name}" WITH (FORCE)'))
-            conn.execute(sa.text(f'CREATE DATABASE "{args.db_name}"'))
-    admin.dispose()
+    url, reuse = bench_database(args.database_url, args.db_name, marker, reuse=args.reuse)
     engine = make_engine(url)
     figures: list[str] = []
     if reuse:
@@ -252,8 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         SQLModel.metadata.create_all(engine)
         t0 = time.monotonic()
         counts = load_people(engine, args.customers, args.reps)
-        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            conn.execute(sa.text(f"COMMENT ON DATABASE \"{args.db_name}\" IS '{marker}'"))
+        mark_database(engine, args.db_name, marker)
         print(f"data: {', '.join(f'{k}={v:,}' for k, v in counts.items())} in {time.monotonic() - t0:.0f} s",
               flush=True)
 

@@ -48,28 +48,15 @@ def main(argv: list[str] | None = None) -> int:
     import scrm
     import scrm.models  # noqa: F401
     from bench.crm import NOW, TZ, load_people, write_files
+    from bench.pg_data import bench_database, mark_database
     from scrm.config import CrmSettings
     from scrm.crm import service
     from scrm.crm.ingest import import_calls, import_chats, import_sms
     from scrm.db import make_engine
 
     print(f"code: {Path(scrm.__file__).parent.parent}", flush=True)
-    admin = sa.create_engine(args.database_url, isolation_level="AUTOCOMMIT")
-    url = sa.engine.make_url(args.database_url).set(database=args.db_name).render_as_string(hide_password=False)
     marker = f"messages={args.messages} customers={args.customers} reps={args.reps} seed={args.seed}"
-    reuse = False
-    with admin.connect() as conn:
-        if args.reuse and conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :n"),
-                                       {"n": args.db_name}).first():
-            probe = sa.create_engine(url)
-            with probe.connect() as pc:
-                reuse = pc.execute(sa.text("SELECT shobj_description(oid, 'pg_database') FROM pg_database "
-                                           "WHERE datname = current_database()")).scalar() == marker
-            probe.dispose()
-        if not reuse:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{args.db_name}" WITH (FORCE)'))
-            conn.execute(sa.text(f'CREATE DATABASE "{args.db_name}"'))
-    admin.dispose()
+    url, reuse = bench_database(args.database_url, args.db_name, marker, reuse=args.reuse)
     engine = make_engine(url)
     if reuse:
         with engine.begin() as conn:
@@ -85,8 +72,8 @@ def main(argv: list[str] | None = None) -> int:
             for name, run in (("chats.jsonl", import_chats), ("calls.csv", import_calls), ("sms.csv", import_sms)):
                 run(engine, Path(folder) / name, now=NOW)
             print(f"data: imported in {time.monotonic() - t0:.0f} s", flush=True)
+        mark_database(engine, args.db_name, marker)
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            conn.execute(sa.text(f"COMMENT ON DATABASE \"{args.db_name}\" IS '{marker}'"))
             conn.execute(sa.text("VACUUM ANALYZE crm_messages"))
     with engine.connect() as conn:
         messages = conn.execute(sa.text("SELECT count(*) FROM crm_messages WHERE external_userid IS NOT NULL")).scalar()

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import io
 import os
 import random
 import sys
@@ -46,6 +45,7 @@ import sqlalchemy as sa  # noqa: E402
 from sqlmodel import SQLModel  # noqa: E402
 
 import scrm.models  # noqa: E402,F401
+from bench.pg_data import bench_database, copy_lines, mark_database, ts  # noqa: E402
 from scrm.contacts.models import Customer, FollowRelation  # noqa: E402
 from scrm.db import make_engine  # noqa: E402
 from scrm.groups.models import CustomerGroup, GroupMember  # noqa: E402
@@ -87,21 +87,6 @@ RULES = RuleSet.model_validate({
 })
 
 
-def _ts(t: dt.datetime) -> str:
-    return t.strftime("%Y-%m-%d %H:%M:%S.%f+00")
-
-
-def _copy(raw, table: str, columns: list[str], lines: list[str]) -> None:
-    with raw.cursor() as cur, cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as cp:
-        buf = io.StringIO()
-        for i, line in enumerate(lines, 1):
-            buf.write(line)
-            if i % 100_000 == 0:
-                cp.write(buf.getvalue())
-                buf = io.StringIO()
-        cp.write(buf.getvalue())
-
-
 def _secondary_indexes(models) -> list[sa.Index]:
     return [ix for m in models for ix in m.__table__.indexes]
 
@@ -116,7 +101,7 @@ def load(engine, n: int, seed: int) -> dict[str, int]:
     stores = [f"S{i:04d}" for i in range(max(10, n // 4000))]
     groups = [f"wr{i:06d}" for i in range(max(10, n // 200))]
     counts: dict[str, int] = {}
-    now = _ts(NOW)
+    now = ts(NOW)
     day = 86400.0
 
     def ago(max_days: float) -> dt.datetime:
@@ -135,35 +120,35 @@ def load(engine, n: int, seed: int) -> dict[str, int]:
             state = (f"st:{rnd.choice(stores)}:{fid % 36}" if r < 0.6 else f"sg:{rnd.choice(stores)}" if r < 0.7
                      else f"ad:{rnd.choice(['spring', 'autumn'])}" if r < 0.8 else "\\N")
             status = "deleted_by_customer" if lost else "active"
-            follows.append(f"emp{(i + k) % 3000}\t{ext}\t{state}\t[]\t[]\t{status}\t{_ts(ago(400))}\t{now}\n")
+            follows.append(f"emp{(i + k) % 3000}\t{ext}\t{state}\t[]\t[]\t{status}\t{ts(ago(400))}\t{now}\n")
         for _ in range(rnd.choice((0, 0, 0, 1, 1, 2, 3, 5))):
             oid += 1
             amount = rnd.choice((990, 4900, 19900, 59900, 129900))
             refunded = amount if rnd.random() < 0.05 else (amount // 2 if rnd.random() < 0.05 else 0)
-            orders.append(f"shop\tO{oid}\t{_ts(ago(400))}\t{amount}\t{refunded}\t[]\t{ext}\t{now}\n")
+            orders.append(f"shop\tO{oid}\t{ts(ago(400))}\t{amount}\t{refunded}\t[]\t{ext}\t{now}\n")
         for _ in range(rnd.choice((0, 0, 1, 2, 3, 6))):
             cid += 1
             counted = "t" if rnd.random() < 0.8 else "f"
-            clicks.append(f"ev{cid}\tL{cid % 5000}\t{_ts(ago(120))}\tv{cid}\tperson\t"
+            clicks.append(f"ev{cid}\tL{cid % 5000}\t{ts(ago(120))}\tv{cid}\tperson\t"
                           f"{'counted' if counted == 't' else 'repeat'}\t{counted}\t{ext}\n")
         if rnd.random() < 0.4:
             mid += 1
-            members.append(f"{rnd.choice(groups)}\t{ext}\t2\tmember\t{_ts(ago(300))}\t{now}\n")
+            members.append(f"{rnd.choice(groups)}\t{ext}\t2\tmember\t{ts(ago(300))}\t{now}\n")
     raw = engine.raw_connection()
     try:
-        _copy(raw, "stores", ["code", "name", "address", "city", "status", "updated_at"], lines_s)
-        _copy(raw, "customers", ["external_userid", "name", "mobiles", "status", "created_at", "updated_at"],
-              customers)
-        _copy(raw, "follow_relations", ["userid", "external_userid", "state", "tag_ids", "remark_mobiles", "status",
-                                        "added_at", "updated_at"], follows)
-        _copy(raw, "orders", ["source", "order_id", "paid_at", "amount_fen", "refunded_fen", "items",
-                              "external_userid", "created_at"], orders)
-        _copy(raw, "link_clicks", ["event_id", "code", "clicked_at", "visitor", "agent", "reason", "counted",
-                                   "external_userid"], clicks)
-        _copy(raw, "customer_groups", ["chat_id", "name", "status", "store_code", "tags", "updated_at"],
-              [f"{g}\t群{g}\tactive\t{rnd.choice(stores)}\t[]\t{now}\n" for g in groups])
-        _copy(raw, "group_members", ["chat_id", "member_id", "member_type", "state", "joined_at", "updated_at"],
-              members)
+        copy_lines(raw, "stores", ["code", "name", "address", "city", "status", "updated_at"], lines_s)
+        copy_lines(raw, "customers", ["external_userid", "name", "mobiles", "status", "created_at", "updated_at"],
+                   customers)
+        copy_lines(raw, "follow_relations", ["userid", "external_userid", "state", "tag_ids", "remark_mobiles",
+                                             "status", "added_at", "updated_at"], follows)
+        copy_lines(raw, "orders", ["source", "order_id", "paid_at", "amount_fen", "refunded_fen", "items",
+                                   "external_userid", "created_at"], orders)
+        copy_lines(raw, "link_clicks", ["event_id", "code", "clicked_at", "visitor", "agent", "reason", "counted",
+                                        "external_userid"], clicks)
+        copy_lines(raw, "customer_groups", ["chat_id", "name", "status", "store_code", "tags", "updated_at"],
+                   [f"{g}\t群{g}\tactive\t{rnd.choice(stores)}\t[]\t{now}\n" for g in groups])
+        copy_lines(raw, "group_members", ["chat_id", "member_id", "member_type", "state", "joined_at", "updated_at"],
+                   members)
         raw.commit()
     finally:
         raw.close()
@@ -213,24 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if not args.database_url:
         ap.error("give --database-url or set SCRM_TEST_POSTGRES_URL (PostgreSQL)")
-    admin = sa.create_engine(args.database_url, isolation_level="AUTOCOMMIT")
-    url = sa.engine.make_url(args.database_url).set(database=args.db_name).render_as_string(hide_password=False)
     marker = f"customers={args.customers} seed={args.seed}"
-    with admin.connect() as conn:
-        exists = conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": args.db_name}).first()
-        if exists and args.reuse:
-            probe = sa.create_engine(url)
-            with probe.connect() as pc:
-                comment = pc.execute(sa.text("SELECT shobj_description(oid, 'pg_database') FROM pg_database "
-                                             "WHERE datname = current_database()")).scalar()
-            probe.dispose()
-            reuse = comment == marker
-        else:
-            reuse = False
-        if not reuse:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{args.db_name}" WITH (FORCE)'))
-            conn.execute(sa.text(f'CREATE DATABASE "{args.db_name}"'))
-    admin.dispose()
+    url, reuse = bench_database(args.database_url, args.db_name, marker, reuse=args.reuse)
     engine = make_engine(url)
     figures: list[str] = []
     if reuse:
@@ -243,8 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         SQLModel.metadata.create_all(engine)
         t0 = time.monotonic()
         counts = load(engine, args.customers, args.seed)
-        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            conn.execute(sa.text(f"COMMENT ON DATABASE \"{args.db_name}\" IS '{marker}'"))
+        mark_database(engine, args.db_name, marker)
         print(f"data: {', '.join(f'{k}={v:,}' for k, v in counts.items())} in {time.monotonic() - t0:.0f} s",
               flush=True)
 
