@@ -23,7 +23,7 @@ def build_client(settings: Settings | None = None) -> WeComClient:
 def build_processor(settings: Settings | None = None) -> Processor:
     from sqlmodel import Session
 
-    from scrm.crm.hooks import crm_link_hook, fan_out
+    from scrm.crm.hooks import crm_link_hook
     from scrm.crm.queue import crm_notifier
     from scrm.db import utcnow
     from scrm.layers.notify import relayer_notifier
@@ -49,9 +49,9 @@ def build_processor(settings: Settings | None = None) -> Processor:
         chat_delay_ms=settings.pipeline.chat_event_delay_ms,
         max_attempts=settings.pipeline.max_attempts,
         router=router,
-        # Layers re-layer the customer; the CRM links calls and SMS waiting on a mobile now known.
-        on_customers_changed=fan_out(relayer_notifier(redis, settings),
-                                     crm_link_hook(engine, crm_notifier(redis, settings))),
+        on_customers_changed=relayer_notifier(redis, settings),
+        # A contact's remark mobiles may be new: the CRM links calls and SMS waiting on them.
+        on_contact_changed=crm_link_hook(engine, crm_notifier(redis, settings)),
         on_tag_library_changed=reconcile_tags,
     )
 

@@ -55,11 +55,15 @@ class Processor:
     def __init__(self, engine: Engine, client: WeComAPI, *, welcome_text: str = "", chat_delay_ms: int = 0,
                  max_attempts: int = 10, router=None,
                  on_customers_changed: Callable[[list[str]], None] | None = None,
+                 on_contact_changed: Callable[[list[str]], None] | None = None,
                  on_tag_library_changed: Callable[[], None] | None = None):
         self.max_attempts = max_attempts
         # Called after a contact or group-member event is applied, with the customers it touched
         # (the layering workers re-layer them, debounced). Never raises into the job.
         self.on_customers_changed = on_customers_changed
+        # Called after a contact event only (its remark mobiles may have changed: the CRM links
+        # calls and SMS waiting on them), so group joins and leaves cost it nothing.
+        self.on_contact_changed = on_contact_changed
         # Called after a tag event re-read the corp tag library (rule tags are reconciled).
         self.on_tag_library_changed = on_tag_library_changed
         # Store routing (scrm.routing.router.StoreRouter): store tags, the welcome's group card,
@@ -125,15 +129,15 @@ class Processor:
                 if self.on_tag_library_changed is not None:
                     self.on_tag_library_changed()
                 return
-            if self.on_customers_changed is None:
-                return
             ids: list[str] = []
             if isinstance(event, ev.ContactEvent) and event.external_user_id:
                 ids = [event.external_user_id]
+                if self.on_contact_changed is not None:
+                    self.on_contact_changed(ids)
             elif isinstance(event, ev.ChatEvent) and fetched != "current":
                 # Joins and leaves; an employee's id among them is harmless (only customers are layered).
                 ids = list(event.mem_change_list)
-            if ids:
+            if ids and self.on_customers_changed is not None:
                 self.on_customers_changed(ids)
         except Exception as exc:  # noqa: BLE001 - the callback itself is applied; layers catch up nightly
             bound.warning("layer_notify_failed", error=str(exc)[:200])

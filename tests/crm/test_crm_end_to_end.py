@@ -95,7 +95,7 @@ def test_sample_story_one_timeline_records_idempotent_recall_scope_and_escaping(
         h.redis.delete("scrm:crm:dirty", "scrm:crm:scheduled")
         scheduled: list[int] = []
         mark = crm_notifier(h.redis, settings, schedule=scheduled.append)
-        h.processor.on_customers_changed = crm_link_hook(engine, mark)  # as scrm.runtime wires it
+        h.processor.on_contact_changed = crm_link_hook(engine, mark)  # as scrm.runtime wires it
 
         def rebuild_job() -> None:
             """What the crm_rebuild_dirty actor runs when the scheduled job comes due."""
