@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from scrm.crm.models import Direction, ServiceEventKind
-from scrm.crm.rules import MAX_SCAN_CHARS, CrmRules, fill
+from scrm.crm.rules import MAX_SCAN_CHARS, CrmRules, fill, match_value
 
 EXCERPT_CHARS = 120
 
@@ -321,26 +321,13 @@ _WHOLE, _GROUP1, _GENERAL = 0, 1, 2
 
 
 def _reading(pattern: re.Pattern[str]) -> int:
-    """How :func:`_value` reads this pattern's matches, decided once: keywords only (the whole
+    """How :func:`scrm.crm.rules.match_value` reads this pattern's matches, decided once: keywords only (the whole
     match is the keyword), one group (it, else the whole match), anything else (the general way)."""
     if pattern.groups == 1 and pattern.groupindex == {"_kw": 1} and pattern.pattern.startswith("(?P<_kw>"):
         return _WHOLE
     if pattern.groups == 1 and "_kw" not in pattern.groupindex:
         return _GROUP1
     return _GENERAL
-
-
-def _value(m: re.Match[str]) -> str:
-    """A match's value: the keyword, else the group named value, else the first group, else all."""
-    whole = m.group(0)
-    groups = m.groupdict()
-    if groups.get("_kw") is not None:
-        value = groups["_kw"]
-    elif groups.get("value") is not None:
-        value = groups["value"]
-    else:
-        value = next((g for g in m.groups() if g is not None), whole)
-    return value.strip() or whole
 
 
 def _facts(session: list[Msg], plan: _Plan) -> list[dict[str, Any]]:
@@ -364,7 +351,7 @@ def _facts(session: list[Msg], plan: _Plan) -> list[dict[str, Any]]:
                         group = found.group(1)
                         value = whole if group is None else (group.strip() or whole)
                     else:
-                        value = _value(found)
+                        value = match_value(found)
                 elif found.end() == found.start():
                     continue
                 else:

@@ -162,15 +162,7 @@ class _Matcher(_Strict):
             whole = m.group(0)
             if not whole:
                 continue
-            groups = m.groupdict()
-            if groups.get("_kw") is not None:
-                value = groups["_kw"]
-            elif groups.get("value") is not None:
-                value = groups["value"]
-            else:
-                first = next((g for g in m.groups() if g is not None), None)
-                value = first if first is not None else whole
-            out.append((value.strip() or whole, whole))
+            out.append((match_value(m), whole))
         return out
 
 
@@ -263,3 +255,17 @@ class CrmRules(_Strict):
 
     def phrase_label(self, rule_id: str) -> str:
         return next((p.label for p in self.phrases if p.id == rule_id), rule_id)
+
+
+def match_value(m: re.Match[str]) -> str:
+    """A fact match's value: the keyword, else the group named value, else the first group, else
+    the whole match (stripped; the whole match when that leaves nothing)."""
+    whole = m.group(0)
+    groups = m.groupdict()
+    if groups.get("_kw") is not None:
+        value = groups["_kw"]
+    elif groups.get("value") is not None:
+        value = groups["value"]
+    else:
+        value = next((g for g in m.groups() if g is not None), whole)
+    return value.strip() or whole
