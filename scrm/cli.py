@@ -260,7 +260,7 @@ def sandbox(seed: bool = typer.Option(True, help="Load the demo corp (a store ch
         existed = path.exists()
         load_or_seed(sb, path)
         console.print(f"demo corp {'loaded from' if existed else 'created in'} {escape(str(path))}")
-    server = serve_sandbox(sb, s.sandbox.host, s.sandbox.port)
+    server = serve_sandbox(sb, s.sandbox.host, s.sandbox.port, latency_ms=s.sandbox.latency_ms)
     console.print(f"WeCom sandbox at [bold]{server.api_base_url}[/bold]; callbacks go to {s.callback_url()}")
     console.print(f"drive it: GET {server.base_url}/sandbox/actions, POST {server.base_url}/sandbox/actions/<name>")
     _wait_forever()

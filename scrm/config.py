@@ -48,6 +48,9 @@ class WeComSettings(BaseModel):
     # How long to wait before retrying after 45009/45033 (frequency / concurrency limit).
     rate_limit_backoff_seconds: list[float] = Field(default_factory=lambda: [1.0, 2.0, 4.0])
     welcome_text: str = "欢迎加入！有任何问题随时找我。"
+    # Calls in flight at once from one process, per API path (WeCom refuses too many concurrent
+    # calls with 45033); a thread over the bound waits for a free place.
+    max_in_flight_per_api: int = Field(default=32, ge=1, le=1000)
 
     @property
     def is_sandbox(self) -> bool:
@@ -119,6 +122,9 @@ class SandboxSettings(BaseModel):
     token_expires_in: int = 7200
     # Per corp, per API, per minute (WeCom: 10,000). 0 disables.
     rate_limit_per_minute: int = 10_000
+    # WeCom's round trip, simulated: every /cgi-bin/ call is answered this much later (benchmarks
+    # use 30 ms, like a real call from a server in China). 0 answers at once.
+    latency_ms: int = Field(default=0, ge=0, le=10_000)
     callback_timeout_seconds: float = 5.0
     callback_tries: int = 3
 
@@ -158,6 +164,8 @@ class SopSettings(BaseModel):
     plan_interval_seconds: float = 600.0
     poll_interval_seconds: float = 300.0
     plan_days_ahead: int = Field(default=1, ge=0, le=14)
+    # add_msg_template calls one worker job keeps in flight at once (each is one owner's batch).
+    send_concurrency: int = Field(default=8, ge=1, le=64)
 
     @field_validator("max_mass_sends_per_group_per_day")
     @classmethod

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import html
 import json
 import re
@@ -66,7 +67,9 @@ def wants_html(request: Request) -> bool:
     return "text/html" in request.headers.get("accept", "")
 
 
-def create_sandbox_app(sandbox: Sandbox) -> FastAPI:
+def create_sandbox_app(sandbox: Sandbox, *, latency_ms: int = 0) -> FastAPI:
+    """``latency_ms``: every /cgi-bin/ call is answered that much later (WeCom's round trip,
+    simulated; the wait does not hold the event loop, so calls overlap as they would in WeCom)."""
     # FastAPIOffline serves Swagger UI's JS/CSS itself: no page of the sandbox needs the internet.
     app = FastAPIOffline(title="scrm WeCom sandbox", docs_url="/sandbox/docs", redoc_url="/sandbox/redoc",
                          openapi_url="/sandbox/openapi.json", static_url="/sandbox/static-offline-docs",
@@ -80,7 +83,11 @@ def create_sandbox_app(sandbox: Sandbox) -> FastAPI:
         return html.escape(f"{m.name} ({userid})" if m else userid)
 
     # -- WeCom API ----------------------------------------------------------------------------
+    latency = max(0, latency_ms) / 1000
+
     async def cgi_bin(path: str, request: Request) -> JSONResponse:
+        if latency:
+            await asyncio.sleep(latency)
         body: Any = None
         if request.method == "POST":
             raw = await request.body()
@@ -369,7 +376,7 @@ class SandboxServer:
 
 
 def serve(sandbox: Sandbox, host: str = "127.0.0.1", port: int = 8899, *, log_level: str = "warning",
-          startup_timeout: float = 10.0) -> SandboxServer:
+          startup_timeout: float = 10.0, latency_ms: int = 0) -> SandboxServer:
     """Run the sandbox app with uvicorn in a daemon thread; ``port=0`` picks a free port."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -378,7 +385,7 @@ def serve(sandbox: Sandbox, host: str = "127.0.0.1", port: int = 8899, *, log_le
     base = f"http://{host}:{port}"
     if "/sandbox/qr/" in sandbox.qr_base_url and sandbox.qr_base_url.startswith("http://127.0.0.1:8899"):
         sandbox.qr_base_url = base + "/sandbox/qr/"
-    config = uvicorn.Config(create_sandbox_app(sandbox), log_level=log_level, lifespan="off")
+    config = uvicorn.Config(create_sandbox_app(sandbox, latency_ms=latency_ms), log_level=log_level, lifespan="off")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="scrm-sandbox", daemon=True)
     thread.start()
