@@ -13,8 +13,8 @@ Exactly once is read off the workers' own ``callback_applied`` log lines (a job 
 its commit and its log line can only lose a line, never add one); the rows' ``attempts`` are not
 used for it, since a WeCom fetch that failed and was retried legitimately counts two attempts.
 
-Tried: dispatch's claim made unconditional (the status check and the early return dropped): 19
-rows were applied twice, the test failed. The scheduler's lock ignored (``held`` forced true):
+Tried: dispatch's claim made unconditional (the status check and the early return dropped): rows
+were applied up to four times, the test failed. The scheduler's lock ignored (``held`` forced true):
 both schedulers logged ``scheduler_active``, the test failed on that count.
 """
 
