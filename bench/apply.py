@@ -61,8 +61,9 @@ def plan(events: int, seed: int, base_time: int) -> dict:
     groups = {}
     for g in range(n_groups):
         chat_id = f"wrb{g:06d}"
-        groups[chat_id] = {"owner": members[g % MEMBERS], "start": [f"gc{g:06d}_{k:02d}" for k in range(GROUP_START_CUSTOMERS)],
-                           "joined": [], "left": [], "versions": [f"v{g:06d}_000"]}
+        start = [f"gc{g:06d}_{k:02d}" for k in range(GROUP_START_CUSTOMERS)]
+        groups[chat_id] = {"owner": members[g % MEMBERS], "start": start, "joined": [], "left": [],
+                           "versions": [f"v{g:06d}_000"]}
     tag_ids = [f"etb{g:02d}_{t:02d}" for g in range(TAG_GROUPS) for t in range(TAGS_PER_GROUP)]
     kinds = [k for k, n in counts.items() for _ in range(n)]
     rng.shuffle(kinds)
@@ -226,13 +227,20 @@ def _wait_ready(logs: list[Path], timeout: float = 60.0) -> None:
 
 
 def _log_lines(logs: list[Path]):
+    """The JSON objects of the workers' logs; threads writing at once may put two on one line."""
+    decoder = json.JSONDecoder()
     for lg in logs:
         for line in lg.read_text(errors="replace").splitlines():
-            if line.startswith("{"):
+            pos = line.find("{")
+            while pos != -1:
                 try:
-                    yield json.loads(line)
+                    obj, end = decoder.raw_decode(line, pos)
                 except ValueError:
+                    pos = line.find("{", pos + 1)
                     continue
+                if isinstance(obj, dict):
+                    yield obj
+                pos = line.find("{", end)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -267,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     SQLModel.metadata.create_all(engine)
     r = redis.Redis.from_url(args.redis_url)
     r.flushdb()
-    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                         text=True).stdout.strip()
     print(f"bench/apply.py at {git}: {args.events:,} events "
           f"({', '.join(f'{k} {v:,}' for k, v in p['counts'].items())}), {args.workers} worker process(es), "
           f"threads={args.threads or 'setting default'}, WeCom latency {args.latency_ms} ms", flush=True)
@@ -336,7 +345,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  events/s on the machine:    {rate:8.0f}   goal >= {GOAL_MACHINE:,.0f}   "
           f"ratio {rate / GOAL_MACHINE:.2f}")
     per = rate / args.workers
-    print(f"  events/s per worker process:{per:8.0f}   goal >= {GOAL_PER_WORKER:,.0f}   ratio {per / GOAL_PER_WORKER:.2f}")
+    print(f"  events/s per worker process:{per:8.0f}   goal >= {GOAL_PER_WORKER:,.0f}   "
+          f"ratio {per / GOAL_PER_WORKER:.2f}")
 
     # exactly-once
     print("\nexactly-once:")
@@ -400,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  WeCom calls: ~{total_calls:,} ({total_calls / n:.2f} per event, {args.latency_ms} ms each, "
           f"plus the tag hook's reads)")
 
-    print("\nCPU seconds during the run (2 cores: at most {:.0f} s available):".format(2 * elapsed))
+    print(f"\nCPU seconds during the run (2 cores: at most {2 * elapsed:.0f} s available):")
     for key in cpu1:
         used = cpu1[key] - cpu0[key]
         print(f"  {key:34s} {used:7.1f} s   {1000 * used / max(done, 1):6.2f} ms/event")

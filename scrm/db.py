@@ -29,6 +29,7 @@ SQLModel.metadata.naming_convention = {
 SessionFactory = Callable[[], Session]
 
 _engines: dict[str, Engine] = {}
+WORKER_POOL_SIZE = 24
 _lock = threading.Lock()
 
 
@@ -72,7 +73,9 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    # A worker process runs up to WORKER_POOL_SIZE threads each holding one connection at a time
+    # (`scrm worker --threads`); connections open lazily, so an idle pool costs nothing.
+    return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=WORKER_POOL_SIZE, max_overflow=16)
 
 
 def get_engine(url: str | None = None) -> Engine:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import dramatiq
 from dramatiq.brokers.stub import StubBroker
+from dramatiq.middleware import CurrentMessage
 
 from scrm.callbacks.dispatch import Processor
 
@@ -41,7 +43,16 @@ def get_processor() -> Processor:
     time_limit=120_000,
 )
 def process_callback(inbox_id: int) -> None:
-    get_processor().process(inbox_id)
+    get_processor().process(inbox_id, queued_ms=queued_ms())
+
+
+def queued_ms() -> float | None:
+    """How long the message being processed waited since it was enqueued (None outside a worker,
+    or on a broker without the CurrentMessage middleware)."""
+    message = CurrentMessage.get_current_message()
+    if message is None:
+        return None
+    return max(0.0, time.time() * 1000 - message.message_timestamp)
 
 
 @dramatiq.actor(queue_name="callbacks", max_retries=8, min_backoff=1_000, max_backoff=60_000)

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
-from dramatiq.middleware import AgeLimit, Callbacks, Pipelines, Retries, ShutdownNotifications, TimeLimit
+from dramatiq.middleware import (
+    AgeLimit,
+    Callbacks,
+    CurrentMessage,
+    Pipelines,
+    Retries,
+    ShutdownNotifications,
+    TimeLimit,
+)
 
 _broker: dramatiq.Broker | None = None
 
@@ -15,7 +23,9 @@ def make_redis_broker(url: str, *, heartbeat_timeout_ms: int = 60_000) -> RedisB
         heartbeat_timeout=heartbeat_timeout_ms,
         socket_connect_timeout=1.0,
         socket_timeout=5.0,
-        middleware=[AgeLimit(), TimeLimit(), ShutdownNotifications(), Callbacks(), Pipelines(), Retries()],
+        # CurrentMessage: an actor reads its message's enqueue time (the queue wait it logs).
+        middleware=[AgeLimit(), TimeLimit(), ShutdownNotifications(), Callbacks(), Pipelines(), Retries(),
+                    CurrentMessage()],
     )
     return broker
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import case, update
+from sqlalchemy import case, select, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
@@ -41,6 +41,43 @@ ADD_CONTACT = {"add_external_contact", "add_half_external_contact"}
 # externalcontact/get refusals that end the job: 40096 invalid external_userid (the event's own
 # fields are stored), 84061 not a contact of any member (nothing to store).
 INVALID_EXTERNAL_USERID, NOT_EXTERNAL_CONTACT = 40096, 84061
+
+
+class Cost:
+    """Where one event's time went, in ms: WeCom's round trips and the database (the rest of
+    ``total`` is parsing, hooks and logging). Logged on ``callback_applied`` with the time the
+    message waited in the queue, so a slow worker says whether WeCom, PostgreSQL or the queue is
+    the cause."""
+
+    __slots__ = ("wecom", "db", "_kind", "_t0", "started")
+
+    def __init__(self) -> None:
+        self.wecom = self.db = 0.0
+        self._kind = ""
+        self._t0 = 0.0
+        self.started = time.perf_counter()
+
+    def __call__(self, kind: str) -> Cost:
+        self._kind = kind
+        return self
+
+    def __enter__(self) -> Cost:
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        ms = (time.perf_counter() - self._t0) * 1000
+        if self._kind == "wecom":
+            self.wecom += ms
+        else:
+            self.db += ms
+
+    def fields(self, queued_ms: float | None) -> dict:
+        out = {"wecom_ms": round(self.wecom, 1), "db_ms": round(self.db, 1),
+               "total_ms": round((time.perf_counter() - self.started) * 1000, 1)}
+        if queued_ms is not None:
+            out["queued_ms"] = round(queued_ms, 1)
+        return out
 
 
 @dataclass(frozen=True)
@@ -77,25 +114,27 @@ class Processor:
     def _session(self) -> Session:
         return Session(self.engine, expire_on_commit=False)
 
-    def process(self, inbox_id: int) -> None:
-        """Apply one stored callback (a no-op when it is missing or already done)."""
-        with self._session() as s:
-            row = s.get(CallbackInbox, inbox_id)
-            if row is None:
-                log.warning("callback_missing", inbox_id=inbox_id)
-                return
-            if row.status != InboxStatus.pending:
-                return
-            plaintext = row.plaintext
+    def process(self, inbox_id: int, *, queued_ms: float | None = None) -> None:
+        """Apply one stored callback (a no-op when it is missing or already done). ``queued_ms``:
+        how long its message waited in the queue (logged with the event's cost)."""
+        cost = Cost()
+        with cost("db"), self.engine.connect() as conn:  # Core: one row's two columns, no ORM session
+            row = conn.execute(select(T.c.status, T.c.plaintext).where(T.c.id == inbox_id)).first()
+        if row is None:
+            log.warning("callback_missing", inbox_id=inbox_id)
+            return
+        if row.status != InboxStatus.pending:
+            return
+        plaintext = row.plaintext
         event = ev.parse_event(plaintext)
         bound = log.bind(inbox_id=inbox_id, event_type=event.event, change_type=event.change_type)
         try:
-            fetched = self._fetch(inbox_id, event)
+            fetched = self._fetch(inbox_id, event, cost)
         except WeComAPIError as exc:
             self._note_error(inbox_id, exc)
             bound.warning("callback_fetch_failed", errcode=exc.errcode)
             raise
-        with self._session() as s:
+        with cost("db"), self._session() as s:
             # The claim: only one worker turns the row done (a re-driven row was set back to
             # pending first, so it is applied once more, once).
             claimed = s.connection().execute(
@@ -113,7 +152,7 @@ class Processor:
         if note:
             self._warn_refused(inbox_id, event, fetched, note)
         bound.info("callback_applied", chat_id=getattr(event, "chat_id", None) or None,
-                   external_userid=getattr(event, "external_user_id", None) or None)
+                   external_userid=getattr(event, "external_user_id", None) or None, **cost.fields(queued_ms))
         self._after_apply(event, fetched, bound)
         if self.router and isinstance(event, ev.ChatEvent) and fetched != "current":
             try:
@@ -164,20 +203,23 @@ class Processor:
             )
 
     # -- phase 1: talk to WeCom -------------------------------------------------------------
-    def _fetch(self, inbox_id: int, event: ev.Event):
+    def _fetch(self, inbox_id: int, event: ev.Event, cost: Cost | None = None):
+        cost = cost or Cost()
         if isinstance(event, ev.ContactEvent) and event.change_type in FETCH_CONTACT:
             if event.welcome_code and event.change_type in ("add_external_contact", "add_half_external_contact"):
-                self._welcome(inbox_id, event, event.welcome_code)
+                self._welcome(inbox_id, event, event.welcome_code, cost)
             if self.router and event.change_type in ADD_CONTACT:
-                self.router.on_new_contact(event.user_id, event.external_user_id, event.state)
+                with cost("wecom"):
+                    self.router.on_new_contact(event.user_id, event.external_user_id, event.state)
             try:
-                return self.client.get_external_contact(event.external_user_id)
+                with cost("wecom"):
+                    return self.client.get_external_contact(event.external_user_id)
             except WeComAPIError as exc:
                 if exc.errcode in (INVALID_EXTERNAL_USERID, NOT_EXTERNAL_CONTACT):
                     return Refused(exc.errcode, str(exc))
                 raise
         if isinstance(event, ev.ChatEvent) and event.change_type in ("create", "update"):
-            with self._session() as s:
+            with cost("db"), self._session() as s:
                 group = s.get(CustomerGroup, event.chat_id)
                 if group and event.cur_mem_ver and group.member_version == event.cur_mem_ver:
                     return "current"  # already applied (out-of-order or redelivered)
@@ -187,34 +229,41 @@ class Processor:
             if self.chat_delay_ms:
                 time.sleep(self.chat_delay_ms / 1000)
             try:
-                return self.client.get_group_chat(event.chat_id)
+                with cost("wecom"):
+                    return self.client.get_group_chat(event.chat_id)
             except WeComAPIError as exc:
                 if exc.errcode in groups.MISSING_CHAT_ERRCODES:
                     return Refused(exc.errcode, str(exc))
                 raise
         if isinstance(event, ev.TagEvent):
-            return self.client.get_corp_tags()
+            with cost("wecom"):
+                return self.client.get_corp_tags()
         return None
 
-    def _welcome(self, inbox_id: int, event: ev.ContactEvent, welcome_code: str) -> None:
+    def _welcome(self, inbox_id: int, event: ev.ContactEvent, welcome_code: str, cost: Cost) -> None:
         age = time.time() - event.create_time
         factory = self._session
-        if not contacts.claim_welcome(factory, inbox_id=inbox_id, userid=event.user_id,
-                                      external_userid=event.external_user_id):
-            return
+        with cost("db"):
+            if not contacts.claim_welcome(factory, inbox_id=inbox_id, userid=event.user_id,
+                                          external_userid=event.external_user_id):
+                return
         if age > contacts.WELCOME_WINDOW_SECONDS:
-            contacts.record_welcome(factory, inbox_id, "expired")
+            with cost("db"):
+                contacts.record_welcome(factory, inbox_id, "expired")
             return
         text, attachments = (self.router.welcome_for(event.state) if self.router
                              else (self.welcome_text, []))
+        outcome, errcode = "sent", None
         try:
-            self.client.send_welcome_msg(welcome_code, text=text, attachments=attachments or None)
-            contacts.record_welcome(factory, inbox_id, "sent")
+            with cost("wecom"):
+                self.client.send_welcome_msg(welcome_code, text=text, attachments=attachments or None)
         except WelcomeCodeUsed as exc:
-            contacts.record_welcome(factory, inbox_id, "refused", exc.errcode)
+            outcome, errcode = "refused", exc.errcode
         except WeComAPIError as exc:
-            contacts.record_welcome(factory, inbox_id, "failed", exc.errcode)
+            outcome, errcode = "failed", exc.errcode
             log.warning("welcome_failed", inbox_id=inbox_id, errcode=exc.errcode)
+        with cost("db"):
+            contacts.record_welcome(factory, inbox_id, outcome, errcode)
 
     # -- phase 2: write -------------------------------------------------------------------
     def _apply(self, s: Session, inbox_id: int, event: ev.Event, fetched) -> str | None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from sqlmodel import Session, select
 
-from scrm.db import from_unix, utcnow
+from scrm.db import as_utc, from_unix, utcnow
 from scrm.groups.models import CustomerGroup, GroupMember, GroupStatus, MemberState
 from scrm.logs import get_logger
 
@@ -33,6 +35,7 @@ def apply_group_chat(session: Session, chat: dict, *, quit_scene: int | None = N
     stored = {m.member_id: m for m in session.exec(select(GroupMember).where(GroupMember.chat_id == chat_id))}
     current = {m["userid"]: m for m in chat.get("member_list", [])}
     joined, left = [], []
+    now = utcnow()
     for member_id, info in current.items():
         row = stored.get(member_id)
         if row is None:
@@ -41,20 +44,35 @@ def apply_group_chat(session: Session, chat: dict, *, quit_scene: int | None = N
             joined.append(member_id)
         elif row.state != MemberState.member:
             joined.append(member_id)
-        row.member_type = info.get("type", row.member_type)
-        row.unionid = info.get("unionid", row.unionid)
-        row.name = info.get("name", row.name)
-        row.group_nickname = info.get("group_nickname", row.group_nickname)
-        row.join_scene = info.get("join_scene", row.join_scene)
-        row.join_state = info.get("state", row.join_state)
-        row.invitor = (info.get("invitor") or {}).get("userid", row.invitor)
-        row.joined_at = from_unix(info.get("join_time")) or row.joined_at
-        row.state, row.left_at, row.quit_scene, row.updated_at = MemberState.member, None, None, utcnow()
+        # Only a member whose values changed is written: a join or leave re-reads the whole group,
+        # and rewriting every member's row made each event cost one UPDATE per member.
+        _set_changed(row, now, member_type=info.get("type", row.member_type),
+                     unionid=info.get("unionid", row.unionid), name=info.get("name", row.name),
+                     group_nickname=info.get("group_nickname", row.group_nickname),
+                     join_scene=info.get("join_scene", row.join_scene), join_state=info.get("state", row.join_state),
+                     invitor=(info.get("invitor") or {}).get("userid", row.invitor),
+                     joined_at=from_unix(info.get("join_time")) or row.joined_at,
+                     state=MemberState.member, left_at=None, quit_scene=None)
     for member_id, row in stored.items():
         if member_id not in current and row.state == MemberState.member:
-            row.state, row.left_at, row.quit_scene, row.updated_at = MemberState.left, utcnow(), quit_scene, utcnow()
+            row.state, row.left_at, row.quit_scene, row.updated_at = MemberState.left, now, quit_scene, now
             left.append(member_id)
     return {"joined": joined, "left": left}
+
+
+def _set_changed(row: GroupMember, now: datetime, **values: object) -> None:
+    """Set the values that differ (times compared as UTC: SQLite hands them back naive) and, if
+    any did, ``updated_at``."""
+    changed = row.id is None
+    for name, value in values.items():
+        old = getattr(row, name)
+        same = (as_utc(old) == as_utc(value) if isinstance(old, datetime) and isinstance(value, datetime)
+                else old == value)
+        if not same:
+            setattr(row, name, value)
+            changed = True
+    if changed:
+        row.updated_at = now
 
 
 def mark_dismissed(session: Session, chat_id: str) -> None:

@@ -2,36 +2,63 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from sqlmodel import Session, select
 
-from scrm.db import from_unix, utcnow
+from scrm.db import as_utc, from_unix, utcnow
 from scrm.tags.models import Tag, TagGroup
 
 
 def apply_tag_library(session: Session, tag_groups: list[dict]) -> int:
-    """Upsert every group and tag; anything no longer listed is marked deleted. Returns tag count."""
+    """Upsert every group and tag; anything no longer listed is marked deleted. Returns tag count.
+
+    The stored library is read in two queries and only rows whose values changed are written
+    (``updated_at`` is when a row last changed): a tag event re-reads the whole library, and
+    one query per tag made each tag event cost hundreds of round trips."""
+    stored_groups = {g.group_id: g for g in session.exec(select(TagGroup))}
+    stored_tags = {t.tag_id: t for t in session.exec(select(Tag))}
+    now = utcnow()
     seen_groups, seen_tags = set(), set()
     for g in tag_groups:
         gid = g["group_id"]
         seen_groups.add(gid)
-        row = session.get(TagGroup, gid) or TagGroup(group_id=gid, name=g.get("group_name", ""))
-        row.name, row.order = g.get("group_name", row.name), g.get("order", 0) or 0
-        row.created_at, row.deleted, row.updated_at = from_unix(g.get("create_time")), bool(g.get("deleted")), utcnow()
-        session.add(row)
+        row = stored_groups.get(gid)
+        if row is None:
+            row = stored_groups[gid] = TagGroup(group_id=gid, name=g.get("group_name", ""))
+            session.add(row)
+        _set_changed(row, now, name=g.get("group_name", row.name), order=g.get("order", 0) or 0,
+                     created_at=from_unix(g.get("create_time")), deleted=bool(g.get("deleted")))
         for t in g.get("tag", []):
             seen_tags.add(t["id"])
-            tag = session.get(Tag, t["id"]) or Tag(tag_id=t["id"], group_id=gid, name=t.get("name", ""))
-            tag.group_id, tag.name, tag.order = gid, t.get("name", tag.name), t.get("order", 0) or 0
-            tag.created_at, tag.deleted = from_unix(t.get("create_time")), bool(t.get("deleted"))
-            tag.updated_at = utcnow()
-            session.add(tag)
-    for row in session.exec(select(TagGroup).where(TagGroup.deleted == False)):  # noqa: E712
-        if row.group_id not in seen_groups:
-            row.deleted = True
-    for tag in session.exec(select(Tag).where(Tag.deleted == False)):  # noqa: E712
-        if tag.tag_id not in seen_tags:
-            tag.deleted = True
+            tag = stored_tags.get(t["id"])
+            if tag is None:
+                tag = stored_tags[t["id"]] = Tag(tag_id=t["id"], group_id=gid, name=t.get("name", ""))
+                session.add(tag)
+            _set_changed(tag, now, group_id=gid, name=t.get("name", tag.name), order=t.get("order", 0) or 0,
+                         created_at=from_unix(t.get("create_time")), deleted=bool(t.get("deleted")))
+    for row in stored_groups.values():
+        if row.group_id not in seen_groups and not row.deleted:
+            row.deleted, row.updated_at = True, now
+    for tag in stored_tags.values():
+        if tag.tag_id not in seen_tags and not tag.deleted:
+            tag.deleted, tag.updated_at = True, now
     return len(seen_tags)
+
+
+def _set_changed(row: Tag | TagGroup, now, **values) -> None:
+    """Set the values that differ (times compared as UTC: SQLite hands them back naive) and, if
+    any did, ``updated_at``."""
+    changed = False
+    for name, value in values.items():
+        old = getattr(row, name)
+        same = (as_utc(old) == as_utc(value)) if isinstance(old, datetime) or isinstance(value, datetime) \
+            else old == value
+        if not same:
+            setattr(row, name, value)
+            changed = True
+    if changed or row.updated_at is None:
+        row.updated_at = now
 
 
 def record_tag_group(session: Session, group: dict) -> None:

@@ -17,6 +17,7 @@ the gettoken host. This client:
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -51,6 +52,9 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 BUSY_RETRIES = 3
+# Calls to one API path in flight at once from one client (the setting wecom.max_in_flight_per_api):
+# WeCom answers 45033 when one app has too many concurrent calls to an API.
+MAX_IN_FLIGHT_PER_API = 32
 # Refresh this long before WeCom's expiry (capped to a fraction of short lifetimes, e.g. in tests).
 TOKEN_SAFETY_MARGIN = 300
 
@@ -101,6 +105,7 @@ class WeComClient:
         http: httpx.Client | None = None,
         agent_id: int | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        max_in_flight_per_api: int = MAX_IN_FLIGHT_PER_API,
     ):
         if not secret:
             raise ValueError("WeCom secret is empty")
@@ -112,8 +117,16 @@ class WeComClient:
         self.backoff = tuple(float(b) for b in backoff)
         self.agent_id = agent_id
         self._sleep = sleep
+        if max_in_flight_per_api < 1:
+            raise ValueError("max_in_flight_per_api must be at least 1")
+        self.max_in_flight_per_api = int(max_in_flight_per_api)
+        self._in_flight: dict[str, threading.BoundedSemaphore] = {}
+        self._in_flight_lock = threading.Lock()
         self._owns_http = http is None
-        self._http = http if http is not None else httpx.Client(timeout=timeout)
+        # One connection pool per client (one client per process), kept warm for every thread that
+        # may call at once: a connection closed after each call costs a TCP (and TLS) handshake.
+        self._http = http if http is not None else httpx.Client(
+            timeout=timeout, limits=httpx.Limits(max_connections=None, max_keepalive_connections=64))
         self._token: str | None = None
         self._token_expires_at = 0.0  # time.monotonic()
         app = hashlib.sha256(secret.encode()).hexdigest()[:12]  # the app, named without its secret
@@ -138,6 +151,7 @@ class WeComClient:
             timeout=w.timeout_seconds,
             backoff=tuple(w.rate_limit_backoff_seconds),
             agent_id=w.agent_id,
+            max_in_flight_per_api=w.max_in_flight_per_api,
         )
         opts.update(kwargs)
         return cls(w.corp_id, w.secret.get_secret_value(), w.api_base_url, **opts)
@@ -153,11 +167,20 @@ class WeComClient:
         self.close()
 
     # -- transport -----------------------------------------------------------------------------
+    def _slots(self, path: str) -> threading.BoundedSemaphore:
+        """The in-flight bound of one API path (created on first use)."""
+        slots = self._in_flight.get(path)
+        if slots is None:
+            with self._in_flight_lock:
+                slots = self._in_flight.setdefault(path, threading.BoundedSemaphore(self.max_in_flight_per_api))
+        return slots
+
     def _send(self, method: str, path: str, params: Mapping[str, Any] | None,
               json: Mapping[str, Any] | None) -> dict[str, Any]:
         url = self.base_url + path.lstrip("/")
         try:
-            resp = self._http.request(method, url, params=params, json=json, timeout=self.timeout)
+            with self._slots(path):  # at most max_in_flight_per_api calls to this path at once
+                resp = self._http.request(method, url, params=params, json=json, timeout=self.timeout)
         except httpx.TimeoutException as exc:
             log.warning("wecom.timeout", path=path, timeout=self.timeout)
             raise TransportError(f"timeout after {self.timeout}s: {type(exc).__name__}", path=path) from exc
