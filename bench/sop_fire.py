@@ -43,6 +43,7 @@ import time
 import urllib.request
 import zlib
 from collections import Counter
+from inspect import signature
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -206,6 +207,7 @@ def run_scenario(label: str, engine, n: int, args, folder: Path, lines: list[str
     from bench.sandbox_proc import sandbox_process
     from scrm.config import SopSettings
     from scrm.db import utcnow
+    from scrm.sop import jobs
     from scrm.sop.jobs import fire, load_templates
     from scrm.sop.sender import SopSender
     from scrm.wecom.client import WeComClient
@@ -221,8 +223,12 @@ def run_scenario(label: str, engine, n: int, args, folder: Path, lines: list[str
         start = utcnow()
         load_posts(engine, n, start=start, tz=tz)
         client = WeComClient(sb.corp_id, sb.secret, sb.api_base_url, timeout=5.0, backoff=(1.0, 2.0, 4.0))
+        # As scrm.runtime.build_sop_sender and scheduling.sop_fire_job build them (on code that has
+        # the options: sop.send_concurrency, the claim per tick).
+        extra = {"concurrency": sop.send_concurrency} if "concurrency" in signature(SopSender).parameters else {}
         sender = SopSender(engine, client, lambda: load_templates(folder, sop), tz=tz,
-                           link_base="http://scrm.bench")
+                           link_base="http://scrm.bench", **extra)
+        fire_kw = {"claim": jobs.claim_limit(sop)} if hasattr(jobs, "claim_limit") else {}
         jobs_q: queue.Queue = queue.Queue()
         errors: Counter = Counter()
         outcome: Counter = Counter()
@@ -268,7 +274,7 @@ def run_scenario(label: str, engine, n: int, args, folder: Path, lines: list[str
             now_m = time.monotonic()
             if now_m >= next_tick:
                 f0 = time.monotonic()
-                counts = fire(engine, enqueue, now=utcnow())
+                counts = fire(engine, enqueue, now=utcnow(), **fire_kw)
                 claim_times.append(time.monotonic() - f0)
                 ticks += 1
                 next_tick = max(next_tick + args.fire_interval, time.monotonic())
@@ -326,7 +332,8 @@ def run_scenario(label: str, engine, n: int, args, folder: Path, lines: list[str
         f"add_msg_template calls {len(times):,} ({calls_ok:,} tasks created, {chats / max(1, calls_ok):.1f} chats "
         f"per task, refused 45009: {stats['refused']:,}); max calls in a clock minute "
         f"{max(per_fixed_minute.values(), default=0):,}, in any rolling 60 s {rolling:,} (limit {LIMIT_PER_MINUTE:,}); "
-        f"timeout lookups {stats['lookups']:,}; fire ticks {ticks} every {args.fire_interval:g} s "
+        f"timeout lookups {stats['lookups']:,}; fire ticks {ticks} every {args.fire_interval:g} s claiming up to "
+        f"{fire_kw.get('claim', 2000):,} "
         f"(fire() {max(claim_times, default=0):.2f} s max); worker errors {dict(errors) or 0}; "
         f"groups with two tasks {twice}; tasks not in the ledger {in_wecom_not_ledger}; "
         f"load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")

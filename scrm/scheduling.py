@@ -45,7 +45,7 @@ def sop_fire_job(settings: Settings, enqueue_sop: Callable[[list[int]], None]) -
     from zoneinfo import ZoneInfo
 
     from scrm.journeys.jobs import journeys_loader
-    from scrm.sop.jobs import fire, load_templates
+    from scrm.sop.jobs import claim_limit, fire, load_templates
     from scrm.sop.reminders import send_reminders
     from workers.actors import get_processor
 
@@ -54,7 +54,7 @@ def sop_fire_job(settings: Settings, enqueue_sop: Callable[[list[int]], None]) -
     toolbar = f"{settings.web.base_url()}/toolbar"
     tz = ZoneInfo(settings.sop.timezone)
     journeys = journeys_loader(settings)
-    fire(engine, enqueue_sop,
+    fire(engine, enqueue_sop, claim=claim_limit(settings.sop),
          remind=lambda now: send_reminders(engine, client, toolbar_url=toolbar, tz=tz, now=now,
                                            agent_id=settings.wecom.agent_id,
                                            templates=lambda: load_templates(Path(settings.sop.templates_dir),

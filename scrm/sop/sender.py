@@ -22,7 +22,8 @@ import datetime as dt
 import json
 import secrets
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -34,6 +35,7 @@ from sqlalchemy.engine import Engine
 
 from scrm.db import utcnow
 from scrm.groups.models import CustomerGroup, GroupStatus
+from scrm.layers.tagsync import LocalRateLimiter, RateLimiter
 from scrm.logs import get_logger
 from scrm.sop.models import Audience, PostStatus, SopPost, TrackedLink
 from scrm.sop.render import (
@@ -63,6 +65,10 @@ log = get_logger(__name__)
 MAX_CHATS_PER_CALL = MAX_CHATS_PER_TEMPLATE
 MAX_CUSTOMERS_PER_CALL = 10_000  # add_msg_template chat_type single: external_userid holds at most 10,000
 RETRY_AFTER = dt.timedelta(minutes=2)
+# add_msg_template calls a minute: WeCom refuses a corp's 10,001st call to one API in a minute
+# (45009, blocked for the rest of the minute). The margin is for the other clock and other callers.
+ADD_MSG_TEMPLATE_PER_MINUTE = 9_000
+SEND_CONCURRENCY = 8  # sop.send_concurrency's default
 
 
 def single_msg_template(sender: str, external_userids: list[str], content: PostContent) -> SingleMsgTemplate:
@@ -131,24 +137,54 @@ def track_links(engine: Engine, post: Any, payload: PostContent, link_base: str,
     """Point each link attachment at ``/t/{code}`` (one code per post and attachment, kept
     across retries), so a click is counted for this group, post and day. The trade-off for mass
     sends: posts with links differ per group, so they go out one add_msg_template call per group."""
+    return track_links_many(engine, [(post, payload)], link_base, now)[0]
+
+
+def track_links_many(engine: Engine, items: Sequence[tuple[Any, PostContent]], link_base: str,
+                     now: dt.datetime) -> list[PostContent]:
+    """:func:`track_links` for many posts in one transaction (one INSERT and one SELECT for all of
+    them, not a round trip per post); the payloads come back in ``items``' order."""
     link_base = link_base.rstrip("/")
-    if not link_base or not any(a["msgtype"] == "link" for a in payload["attachments"]):
-        return payload
+    wanted = [(post, payload) for post, payload in items
+              if link_base and any(a["msgtype"] == "link" for a in payload["attachments"])]
+    if not wanted:
+        return [payload for _, payload in items]
     table, c = TrackedLink.__table__, TrackedLink.__table__.c
     insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
-    attachments: list[Attachment] = []
+    rows = [dict(code=secrets.token_urlsafe(9), post_id=post.id, position=position, chat_id=post.chat_id,
+                 template_id=post.template_id, day=post.day, url=a["link"]["url"], clicks=0, created_at=now)
+            for post, payload in wanted for position, a in enumerate(payload["attachments"]) if a["msgtype"] == "link"]
+    codes: dict[tuple[int, int], str] = {}
     with engine.begin() as conn:
-        for position, a in enumerate(payload["attachments"]):
-            if a["msgtype"] != "link":
-                attachments.append(a)
-                continue
-            conn.execute(insert(table).values(
-                code=secrets.token_urlsafe(9), post_id=post.id, position=position, chat_id=post.chat_id,
-                template_id=post.template_id, day=post.day, url=a["link"]["url"], clicks=0, created_at=now,
-            ).on_conflict_do_nothing(index_elements=["post_id", "position"]))
-            code = conn.execute(select(c.code).where(c.post_id == post.id, c.position == position)).scalar_one()
-            attachments.append({**a, "link": {**a["link"], "url": f"{link_base}/t/{code}"}})
-    return {**payload, "attachments": attachments}
+        for i in range(0, len(rows), 1000):
+            conn.execute(insert(table).on_conflict_do_nothing(index_elements=["post_id", "position"]),
+                         rows[i:i + 1000])
+        ids = sorted({post.id for post, _ in wanted})
+        for i in range(0, len(ids), 1000):
+            for r in conn.execute(select(c.post_id, c.position, c.code).where(c.post_id.in_(ids[i:i + 1000]))):
+                codes[(r.post_id, r.position)] = r.code
+    out: list[PostContent] = []
+    for post, payload in items:
+        if not any((post.id, position) in codes for position in range(len(payload["attachments"]))):
+            out.append(payload)
+            continue
+        attachments: list[Attachment] = [
+            {**a, "link": {**a["link"], "url": f"{link_base}/t/{codes[(post.id, position)]}"}}
+            if a["msgtype"] == "link" else a
+            for position, a in enumerate(payload["attachments"])]
+        out.append({**payload, "attachments": attachments})
+    return out
+
+
+@dataclass(frozen=True)
+class _CallOutcome:
+    """What one add_msg_template batch came to on WeCom's side; the ledger is written from it in
+    the job's own thread (the calls overlap, the writes don't compete for connections)."""
+
+    kind: str  # created | retry | failed | refused
+    result: Mapping[str, Any] | None = None
+    errcode: int | None = None
+    error: str = ""
 
 
 class SopSender:
@@ -162,8 +198,15 @@ class SopSender:
         link_base: str = "",
         clock: Callable[[], dt.datetime] = utcnow,
         journeys: Callable[[], Mapping[str, Any]] | None = None,
+        concurrency: int = SEND_CONCURRENCY,
+        rate: RateLimiter | None = None,
     ):
         self.engine, self.client, self.templates, self.tz, self.clock = engine, client, templates, tz, clock
+        # add_msg_template calls one send() keeps in flight at once (sop.send_concurrency).
+        self.concurrency = max(1, int(concurrency))
+        # Paces add_msg_template under WeCom's per-minute limit: this process's own by default; give
+        # every worker process the same Redis-backed limiter (scrm.layers.tagsync.RedisRateLimiter).
+        self.rate: RateLimiter = rate if rate is not None else LocalRateLimiter(ADD_MSG_TEMPLATE_PER_MINUTE)
         # The journeys on disk by id (scrm.journeys.jobs.journeys_loader): 1:1 journey messages.
         self.journeys = journeys
         # Where tracked links point: web.public_url; empty sends links untracked.
@@ -171,7 +214,9 @@ class SopSender:
 
     # -- sending --------------------------------------------------------------------------------
     def send(self, post_ids: list[int]) -> dict[str, int]:
-        """Send the given posts that are still ``sending``; returns counts by outcome."""
+        """Send the given posts that are still ``sending``; returns counts by outcome. Mass sends of
+        one sender and content go out together (up to 2,000 chats a call), and up to
+        ``concurrency`` add_msg_template calls are in flight at once."""
         from scrm.journeys.content import employee_names, load_recipients
 
         table, c = SopPost.__table__, SopPost.__table__.c
@@ -189,33 +234,69 @@ class SopSender:
         outcome: dict[str, int] = defaultdict(int)
         templates = self.templates()
         journeys = self.journeys() if to_customers and self.journeys is not None else {}
-        batches: dict[tuple[str, str, str], tuple[PostContent, list[Row]]] = {}
+        rendered: list[tuple[Row, PostContent]] = []
+        failed: dict[str, list[int]] = defaultdict(list)  # error -> ids: one UPDATE per reason
         for p in posts:
             if p.audience == Audience.customer:
                 payload, error = self._render_journey(p, journeys, recipients, owners)
             else:
                 payload, error = self._render(p, templates, groups, stores)
             if payload is None:
-                self._finish([p.id], status=PostStatus.failed, error=str(error))
-                outcome["failed"] += 1
+                failed[str(error)].append(p.id)
                 continue
-            payload = self._track_links(p, payload)
+            rendered.append((p, payload))
+        for reason, ids in failed.items():
+            self._finish(ids, status=PostStatus.failed, error=reason)
+            outcome["failed"] += len(ids)
+        rendered = list(zip((p for p, _ in rendered), self._track_links_many(rendered), strict=True))
+        batches: dict[tuple[str, str, str], tuple[PostContent, list[Row]]] = {}
+        owner_tasks: list[int] = []
+        for p, payload in rendered:
             if p.channel == Channel.group_robot.value:
                 status = self._robot_send(p, payload, groups.get(p.chat_id))
                 outcome[status] += 1
                 continue
             if p.channel != Channel.mass_send.value:  # claim_due never hands owner tasks to a worker
-                self._finish([p.id], status=PostStatus.due)
-                outcome["due"] += 1
+                owner_tasks.append(p.id)
                 continue
             key = (p.audience, p.sender, json.dumps(payload, sort_keys=True, ensure_ascii=False))
             batches.setdefault(key, (payload, []))[1].append(p)
+        if owner_tasks:
+            self._finish(owner_tasks, status=PostStatus.due)
+            outcome["due"] += len(owner_tasks)
+        calls: list[tuple[str, PostContent, list[Row]]] = []
         for (audience, sender, _), (payload, batch) in batches.items():
             size = MAX_CUSTOMERS_PER_CALL if audience == Audience.customer else MAX_CHATS_PER_CALL
-            for i in range(0, len(batch), size):
-                for status, n in self._mass_send(sender, payload, batch[i:i + size]).items():
-                    outcome[status] += n
+            calls += [(sender, payload, batch[i:i + size]) for i in range(0, len(batch), size)]
+        for status, n in self._send_calls(calls).items():
+            outcome[status] += n
         return dict(outcome)
+
+    def _send_calls(self, calls: list[tuple[str, PostContent, list[Row]]]) -> dict[str, int]:
+        """Make the add_msg_template calls, at most ``concurrency`` at once, and write each one's
+        outcome to the ledger here, in the job's thread, as it comes back."""
+        outcome: dict[str, int] = defaultdict(int)
+        if not calls:
+            return outcome
+        if len(calls) == 1 or self.concurrency == 1:
+            for sender, payload, batch in calls:
+                for status, n in self._mass_send(sender, payload, batch).items():
+                    outcome[status] += n
+            return outcome
+        pending: dict[Future, tuple[str, PostContent, list[Row]]] = {}
+        queue = list(reversed(calls))
+        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(calls)),
+                                thread_name_prefix="sop-send") as pool:
+            while queue or pending:
+                while queue and len(pending) < self.concurrency:
+                    call = queue.pop()
+                    pending[pool.submit(self._mass_call, *call)] = call
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    sender, payload, batch = pending.pop(future)
+                    for status, n in self._apply_call(sender, payload, batch, future.result()).items():
+                        outcome[status] += n
+        return outcome
 
     def _render(self, post: Row, templates: Mapping[str, SopTemplate], groups: Mapping[str, Any],
                 stores: Mapping[str, Any]) -> tuple[PostContent | None, RenderProblem | None]:
@@ -235,8 +316,8 @@ class SopSender:
         except MessageProblem as exc:
             return None, RenderProblem(RenderProblemKind(exc.kind), str(exc))
 
-    def _track_links(self, post: Row, payload: PostContent) -> PostContent:
-        return track_links(self.engine, post, payload, self.link_base, self.clock())
+    def _track_links_many(self, items: list[tuple[Row, PostContent]]) -> list[PostContent]:
+        return track_links_many(self.engine, items, self.link_base, self.clock())
 
     def _robot_send(self, post: Row, payload: PostContent, group: Any) -> str:
         """Post through the group's robot: the text, then the links as news cards
@@ -271,35 +352,52 @@ class SopSender:
         return "sent"
 
     def _mass_send(self, sender: str, payload: PostContent, batch: list[Row]) -> dict[str, int]:
-        ids = [p.id for p in batch]
+        return self._apply_call(sender, payload, batch, self._mass_call(sender, payload, batch))
+
+    def _mass_call(self, sender: str, payload: PostContent, batch: list[Row]) -> _CallOutcome:
+        """One batch's add_msg_template on WeCom's side only (runs on the send pool): never twice
+        for a task WeCom may already have created (a retried batch, a timeout)."""
         single = batch[0].audience == Audience.customer
         try:
             body = single_msg_template(sender, [p.chat_id for p in batch], payload) if single \
                 else group_msg_template(sender, [p.chat_id for p in batch], payload)
         except MessageLimitError as exc:  # render refuses these first; never send a post cut short
-            self._finish(ids, status=PostStatus.failed, error=f"payload: {exc}"[:500])
-            log.warning("sop_mass_send_refused", sender=sender, chats=len(ids), error=str(exc))
-            return {"failed": len(ids)}
+            return _CallOutcome("refused", error=f"payload: {exc}")
         started = self.clock()
         if any(p.attempts > 1 for p in batch):  # tried before: WeCom may have created the task
             since = min(p.scheduled_for for p in batch)
             msgid = self._find_created(sender, payload, since, single=single)
             if msgid is not None:
-                return self._record(sender, payload, batch, {"msgid": msgid, "fail_list": []})
+                return _CallOutcome("created", {"msgid": msgid, "fail_list": []})
+        self.rate.acquire()
         try:
             result = self.client.add_msg_template(body)
         except TransportError:
             msgid = self._find_created(sender, payload, started, single=single)
             if msgid is None:
-                return self._retry_later(batch, "transport")
+                return _CallOutcome("retry", error="transport")
             result = {"msgid": msgid, "fail_list": []}
         except (RateLimited, SystemBusy) as exc:
-            return self._retry_later(batch, f"errcode {exc.errcode}")
+            return _CallOutcome("retry", error=f"errcode {exc.errcode}")
         except WeComAPIError as exc:
-            self._finish(ids, status=PostStatus.failed, errcode=exc.errcode, error=exc.errmsg[:500])
-            log.warning("sop_mass_send_failed", sender=sender, chats=len(ids), errcode=exc.errcode)
-            return {"failed": len(ids)}
-        return self._record(sender, payload, batch, result)
+            return _CallOutcome("failed", errcode=exc.errcode, error=exc.errmsg)
+        return _CallOutcome("created", result)
+
+    def _apply_call(self, sender: str, payload: PostContent, batch: list[Row], done: _CallOutcome) -> dict[str, int]:
+        """The ledger after one batch's call: sent (and refused chats failed), back to planned for
+        a later try, or failed."""
+        ids = [p.id for p in batch]
+        if done.kind == "created":
+            assert done.result is not None
+            return self._record(sender, payload, batch, done.result)
+        if done.kind == "retry":
+            return self._retry_later(batch, done.error)
+        self._finish(ids, status=PostStatus.failed, errcode=done.errcode, error=done.error[:500])
+        if done.kind == "refused":
+            log.warning("sop_mass_send_refused", sender=sender, chats=len(ids), error=done.error)
+        else:
+            log.warning("sop_mass_send_failed", sender=sender, chats=len(ids), errcode=done.errcode)
+        return {"failed": len(ids)}
 
     def _record(self, sender: str, payload: PostContent, batch: list[Row],
                 result: Mapping[str, Any]) -> dict[str, int]:
