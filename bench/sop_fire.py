@@ -293,11 +293,15 @@ def run_scenario(label: str, engine, n: int, args, folder: Path, lines: list[str
                 break
             time.sleep(0.2)
         wall = time.monotonic() - started
+        try:  # not finished: drop the jobs not started, let the running ones end before counting
+            while True:
+                jobs_q.get_nowait()
+        except queue.Empty:
+            pass
         for _ in threads:
             jobs_q.put(None)
-        if finished:
-            for t in threads:
-                t.join(30)
+        for t in threads:
+            t.join(120)
         with urllib.request.urlopen(sb.base_url + "/sandbox/state", timeout=120) as resp:
             stats = json.loads(resp.read())
         client.close()
@@ -313,6 +317,7 @@ def run_scenario(label: str, engine, n: int, args, folder: Path, lines: list[str
     per_chat = Counter(c for _, chats in tasks for c in chats)
     twice = sum(1 for v in per_chat.values() if v > 1)
     in_wecom_not_ledger = sum(1 for c in per_chat if c not in ledger_sent)
+    sent_without_task = sum(1 for c in ledger_sent if c not in per_chat)
     times = sorted(stats["times"])
     per_fixed_minute = Counter(int(t // 60) for t in times)
     rolling, j = 0, 0
@@ -336,6 +341,7 @@ def run_scenario(label: str, engine, n: int, args, folder: Path, lines: list[str
         f"{fire_kw.get('claim', 2000):,} "
         f"(fire() {max(claim_times, default=0):.2f} s max); worker errors {dict(errors) or 0}; "
         f"groups with two tasks {twice}; tasks not in the ledger {in_wecom_not_ledger}; "
+        f"sent in the ledger without a task {sent_without_task}; "
         f"load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     print(summary, flush=True)
     lines.append(summary)

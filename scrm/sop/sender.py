@@ -69,6 +69,7 @@ RETRY_AFTER = dt.timedelta(minutes=2)
 # (45009, blocked for the rest of the minute). The margin is for the other clock and other callers.
 ADD_MSG_TEMPLATE_PER_MINUTE = 9_000
 SEND_CONCURRENCY = 8  # sop.send_concurrency's default
+LOOKUP_PAGES = 20  # get_groupmsg_list_v2 pages (100 tasks each) read when looking for a created task
 
 
 def single_msg_template(sender: str, external_userids: list[str], content: PostContent) -> SingleMsgTemplate:
@@ -364,19 +365,27 @@ class SopSender:
         except MessageLimitError as exc:  # render refuses these first; never send a post cut short
             return _CallOutcome("refused", error=f"payload: {exc}")
         started = self.clock()
+        chats = [p.chat_id for p in batch]
         if any(p.attempts > 1 for p in batch):  # tried before: WeCom may have created the task
-            since = min(p.scheduled_for for p in batch)
-            msgid = self._find_created(sender, payload, since, single=single)
-            if msgid is not None:
-                return _CallOutcome("created", {"msgid": msgid, "fail_list": []})
+            # Since the post's day began: a retry moved scheduled_for past the first attempt.
+            since = min(p.window_ends_at for p in batch) - dt.timedelta(days=1)
+            try:
+                found = self._find_created(sender, payload, since, single=single, chats=chats)
+            except WeComAPIError as exc:  # can't tell whether it went out: never risk a second task
+                return _CallOutcome("retry", error=f"lookup: errcode {exc.errcode}")
+            if found is not None:
+                return _CallOutcome("created", found)
         self.rate.acquire()
         try:
             result = self.client.add_msg_template(body)
         except TransportError:
-            msgid = self._find_created(sender, payload, started, single=single)
-            if msgid is None:
+            try:
+                found = self._find_created(sender, payload, started, single=single, chats=chats)
+            except WeComAPIError:
+                found = None  # retried later, and looked for again first
+            if found is None:
                 return _CallOutcome("retry", error="transport")
-            result = {"msgid": msgid, "fail_list": []}
+            result = found
         except (RateLimited, SystemBusy) as exc:
             return _CallOutcome("retry", error=f"errcode {exc.errcode}")
         except WeComAPIError as exc:
@@ -416,20 +425,43 @@ class SopSender:
         return {"sent": len(ok), "failed": len(bad)}
 
     def _find_created(self, sender: str, payload: PostContent, since: dt.datetime, *,
-                      single: bool = False) -> str | None:
-        """After a timeout: did WeCom create the task anyway? Look for it before sending again."""
+                      single: bool = False, chats: Sequence[str] = ()) -> dict[str, Any] | None:
+        """After a timeout or before a retry: did WeCom create this batch's task anyway? A task of
+        ``sender`` since ``since`` with the same content whose targets include ``chats`` (another
+        batch of the owner's with the same content has other chats), answered like
+        add_msg_template: msgid, and as fail_list the chats the task does not hold. Every page of
+        the listing is read; None when there is none; raises WeComAPIError when WeCom can't say."""
         start = int(since.timestamp()) - 60
-        try:
+        end = int(self.clock().timestamp()) + 60
+        cursor = ""
+        candidates: list[str] = []
+        for _ in range(LOOKUP_PAGES):
             listing = self.client.get_groupmsg_list_v2(
-                chat_type="single" if single else "group", start_time=start,
-                end_time=int(self.clock().timestamp()) + 60, creator=sender, filter_type=2, limit=100)
-        except WeComAPIError:
-            return None
-        for item in listing.get("group_msg_list") or []:
-            if item.get("text") == payload.get("text") and (item.get("attachments") or []) == payload["attachments"]:
-                msgid = item.get("msgid")
-                return str(msgid) if msgid else None
+                chat_type="single" if single else "group", start_time=start, end_time=end, creator=sender,
+                filter_type=2, limit=100, **({"cursor": cursor} if cursor else {}))
+            for item in listing.get("group_msg_list") or []:
+                if item.get("text") == payload.get("text") and \
+                        (item.get("attachments") or []) == payload["attachments"] and item.get("msgid"):
+                    candidates.append(str(item["msgid"]))
+            cursor = listing.get("next_cursor") or ""
+            if not cursor:
+                break
+        for msgid in reversed(candidates):  # the newest first
+            targets = self._targets(msgid, sender) if chats else set()
+            if not chats or targets & set(chats):
+                return {"msgid": msgid, "fail_list": [c for c in chats if c not in targets]}
         return None
+
+    def _targets(self, msgid: str, sender: str) -> set[str]:
+        """The chats (or customers) a task of ``sender`` was created for, confirmed or not."""
+        out: set[str] = set()
+        cursor = ""
+        while True:
+            page = self.client.get_groupmsg_send_result(msgid, sender, cursor=cursor)
+            out |= {str(item.get("chat_id") or item.get("external_userid")) for item in page.get("send_list") or []}
+            cursor = page.get("next_cursor") or ""
+            if not cursor:
+                return out
 
     def _retry_later(self, batch: list[Row], reason: str) -> dict[str, int]:
         """Back to ``planned`` a little later if the post's window allows, else failed."""
