@@ -14,11 +14,10 @@ import datetime as dt
 import zlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import delete, func, select, text, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 
@@ -143,36 +142,65 @@ class DayLedger:
     that a new plan may replace."""
 
     fixed: dict[str, list[FixedPost]]
-    replaceable: dict[tuple[str, str, str], Any]  # sop_posts rows
+    # (chat_id, template_id, step_key) -> LedgerRow: the future planned rows a new plan may replace.
+    replaceable: dict[tuple[str, str, str], LedgerRow]
     used_slots: dict[str, set[int]]
     used_mass: dict[str, set[int]]
 
 
+class LedgerRow(NamedTuple):
+    """What fitting a plan needs of a replaceable ledger row (not the whole row: 300,000 of them)."""
+
+    id: int
+    slot: int
+    mass_seq: int | None
+    template_digest: str
+    channel: str
+    sender: str
+    scheduled_for: dt.datetime
+
+
 def read_day(conn: Connection, day: dt.date, *, now: dt.datetime, tz: ZoneInfo) -> DayLedger:
-    table = SopPost.__table__
-    c = table.c
+    c = SopPost.__table__.c
     ledger = DayLedger(defaultdict(list), {}, defaultdict(set), defaultdict(set))
+    guard = now + REPLACE_GUARD
+    planned = PostStatus.planned.value
+    local: dict[dt.datetime, dt.datetime] = {}  # UTC time -> local wall clock (posts share their times)
     # Group posts only: a customer's 1:1 journey messages share the ledger but not a group's day.
-    for r in conn.execute(select(table).where(c.day == day, c.audience == Audience.group)):
-        if r.status == PostStatus.planned and r.scheduled_for > now + REPLACE_GUARD:
-            ledger.replaceable[(r.chat_id, r.template_id, r.step_key)] = r
+    rows = conn.execute(
+        select(c.id, c.chat_id, c.template_id, c.step_key, c.status, c.scheduled_for, c.slot, c.mass_seq,
+               c.channel, c.template_digest, c.sender)
+        .where(c.day == day, c.audience == Audience.group)
+    )
+    for id_, chat_id, template_id, step_key, status, scheduled_for, slot, mass_seq, channel, digest, sender in rows:
+        if status == planned and scheduled_for > guard:
+            ledger.replaceable[(chat_id, template_id, step_key)] = LedgerRow(
+                id_, slot, mass_seq, digest, channel, sender, scheduled_for)
         else:
-            at_local = r.scheduled_for.astimezone(tz).replace(tzinfo=None)
-            ledger.fixed[r.chat_id].append(FixedPost(r.chat_id, r.template_id, r.step_key, at_local, r.channel))
-            ledger.used_slots[r.chat_id].add(r.slot)
-            if r.mass_seq is not None:
-                ledger.used_mass[r.chat_id].add(r.mass_seq)
+            at_local = local.get(scheduled_for)
+            if at_local is None:
+                at_local = local[scheduled_for] = scheduled_for.astimezone(tz).replace(tzinfo=None)
+            ledger.fixed[chat_id].append(FixedPost(chat_id, template_id, step_key, at_local, channel))
+            ledger.used_slots[chat_id].add(slot)
+            if mass_seq is not None:
+                ledger.used_mass[chat_id].add(mass_seq)
     return ledger
+
+
+# The columns fit_to_ledger hands out for each new row, in the order of LedgerFit.new_rows' tuples.
+NEW_ROW_COLUMNS = ("chat_id", "slot", "mass_seq", "template_id", "step_key", "template_digest", "channel",
+                   "sender", "priority", "scheduled_for", "window_ends_at")
 
 
 @dataclass
 class LedgerFit:
     """What writing a plan into a day's ledger means: replaceable rows kept as they are, rows the
-    plan no longer wants, and new rows (each with its slot and, for a mass send, its mass_seq)."""
+    plan no longer wants, and new rows (each with its slot and, for a mass send, its mass_seq), as
+    tuples of :data:`NEW_ROW_COLUMNS` in (chat_id, template_id, step_key) order."""
 
     kept: list[int]
     stale: list[int]
-    new_rows: list[dict]
+    new_rows: list[tuple]
 
 
 def fit_to_ledger(plan: DayPlan, ledger: DayLedger, limits: Limits, *, tz: ZoneInfo) -> LedgerFit:
@@ -182,22 +210,33 @@ def fit_to_ledger(plan: DayPlan, ledger: DayLedger, limits: Limits, *, tz: ZoneI
     ledger holds rows the planner counted differently), is not written: it is taken out of
     ``plan.posts`` and counted in ``plan.dropped_counts`` (and listed in ``plan.dropped``) as
     :data:`LEDGER_FULL` or :data:`LEDGER_MASS_TAKEN`, like every other drop. Writes nothing, so
-    the dry run (`scrm sop plan`) reports the same drops as the scheduler."""
+    the dry run (`scrm sop plan`) reports the same drops as the scheduler.
+
+    New rows take a group's lowest free slot (and mass sequence number), posts in (template id,
+    step key) order. The plan's times are converted once per distinct time, not once per post."""
     used_slots = defaultdict(set, {k: set(v) for k, v in ledger.used_slots.items()})
     used_mass = defaultdict(set, {k: set(v) for k, v in ledger.used_mass.items()})
-    desired = {}
+    times: dict[dt.datetime, tuple[dt.datetime, dt.datetime]] = {}  # local at -> (UTC at, UTC window end)
+
+    def utc_times(at: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
+        both = times.get(at)
+        if both is None:
+            both = times[at] = (at.replace(tzinfo=tz).astimezone(dt.UTC), _window_end(at, limits, tz))
+        return both
+
+    desired: dict[tuple[str, str, str], PlannedPost] = {}
     for p in plan.posts:
-        desired[(p.chat_id, p.template_id, p.step_key)] = (p, p.at.replace(tzinfo=tz).astimezone(dt.UTC))
+        desired[(p.chat_id, p.template_id, p.step_key)] = p
     fit = LedgerFit(kept=[], stale=[], new_rows=[])
     for key, r in ledger.replaceable.items():
         want = desired.get(key)
-        if want and (r.template_digest, r.channel, r.sender, r.scheduled_for) == (
-            want[0].digest, want[0].channel, want[0].sender, want[1]
+        if want is not None and (r.template_digest, r.channel, r.sender, r.scheduled_for) == (
+            want.digest, want.channel, want.sender, utc_times(want.at)[0]
         ):
-            desired.pop(key)
-            used_slots[r.chat_id].add(r.slot)
+            del desired[key]
+            used_slots[key[0]].add(r.slot)
             if r.mass_seq is not None:
-                used_mass[r.chat_id].add(r.mass_seq)
+                used_mass[key[0]].add(r.mass_seq)
             fit.kept.append(r.id)
         else:
             fit.stale.append(r.id)
@@ -209,26 +248,33 @@ def fit_to_ledger(plan: DayPlan, ledger: DayLedger, limits: Limits, *, tz: ZoneI
         plan.dropped.append(Dropped(p.chat_id, p.template_id, p.step_key, p.nominal, reason))
         not_written.add(id(p))
 
-    for (chat_id, _, _), (p, at_utc) in sorted(desired.items()):
-        slot = next((s for s in range(1, HARD_MAX_POSTS_PER_DAY + 1) if s not in used_slots[chat_id]), None)
-        if slot is None:
+    mass = Channel.mass_send.value
+    slots_of_day = range(1, HARD_MAX_POSTS_PER_DAY + 1)
+    mass_of_day = range(1, limits.max_mass_sends_per_group_per_day + 1)
+    current: str | None = None
+    free_slots: list[int] = []
+    free_mass: list[int] = []
+    append = fit.new_rows.append
+    for key in sorted(desired):
+        chat_id = key[0]
+        if chat_id != current:  # keys are sorted: one group's posts come together
+            current = chat_id
+            taken, taken_mass = used_slots.get(chat_id, ()), used_mass.get(chat_id, ())
+            free_slots = [s for s in slots_of_day if s not in taken]
+            free_mass = [s for s in mass_of_day if s not in taken_mass]
+        p = desired[key]
+        if not free_slots:
             drop(p, LEDGER_FULL)
             continue
         mass_seq = None
-        if p.channel == Channel.mass_send.value:
-            mass_seq = next((s for s in range(1, limits.max_mass_sends_per_group_per_day + 1)
-                             if s not in used_mass[chat_id]), None)
-            if mass_seq is None:
+        if p.channel == mass:
+            if not free_mass:
                 drop(p, LEDGER_MASS_TAKEN)
                 continue
-        used_slots[chat_id].add(slot)
-        if mass_seq is not None:
-            used_mass[chat_id].add(mass_seq)
-        fit.new_rows.append(dict(
-            day=plan.day, chat_id=chat_id, slot=slot, mass_seq=mass_seq, template_id=p.template_id,
-            step_key=p.step_key, template_digest=p.digest, channel=p.channel, sender=p.sender,
-            priority=p.priority, scheduled_for=at_utc, window_ends_at=_window_end(p.at, limits, tz),
-        ))
+            mass_seq = free_mass.pop(0)
+        at_utc, window_ends = utc_times(p.at)
+        append((chat_id, free_slots.pop(0), mass_seq, p.template_id, p.step_key, p.digest, p.channel, p.sender,
+                p.priority, at_utc, window_ends))
     if not_written:
         plan.posts[:] = [p for p in plan.posts if id(p) not in not_written]
     return fit
@@ -237,6 +283,59 @@ def fit_to_ledger(plan: DayPlan, ledger: DayLedger, limits: Limits, *, tz: ZoneI
 def _lock_day(conn: Connection, day: dt.date) -> None:
     if conn.dialect.name == "postgresql":
         conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": zlib.crc32(f"sop:{day}".encode())})
+
+
+PG_INSERT_CHUNK = 50_000  # rows a statement on PostgreSQL (arrays of this many values a column)
+_PG_ARRAY_TYPES = ("varchar[]", "int[]", "int[]", "varchar[]", "varchar[]", "varchar[]", "varchar[]", "varchar[]",
+                   "int[]", "timestamptz[]", "timestamptz[]")
+
+
+def _delete_stale(conn: Connection, ids: list[int]) -> int:
+    """Delete the stale rows that are still ``planned`` (one claimed meanwhile stays); how many went."""
+    if not ids:
+        return 0
+    if conn.dialect.name == "postgresql":
+        # One statement with the ids as an array, not 500-id chunks of bound parameters.
+        return conn.execute(text("DELETE FROM sop_posts WHERE id = ANY(:ids) AND status = :planned"),
+                            {"ids": ids, "planned": PostStatus.planned.value}).rowcount
+    c = SopPost.__table__.c
+    removed = 0
+    for i in range(0, len(ids), 500):
+        removed += conn.execute(
+            delete(SopPost.__table__).where(c.id.in_(ids[i:i + 500]), c.status == PostStatus.planned)
+        ).rowcount
+    return removed
+
+
+def _insert_new(conn: Connection, day: dt.date, rows: list[tuple], stamp: dt.datetime) -> int:
+    """Insert the new rows as ``planned``; a row another scheduler's row already holds the slot,
+    mass sequence number or step of is skipped (ON CONFLICT DO NOTHING). Returns how many went in."""
+    if not rows:
+        return 0
+    if conn.dialect.name == "postgresql":
+        # One INSERT ... SELECT FROM unnest(arrays) a 50,000 rows: the values travel as one array a
+        # column instead of one bound parameter a value, and the rowcount says how many went in.
+        columns = ", ".join(NEW_ROW_COLUMNS)
+        arrays = ", ".join(f"CAST(:c{i} AS {t})" for i, t in enumerate(_PG_ARRAY_TYPES))
+        statement = text(
+            f"INSERT INTO sop_posts ({columns}, day, audience, status, attempts, created_at, updated_at) "
+            f"SELECT {columns}, :day, :audience, :status, 0, :stamp, :stamp FROM unnest({arrays}) "
+            f"AS t({columns}) ON CONFLICT DO NOTHING"
+        )
+        inserted = 0
+        for i in range(0, len(rows), PG_INSERT_CHUNK):
+            columns_of_chunk = zip(*rows[i:i + PG_INSERT_CHUNK], strict=True)
+            params: dict[str, Any] = {f"c{n}": list(col) for n, col in enumerate(columns_of_chunk)}
+            params.update(day=day, audience=Audience.group.value, status=PostStatus.planned.value, stamp=stamp)
+            inserted += conn.execute(statement, params).rowcount
+        return inserted
+    table = SopPost.__table__
+    inserted = 0
+    for i in range(0, len(rows), 1000):
+        chunk = [dict(zip(NEW_ROW_COLUMNS, row, strict=True), day=day, status=PostStatus.planned, attempts=0,
+                      created_at=stamp, updated_at=stamp) for row in rows[i:i + 1000]]
+        inserted += len(conn.execute(sqlite_insert(table).on_conflict_do_nothing().returning(table.c.id), chunk).all())
+    return inserted
 
 
 def replan_day(
@@ -256,9 +355,6 @@ def replan_day(
     now = now or utcnow()
     if window is not None:
         limits = dataclasses.replace(limits, window=window)
-    table = SopPost.__table__
-    c = table.c
-    insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
     with engine.begin() as conn:
         _lock_day(conn, day)
         if groups is None:
@@ -269,20 +365,11 @@ def replan_day(
         result = ReplanResult(day=day, plan=plan)
 
         fitted = fit_to_ledger(plan, ledger, limits, tz=tz)
+        del ledger
         result.kept = len(fitted.kept)
-        for i in range(0, len(fitted.stale), 500):
-            result.removed += conn.execute(
-                delete(table).where(c.id.in_(fitted.stale[i:i + 500]), c.status == PostStatus.planned)
-            ).rowcount
-
-        stamp = utcnow()
-        new_rows = [dict(row, status=PostStatus.planned, attempts=0, created_at=stamp, updated_at=stamp)
-                    for row in fitted.new_rows]
-        for i in range(0, len(new_rows), 1000):
-            chunk = new_rows[i:i + 1000]
-            written = conn.execute(insert(table).on_conflict_do_nothing().returning(c.id), chunk).all()
-            result.inserted += len(written)
-            result.conflicts += len(chunk) - len(written)
+        result.removed = _delete_stale(conn, fitted.stale)
+        result.inserted = _insert_new(conn, day, fitted.new_rows, utcnow())
+        result.conflicts = len(fitted.new_rows) - result.inserted
     in_ledger = {reason: result.dropped[reason] for reason in LEDGER_REASONS if result.dropped[reason]}
     log.info("sop_replanned", day=str(day), kept=result.kept, inserted=result.inserted, removed=result.removed,
              conflicts=result.conflicts, dropped=sum(result.dropped.values()), **in_ledger)
