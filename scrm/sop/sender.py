@@ -281,7 +281,8 @@ class SopSender:
             return outcome
         if len(calls) == 1 or self.concurrency == 1:
             for sender, payload, batch in calls:
-                for status, n in self._mass_send(sender, payload, batch).items():
+                result = self._guarded_call(sender, payload, batch)
+                for status, n in self._apply_call(sender, payload, batch, result).items():
                     outcome[status] += n
             return outcome
         pending: dict[Future, tuple[str, PostContent, list[Row]]] = {}
@@ -291,7 +292,7 @@ class SopSender:
             while queue or pending:
                 while queue and len(pending) < self.concurrency:
                     call = queue.pop()
-                    pending[pool.submit(self._mass_call, *call)] = call
+                    pending[pool.submit(self._guarded_call, *call)] = call
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
                     sender, payload, batch = pending.pop(future)
@@ -353,7 +354,17 @@ class SopSender:
         return "sent"
 
     def _mass_send(self, sender: str, payload: PostContent, batch: list[Row]) -> dict[str, int]:
-        return self._apply_call(sender, payload, batch, self._mass_call(sender, payload, batch))
+        return self._apply_call(sender, payload, batch, self._guarded_call(sender, payload, batch))
+
+    def _guarded_call(self, sender: str, payload: PostContent, batch: list[Row]) -> _CallOutcome:
+        """_mass_call, with anything unexpected taken as "WeCom may have created it": the batch is
+        retried later (looked for first), and the other calls of the job are still recorded, so a
+        failed job retried by the queue never sends them again."""
+        try:
+            return self._mass_call(sender, payload, batch)
+        except Exception as exc:  # noqa: BLE001 - one batch's surprise must not lose the others' outcomes
+            log.exception("sop_mass_send_unexpected", sender=sender, chats=len(batch), error=type(exc).__name__)
+            return _CallOutcome("retry", error=f"unexpected: {type(exc).__name__}")
 
     def _mass_call(self, sender: str, payload: PostContent, batch: list[Row]) -> _CallOutcome:
         """One batch's add_msg_template on WeCom's side only (runs on the send pool): never twice

@@ -205,3 +205,31 @@ def test_jobs_keep_a_senders_step_together_and_lose_no_post(engine, job_posts):
     owners_jobs = {sender: {n for n, job in enumerate(out) if any(sender_of[i] == sender for i in job)}
                    for sender in set(sender_of.values())}
     assert all(len(v) == 1 for v in owners_jobs.values())
+
+
+def test_one_call_failing_unexpectedly_loses_no_other_calls_outcome(engine):
+    """One owner's call raises something unexpected while the others' calls go through: theirs
+    are recorded sent (a retried job would find nothing to send), the failing batch goes back to
+    planned for a later try (looked for first), and nothing reaches WeCom twice.
+    Mutation tried: submitting ``_mass_call`` (no guard) -> the exception ends the job with the
+    other owners' tasks created but their posts still ``sending``; a redelivery sends them again."""
+    seed(engine, owners=6, per_owner=4)
+
+    class Breaks(StandIn):
+        def add_msg_template(self, body: dict) -> dict:
+            if body["sender"] == "bot3":
+                raise RuntimeError("connection pool closed")
+            return super().add_msg_template(body)
+
+    client = Breaks(delay=0.02)
+    sender = make_sender(engine, client, concurrency=3)
+    queued = []
+    jobs.fire(engine, queued.append, now=NOW)
+    for job in queued:
+        try:
+            sender.send(job)
+        except RuntimeError:
+            pass
+        sender.send(job)  # the queue redelivers the job if it failed
+    assert statuses(engine) == {PostStatus.sent: 20, PostStatus.planned: 4}
+    assert sorted(b["sender"] for b in client.bodies) == ["bot0", "bot1", "bot2", "bot4", "bot5"]
