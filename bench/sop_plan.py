@@ -202,14 +202,16 @@ def run_write(step: str, url: str, templates_n: int) -> dict:
     service.plan_day = timed("plan", service.plan_day)
     service.fit_to_ledger = timed("fit", service.fit_to_ledger)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    cpu0 = time.process_time()
     t0 = time.perf_counter()
     r = service.replan_day(engine, templates, DAY, Limits(), tz=ZoneInfo(TZ_NAME), now=EARLY)
     total = time.perf_counter() - t0
+    cpu = time.process_time() - cpu0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     engine.dispose()
     split = {k: seconds[k] for k in ("load groups", "read ledger", "plan", "fit")}
     split["write"] = total - sum(split.values())
-    return {"step": step, "seconds": total, "split": split, "kept": r.kept, "inserted": r.inserted,
+    return {"step": step, "seconds": total, "cpu": cpu, "split": split, "kept": r.kept, "inserted": r.inserted,
             "removed": r.removed, "conflicts": r.conflicts, "posts": len(r.plan.posts),
             "dropped": sum(r.dropped.values()), "peak_rss": peak, "rss_before": rss_before}
 
@@ -288,7 +290,8 @@ def main_write(args) -> None:
         print(f"({key}) {label}: {r['seconds']:.2f} s{verdict}", flush=True)
         print(f"    rows kept {r['kept']:,} inserted {r['inserted']:,} removed {r['removed']:,} "
               f"conflicts {r['conflicts']:,}; plan {r['posts']:,} posts, {r['dropped']:,} dropped", flush=True)
-        print(f"    seconds: {split}", flush=True)
+        print(f"    seconds: {split}; this process's CPU {r['cpu']:.2f} s (the rest: PostgreSQL, waiting)",
+              flush=True)
         print(f"    peak RSS {r['peak_rss'] / 2**20:.0f} MB (before replan_day {r['rss_before'] / 2**20:.0f} MB); "
               f"load average before {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
         held = all(checks[k] <= LEDGER_LIMITS[k] for k in checks)
