@@ -135,7 +135,8 @@ class PipelineSettings(BaseModel):
     relay_interval_seconds: float = 15.0
     relay_batch: int = 500
     worker_processes: int = 1
-    worker_threads: int = 4
+    # A job mostly waits on WeCom (a round trip per API call): threads, not processes, overlap the waits.
+    worker_threads: int = 16
     # WeCom may process member changes asynchronously; groupchat/get right away can be stale.
     chat_event_delay_ms: int = 0
     max_attempts: int = 10

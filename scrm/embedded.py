@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 SANDBOX_CORP_FILE = "sandbox-corp.json"
+SQLITE_WORKER_THREADS = 4  # the embedded worker's threads on SQLite
 
 
 def hold_data_dir(data_dir: Path) -> IO[str]:
@@ -178,7 +179,11 @@ class EmbeddedStack:
         processor = build_processor(s)
         actors.set_processor(processor)
         self.client = processor.client
-        self.worker = dramatiq.Worker(broker, worker_threads=s.pipeline.worker_threads)
+        # SQLite takes one writer at a time: more threads than a few only queue on its lock.
+        threads = s.pipeline.worker_threads
+        if s.database_url().startswith("sqlite"):
+            threads = min(threads, SQLITE_WORKER_THREADS)
+        self.worker = dramatiq.Worker(broker, worker_threads=threads)
         self.worker.start()
 
         def send_callback(inbox_id: int) -> None:
