@@ -433,7 +433,10 @@ def serve(sandbox: Sandbox, host: str = "127.0.0.1", port: int = 8899, *, log_le
     base = f"http://{host}:{port}"
     if "/sandbox/qr/" in sandbox.qr_base_url and sandbox.qr_base_url.startswith("http://127.0.0.1:8899"):
         sandbox.qr_base_url = base + "/sandbox/qr/"
-    config = uvicorn.Config(create_sandbox_app(sandbox, latency_ms=latency_ms), log_level=log_level, lifespan="off")
+    # Idle connections are kept longer than httpx keeps them (5 s), so a client never reuses one the
+    # server is closing at that moment (a "connection reset" that would fail the call for nothing).
+    config = uvicorn.Config(create_sandbox_app(sandbox, latency_ms=latency_ms), log_level=log_level, lifespan="off",
+                            timeout_keep_alive=30)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="scrm-sandbox", daemon=True)
     thread.start()
