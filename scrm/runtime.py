@@ -72,11 +72,16 @@ def build_sop_sender(settings: Settings | None = None) -> SopSender:
     from zoneinfo import ZoneInfo
 
     from scrm.journeys.jobs import journeys_loader
+    from scrm.layers.tagsync import RedisRateLimiter
     from scrm.sop.jobs import load_templates
-    from scrm.sop.sender import SopSender
+    from scrm.sop.sender import ADD_MSG_TEMPLATE_PER_MINUTE, SopSender
 
     settings = settings or get_settings()
     sop = settings.sop
+    # WeCom's add_msg_template limit is the corp's, not a process's: every worker paces on one
+    # rolling window in Redis (each falls back to its own while Redis is down).
+    pace = RedisRateLimiter(get_redis(redis_url(settings)), ADD_MSG_TEMPLATE_PER_MINUTE,
+                            key=f"scrm:sop:add_msg_template:{settings.wecom.corp_id}")
     return SopSender(
         get_engine(settings.database_url()),
         build_client(settings),
@@ -84,4 +89,6 @@ def build_sop_sender(settings: Settings | None = None) -> SopSender:
         tz=ZoneInfo(sop.timezone),
         link_base=settings.web.base_url(),
         journeys=journeys_loader(settings),
+        concurrency=sop.send_concurrency,
+        rate=pace,
     )
