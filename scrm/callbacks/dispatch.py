@@ -35,6 +35,8 @@ from scrm.wecom.errors import WeComAPIError, WelcomeCodeUsed
 
 log = get_logger(__name__)
 T = CallbackInbox.__table__
+G = CustomerGroup.__table__
+CHAT_FETCH = ("create", "update")  # chat events whose group is re-read from WeCom
 
 FETCH_CONTACT = {"add_external_contact", "add_half_external_contact", "edit_external_contact", "msg_audit_approved"}
 ADD_CONTACT = {"add_external_contact", "add_half_external_contact"}
@@ -118,18 +120,28 @@ class Processor:
         """Apply one stored callback (a no-op when it is missing or already done). ``queued_ms``:
         how long its message waited in the queue (logged with the event's cost)."""
         cost = Cost()
+        stored_version: tuple[str | None] | None = None
+        welcome_claimed: bool | None = None
         with cost("db"), self.engine.connect() as conn:  # Core: one row's two columns, no ORM session
             row = conn.execute(select(T.c.status, T.c.plaintext).where(T.c.id == inbox_id)).first()
-        if row is None:
-            log.warning("callback_missing", inbox_id=inbox_id)
-            return
-        if row.status != InboxStatus.pending:
-            return
-        plaintext = row.plaintext
-        event = ev.parse_event(plaintext)
+            if row is None:
+                log.warning("callback_missing", inbox_id=inbox_id)
+                return
+            if row.status != InboxStatus.pending:
+                return
+            event = ev.parse_event(row.plaintext)
+            if isinstance(event, ev.ChatEvent) and event.change_type in CHAT_FETCH:
+                # The group's stored member version, in the same checkout (one pool ping, not two).
+                stored_version = conn.execute(select(G.c.member_version).where(G.c.chat_id == event.chat_id)).first()
+            elif isinstance(event, ev.ContactEvent) and self._sends_welcome(event):
+                # The welcome's claim, committed here before any WeCom call (at most one welcome),
+                # on the connection that read the row.
+                welcome_claimed = contacts.claim_welcome_on(conn, inbox_id=inbox_id, userid=event.user_id,
+                                                            external_userid=event.external_user_id)
         bound = log.bind(inbox_id=inbox_id, event_type=event.event, change_type=event.change_type)
         try:
-            fetched = self._fetch(inbox_id, event, cost)
+            fetched = self._fetch(inbox_id, event, cost, stored_version=stored_version,
+                                  version_read=True, welcome_claimed=welcome_claimed)
         except WeComAPIError as exc:
             self._note_error(inbox_id, exc)
             bound.warning("callback_fetch_failed", errcode=exc.errcode)
@@ -203,11 +215,17 @@ class Processor:
             )
 
     # -- phase 1: talk to WeCom -------------------------------------------------------------
-    def _fetch(self, inbox_id: int, event: ev.Event, cost: Cost | None = None):
+    def _fetch(self, inbox_id: int, event: ev.Event, cost: Cost | None = None, *,
+               stored_version: tuple[str | None] | None = None, version_read: bool = False,
+               welcome_claimed: bool | None = None):
+        """``stored_version``: for a chat create/update, the group's ``(member_version,)`` row as
+        ``process`` read it with the inbox row (None: no group stored); read here unless
+        ``version_read``.
+        ``welcome_claimed``: whether ``process`` claimed the welcome (None: claimed here)."""
         cost = cost or Cost()
         if isinstance(event, ev.ContactEvent) and event.change_type in FETCH_CONTACT:
-            if event.welcome_code and event.change_type in ("add_external_contact", "add_half_external_contact"):
-                self._welcome(inbox_id, event, event.welcome_code, cost)
+            if self._sends_welcome(event) and event.welcome_code:
+                self._welcome(inbox_id, event, event.welcome_code, cost, claimed=welcome_claimed)
             if self.router and event.change_type in ADD_CONTACT:
                 with cost("wecom"):
                     self.router.on_new_contact(event.user_id, event.external_user_id, event.state)
@@ -218,13 +236,17 @@ class Processor:
                 if exc.errcode in (INVALID_EXTERNAL_USERID, NOT_EXTERNAL_CONTACT):
                     return Refused(exc.errcode, str(exc))
                 raise
-        if isinstance(event, ev.ChatEvent) and event.change_type in ("create", "update"):
-            with cost("db"), self._session() as s:
-                group = s.get(CustomerGroup, event.chat_id)
-                if group and event.cur_mem_ver and group.member_version == event.cur_mem_ver:
+        if isinstance(event, ev.ChatEvent) and event.change_type in CHAT_FETCH:
+            if not version_read:
+                with cost("db"), self.engine.connect() as conn:
+                    stored_version = conn.execute(
+                        select(G.c.member_version).where(G.c.chat_id == event.chat_id)).first()
+            if stored_version is not None:  # the group is stored
+                version = stored_version[0]
+                if event.cur_mem_ver and version == event.cur_mem_ver:
                     return "current"  # already applied (out-of-order or redelivered)
-                if group and event.last_mem_ver and group.member_version not in (None, event.last_mem_ver):
-                    log.info("group_resync", chat_id=event.chat_id, stored=group.member_version,
+                if event.last_mem_ver and version not in (None, event.last_mem_ver):
+                    log.info("group_resync", chat_id=event.chat_id, stored=version,
                              last_mem_ver=event.last_mem_ver)
             if self.chat_delay_ms:
                 time.sleep(self.chat_delay_ms / 1000)
@@ -240,13 +262,21 @@ class Processor:
                 return self.client.get_corp_tags()
         return None
 
-    def _welcome(self, inbox_id: int, event: ev.ContactEvent, welcome_code: str, cost: Cost) -> None:
+    @staticmethod
+    def _sends_welcome(event: ev.Event) -> bool:
+        return (isinstance(event, ev.ContactEvent) and bool(event.welcome_code)
+                and event.change_type in ("add_external_contact", "add_half_external_contact"))
+
+    def _welcome(self, inbox_id: int, event: ev.ContactEvent, welcome_code: str, cost: Cost, *,
+                 claimed: bool | None = None) -> None:
         age = time.time() - event.create_time
         factory = self._session
-        with cost("db"):
-            if not contacts.claim_welcome(factory, inbox_id=inbox_id, userid=event.user_id,
-                                          external_userid=event.external_user_id):
-                return
+        if claimed is None:
+            with cost("db"):
+                claimed = contacts.claim_welcome(factory, inbox_id=inbox_id, userid=event.user_id,
+                                                 external_userid=event.external_user_id)
+        if not claimed:
+            return
         if age > contacts.WELCOME_WINDOW_SECONDS:
             with cost("db"):
                 contacts.record_welcome(factory, inbox_id, "expired")

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from sqlalchemy import insert, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
@@ -31,6 +35,23 @@ def upsert_employee(session: Session, userid: str, name: str = "") -> Employee:
     elif name and emp.name != name:
         emp.name, emp.updated_at = name, utcnow()
     return emp
+
+
+def _ensure_employee(session: Session, userid: str) -> None:
+    """``upsert_employee(session, userid)`` without a name, in one statement: the employee row
+    exists afterwards, a stored one is left as it is. An employee this session already holds costs
+    nothing; otherwise the session is flushed (as the SELECT of ``session.get`` would have) and
+    one INSERT ... ON CONFLICT DO NOTHING replaces the SELECT and the INSERT."""
+    if session.identity_key(Employee, userid) in session.identity_map:
+        return
+    session.flush()
+    now = utcnow()
+    dialect_insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    session.connection().execute(
+        dialect_insert(Employee.__table__)
+        .values(userid=userid, name="", is_bot=False, active=True, created_at=now, updated_at=now)
+        .on_conflict_do_nothing(index_elements=["userid"])
+    )
 
 
 def upsert_customer(session: Session, contact: dict) -> Customer:
@@ -86,7 +107,7 @@ def upsert_follow(session: Session, external_userid: str, follow: dict, *,
     if rel.status == FollowStatus.active or rel.removed_at is None or (newest is not None and newest > rel.removed_at):
         rel.status, rel.removed_at, rel.removed_by = FollowStatus.active, None, None
     rel.updated_at = utcnow()
-    upsert_employee(session, userid)
+    _ensure_employee(session, userid)
     return rel
 
 
@@ -96,12 +117,14 @@ def apply_contact_detail(session: Session, detail: dict, *, as_of: datetime | No
     cust = upsert_customer(session, contact)
     session.flush()
     mobiles = set(cust.mobiles or [])
+    any_active = False
     for follow in detail.get("follow_user", []):
-        upsert_follow(session, cust.external_userid, follow, as_of=as_of)
+        rel = upsert_follow(session, cust.external_userid, follow, as_of=as_of)
+        any_active = any_active or rel.status == FollowStatus.active
         mobiles.update(follow.get("remark_mobiles") or [])
     cust.mobiles = sorted(mobiles)
     session.flush()
-    _refresh_status(session, cust)
+    _refresh_status(session, cust, known_active=any_active)
     return cust
 
 
@@ -118,11 +141,16 @@ def apply_contact_event(session: Session, *, userid: str, external_userid: str, 
         follow["createtime"] = int(at.timestamp())  # a stored time came from WeCom itself: kept
     rel = upsert_follow(session, external_userid, follow, as_of=at)
     session.flush()
-    _refresh_status(session, cust)
+    _refresh_status(session, cust, known_active=rel.status == FollowStatus.active)
     return rel
 
 
-def _refresh_status(session: Session, cust: Customer) -> None:
+def _refresh_status(session: Session, cust: Customer, *, known_active: bool = False) -> None:
+    """Active while any follow relation is. ``known_active``: the caller just wrote (and flushed)
+    an active relation of this customer, so the query would find one: skipped."""
+    if known_active:
+        cust.status = CustomerStatus.active
+        return
     active = session.exec(
         select(FollowRelation.id).where(
             FollowRelation.external_userid == cust.external_userid, FollowRelation.status == FollowStatus.active
@@ -154,8 +182,10 @@ def raise_churn_alert(
 def claim_welcome(session_factory, *, inbox_id: int, userid: str, external_userid: str) -> bool:
     """Commit a claim row before calling WeCom: at most one welcome per callback, even across crashes."""
     with session_factory() as session:
-        try:
-            session.add(WelcomeSend(inbox_id=inbox_id, userid=userid, external_userid=external_userid))
+        try:  # Core: one INSERT, no ORM unit of work
+            session.connection().execute(insert(WelcomeSend.__table__).values(
+                inbox_id=inbox_id, userid=userid, external_userid=external_userid, outcome="claimed",
+                created_at=utcnow()))
             session.commit()
             return True
         except IntegrityError:
@@ -163,9 +193,25 @@ def claim_welcome(session_factory, *, inbox_id: int, userid: str, external_useri
             return False
 
 
+def claim_welcome_on(conn: Connection, *, inbox_id: int, userid: str, external_userid: str) -> bool:
+    """``claim_welcome`` on a connection the caller already holds (the worker's read of the inbox
+    row), so the claim costs no checkout of its own. Commits the claim (or rolls back: claimed
+    before) — whatever the connection's transaction held ends here."""
+    try:
+        conn.execute(insert(WelcomeSend.__table__).values(
+            inbox_id=inbox_id, userid=userid, external_userid=external_userid, outcome="claimed",
+            created_at=utcnow()))
+        conn.commit()
+        return True
+    except IntegrityError:
+        conn.rollback()
+        return False
+
+
 def record_welcome(session_factory, inbox_id: int, outcome: str, errcode: int | None = None) -> None:
+    """The claimed welcome's outcome (no claim row: nothing), in one UPDATE."""
+    w = WelcomeSend.__table__.c
     with session_factory() as session:
-        row = session.exec(select(WelcomeSend).where(WelcomeSend.inbox_id == inbox_id)).first()
-        if row is not None:
-            row.outcome, row.errcode = outcome, errcode
-            session.commit()
+        session.connection().execute(update(WelcomeSend.__table__).where(w.inbox_id == inbox_id)
+                                     .values(outcome=outcome, errcode=errcode))
+        session.commit()
