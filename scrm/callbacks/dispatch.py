@@ -224,11 +224,15 @@ class Processor:
         ``welcome_claimed``: whether ``process`` claimed the welcome (None: claimed here)."""
         cost = cost or Cost()
         if isinstance(event, ev.ContactEvent) and event.change_type in FETCH_CONTACT:
+            store = None
+            if self.router and event.change_type in ADD_CONTACT:
+                with cost("db"):  # one read of the store for the welcome and the store tag
+                    store = self.router.store_for(event.state)
             if self._sends_welcome(event) and event.welcome_code:
-                self._welcome(inbox_id, event, event.welcome_code, cost, claimed=welcome_claimed)
+                self._welcome(inbox_id, event, event.welcome_code, cost, claimed=welcome_claimed, store=store)
             if self.router and event.change_type in ADD_CONTACT:
                 with cost("wecom"):
-                    self.router.on_new_contact(event.user_id, event.external_user_id, event.state)
+                    self.router.on_new_contact(event.user_id, event.external_user_id, event.state, store=store)
             try:
                 with cost("wecom"):
                     return self.client.get_external_contact(event.external_user_id)
@@ -268,7 +272,8 @@ class Processor:
                 and event.change_type in ("add_external_contact", "add_half_external_contact"))
 
     def _welcome(self, inbox_id: int, event: ev.ContactEvent, welcome_code: str, cost: Cost, *,
-                 claimed: bool | None = None) -> None:
+                 claimed: bool | None = None, store=None) -> None:
+        """``store``: the router's ``store_for(event.state)``, read by ``_fetch``."""
         age = time.time() - event.create_time
         factory = self._session
         if claimed is None:
@@ -281,7 +286,7 @@ class Processor:
             with cost("db"):
                 contacts.record_welcome(factory, inbox_id, "expired")
             return
-        text, attachments = (self.router.welcome_for(event.state) if self.router
+        text, attachments = (self.router.welcome_for(event.state, store=store) if self.router
                              else (self.welcome_text, []))
         outcome, errcode = "sent", None
         try:

@@ -23,6 +23,7 @@ from scrm.wecom.messages import (
 )
 
 log = get_logger(__name__)
+UNREAD = object()  # the caller did not read the store: the router reads it
 
 
 class StoreRouter:
@@ -33,19 +34,23 @@ class StoreRouter:
         self.welcome_text, self.link_base = welcome_text, link_base.rstrip("/")
         self.group_cap, self.room_base_id = group_cap, room_base_id
 
-    def _store(self, state: str | None) -> Store | None:
+    def store_for(self, state: str | None) -> Store | None:
+        """The store a contact's ``State`` names (None: not a store's code, or no such store). The
+        worker reads it once per contact add and hands it to ``welcome_for`` and ``on_new_contact``."""
         ref = parse_state(state)
         if ref is None:
             return None
         with self.session_factory() as s:
             return s.get(Store, ref.store_code)
 
-    def welcome_for(self, state: str | None) -> tuple[str, list[LinkAttachment]]:
+    def welcome_for(self, state: str | None, *, store: Store | None | object = UNREAD
+                    ) -> tuple[str, list[LinkAttachment]]:
         """The welcome message: for a store's QR code, the store's greeting and a card that opens
         the store group's live code. A long store name is cut to fit the card's 128-byte title
-        (and the text its 4000 bytes) rather than lose the welcome, which WeCom allows only once."""
-        store = self._store(state)
-        if store is None:
+        (and the text its 4000 bytes) rather than lose the welcome, which WeCom allows only once.
+        ``store``: ``store_for(state)`` when the caller has it (not read again)."""
+        store = self.store_for(state) if store is UNREAD else store
+        if not isinstance(store, Store):
             return self.welcome_text, []
         card = link_attachment(
             fit_bytes(f"加入{store.name}福利群", MAX_LINK_TITLE_BYTES),
@@ -55,10 +60,12 @@ class StoreRouter:
         text = f"{self.welcome_text}\n这里是{store.name}，点下面的卡片加入门店福利群。"
         return fit_bytes(text, MAX_TEXT_BYTES), [card]
 
-    def on_new_contact(self, userid: str, external_userid: str, state: str | None) -> str | None:
-        """Tag a customer who came through a store's code with that store; returns the store code."""
-        store = self._store(state)
-        if store is None:
+    def on_new_contact(self, userid: str, external_userid: str, state: str | None, *,
+                       store: Store | None | object = UNREAD) -> str | None:
+        """Tag a customer who came through a store's code with that store; returns the store code.
+        ``store``: as for ``welcome_for``."""
+        store = self.store_for(state) if store is UNREAD else store
+        if not isinstance(store, Store):
             return None
         try:
             tag_id = stores.store_tag_id(self.session_factory, self.client, store)
