@@ -26,7 +26,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
