@@ -9,7 +9,7 @@ Mutations checked (each failed here, then restored):
 - ``record_welcome`` reading the row before its UPDATE (a SELECT back): 10 statements > 9;
 - ``upsert_follow`` calling ``upsert_employee`` again (SELECT + INSERT of an employee not yet
   stored): 10 statements > 9 in the second test;
-- ``process`` claiming the welcome through ``claim_welcome`` (own session): 4 checkouts > 3;
+- ``process`` claiming the welcome on a connection of its own (``claim_welcome_on(engine.connect())``): 4 checkouts > 3;
 - ``process`` passing ``version_read=False`` (the group version read on its own): 3 checkouts > 2.
 """
 

@@ -277,9 +277,9 @@ class Processor:
         age = time.time() - event.create_time
         factory = self._session
         if claimed is None:
-            with cost("db"):
-                claimed = contacts.claim_welcome(factory, inbox_id=inbox_id, userid=event.user_id,
-                                                 external_userid=event.external_user_id)
+            with cost("db"), self.engine.connect() as conn:
+                claimed = contacts.claim_welcome_on(conn, inbox_id=inbox_id, userid=event.user_id,
+                                                    external_userid=event.external_user_id)
         if not claimed:
             return
         if age > contacts.WELCOME_WINDOW_SECONDS:

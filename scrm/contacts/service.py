@@ -179,24 +179,11 @@ def raise_churn_alert(
     )
 
 
-def claim_welcome(session_factory, *, inbox_id: int, userid: str, external_userid: str) -> bool:
-    """Commit a claim row before calling WeCom: at most one welcome per callback, even across crashes."""
-    with session_factory() as session:
-        try:  # Core: one INSERT, no ORM unit of work
-            session.connection().execute(insert(WelcomeSend.__table__).values(
-                inbox_id=inbox_id, userid=userid, external_userid=external_userid, outcome="claimed",
-                created_at=utcnow()))
-            session.commit()
-            return True
-        except IntegrityError:
-            session.rollback()
-            return False
-
-
 def claim_welcome_on(conn: Connection, *, inbox_id: int, userid: str, external_userid: str) -> bool:
-    """``claim_welcome`` on a connection the caller already holds (the worker's read of the inbox
-    row), so the claim costs no checkout of its own. Commits the claim (or rolls back: claimed
-    before) — whatever the connection's transaction held ends here."""
+    """Commit a claim row before calling WeCom: at most one welcome per callback, even across
+    crashes. On a connection the caller holds (the worker's read of the inbox row, so the claim
+    costs no checkout of its own); commits the claim (or rolls back: claimed before), ending
+    whatever the connection's transaction held."""
     try:
         conn.execute(insert(WelcomeSend.__table__).values(
             inbox_id=inbox_id, userid=userid, external_userid=external_userid, outcome="claimed",
