@@ -344,7 +344,9 @@ def plan_day(
     spacing = int(limits.min_spacing.total_seconds())
     mass = Channel.mass_send.value
 
-    # 1. Sending accounts: each serves its first max_groups_per_bot groups (by chat id).
+    # 1. Sending accounts: each serves max_groups_per_bot groups a day. Groups that already have a
+    #    post in the day's ledger come first (the day's count includes them: a group found later
+    #    with a smaller chat id must not push the bot past its cap), then the rest by chat id.
     served: set[str] = set()
     by_owner: dict[str, list[str]] = defaultdict(list)
     no_owner: list[str] = []
@@ -354,14 +356,15 @@ def plan_day(
     offsets: dict[str, int] = {}
     for owner, chats in by_owner.items():
         chats.sort()
-        mine = chats[: limits.max_groups_per_bot]
+        mine = sorted(([c for c in chats if c in fixed] + [c for c in chats if c not in fixed])
+                      [: limits.max_groups_per_bot])
         served.update(mine)
         # A bot's groups are spaced evenly over the spread window: one slot's sends never burst.
         for i, chat_id in enumerate(mine):
             offsets[chat_id] = i * span // len(mine)
         plan.groups_per_bot[owner] = min(len(chats), limits.max_groups_per_bot)
         if len(chats) > limits.max_groups_per_bot:
-            plan.over_capacity[owner] = chats[limits.max_groups_per_bot:]
+            plan.over_capacity[owner] = [c for c in chats if c not in served]
 
     # 2. Which templates run today; groups that match the same templates form one class
     #    (partition refinement with set operations, not a loop over groups x templates).

@@ -93,6 +93,22 @@ def test_a_bot_over_200_groups_is_reported_and_not_overloaded():
     assert plan.dropped_counts[("t", "1", NO_SENDER)] == 1
 
 
+def test_groups_a_bot_already_posted_to_today_keep_their_place_under_the_cap():
+    """A group found later in the day (its callback applied after the first plan) with a smaller
+    chat id does not take the place of one the bot already posted to: the bot stays at its cap
+    for the day (seen in tests/test_scale_out.py: a fourth group planned for a cap of three).
+    Tried: the old rule (the first groups by chat id, the ledger ignored): wr0001 is planned, the
+    test fails."""
+    sent = dt.datetime(2026, 11, 24, 9, 0)
+    fixed = {chat: [FixedPost(chat, "t", "1", sent, "owner_task")] for chat in ("wr0002", "wr0003", "wr0004")}
+    gs = [group(i) for i in (1, 2, 3, 4)]
+    plan = plan_day(DAY, [template("t", [step("09:00")]), template("u", [step("15:00")])], gs,
+                    Limits(max_groups_per_bot=3), fixed=fixed)
+    assert {p.chat_id for p in plan.posts} == {"wr0002", "wr0003", "wr0004"}
+    assert plan.over_capacity["bot1"] == ["wr0001"]
+    assert plan.groups_per_bot["bot1"] == 3
+
+
 def test_posts_already_in_the_ledger_count_against_the_day():
     ts = [template(f"t{i}", [step(f"{10 + 2 * i}:00", "mass_send" if i == 0 else "owner_task")]) for i in range(4)]
     fixed = {"wr0001": [FixedPost("wr0001", "old", "1", dt.datetime(2026, 11, 24, 8, 0), "mass_send"),
