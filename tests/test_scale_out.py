@@ -26,7 +26,6 @@ import re
 import signal
 import subprocess
 import sys
-import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -42,7 +41,7 @@ from scrm.sandbox import Sandbox
 from scrm.sandbox import serve as serve_sandbox
 from scrm.wecom.client import WeComClient
 from scrm.wecom.crypto import CallbackCrypto
-from tests.conftest import _postgres_url
+from tests.conftest import fresh_postgres_database
 from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.slow]
@@ -65,22 +64,11 @@ def _daytime_zone() -> str:
 
 @pytest.fixture
 def pg_url():
-    base = _postgres_url()
-    name = f"scrm_scale_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = sa.engine.make_url(base).set(database=name).render_as_string(hide_password=False)
     from scrm.db import migrate
 
-    migrate(url)
-    yield url
-    from scrm.db import dispose_engines
-
-    dispose_engines()
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with fresh_postgres_database("scrm_scale") as url:
+        migrate(url)
+        yield url
 
 
 def _write_templates(folder: Path, tz: str) -> None:
