@@ -9,8 +9,8 @@ Mutations checked (each failed here, then restored):
 - ``record_welcome`` reading the row before its UPDATE (a SELECT back): 10 statements > 9;
 - ``upsert_follow`` calling ``upsert_employee`` again (SELECT + INSERT of an employee not yet
   stored): 10 statements > 9 in the second test;
-- ``process`` claiming the welcome on a connection of its own (``claim_welcome_on(engine.connect())``): 4 checkouts > 3;
-- ``process`` passing ``version_read=False`` (the group version read on its own): 3 checkouts > 2.
+- the welcome claimed on a connection of its own instead of the one that read the inbox row: 4 checkouts > 3;
+- the group's member version read on a connection of its own in ``_fetch``: 3 checkouts > 2.
 """
 
 from __future__ import annotations

@@ -121,7 +121,7 @@ class Processor:
         how long its message waited in the queue (logged with the event's cost)."""
         cost = Cost()
         stored_version: tuple[str | None] | None = None
-        welcome_claimed: bool | None = None
+        welcome_claimed = False
         with cost("db"), self.engine.connect() as conn:  # Core: one row's two columns, no ORM session
             row = conn.execute(select(T.c.status, T.c.plaintext).where(T.c.id == inbox_id)).first()
             if row is None:
@@ -141,7 +141,7 @@ class Processor:
         bound = log.bind(inbox_id=inbox_id, event_type=event.event, change_type=event.change_type)
         try:
             fetched = self._fetch(inbox_id, event, cost, stored_version=stored_version,
-                                  version_read=True, welcome_claimed=welcome_claimed)
+                                  welcome_claimed=welcome_claimed)
         except WeComAPIError as exc:
             self._note_error(inbox_id, exc)
             bound.warning("callback_fetch_failed", errcode=exc.errcode)
@@ -215,21 +215,18 @@ class Processor:
             )
 
     # -- phase 1: talk to WeCom -------------------------------------------------------------
-    def _fetch(self, inbox_id: int, event: ev.Event, cost: Cost | None = None, *,
-               stored_version: tuple[str | None] | None = None, version_read: bool = False,
-               welcome_claimed: bool | None = None):
+    def _fetch(self, inbox_id: int, event: ev.Event, cost: Cost, *,
+               stored_version: tuple[str | None] | None, welcome_claimed: bool):
         """``stored_version``: for a chat create/update, the group's ``(member_version,)`` row as
-        ``process`` read it with the inbox row (None: no group stored); read here unless
-        ``version_read``.
-        ``welcome_claimed``: whether ``process`` claimed the welcome (None: claimed here)."""
-        cost = cost or Cost()
+        ``process`` read it with the inbox row (None: no group stored).
+        ``welcome_claimed``: whether ``process`` claimed the welcome (committed before any call)."""
         if isinstance(event, ev.ContactEvent) and event.change_type in FETCH_CONTACT:
             store = None
             if self.router and event.change_type in ADD_CONTACT:
                 with cost("db"):  # one read of the store for the welcome and the store tag
                     store = self.router.store_for(event.state)
-            if self._sends_welcome(event) and event.welcome_code:
-                self._welcome(inbox_id, event, event.welcome_code, cost, claimed=welcome_claimed, store=store)
+            if welcome_claimed and event.welcome_code:
+                self._welcome(inbox_id, event, event.welcome_code, cost, store=store)
             if self.router and event.change_type in ADD_CONTACT:
                 with cost("wecom"):
                     self.router.on_new_contact(event.user_id, event.external_user_id, event.state, store=store)
@@ -241,10 +238,6 @@ class Processor:
                     return Refused(exc.errcode, str(exc))
                 raise
         if isinstance(event, ev.ChatEvent) and event.change_type in CHAT_FETCH:
-            if not version_read:
-                with cost("db"), self.engine.connect() as conn:
-                    stored_version = conn.execute(
-                        select(G.c.member_version).where(G.c.chat_id == event.chat_id)).first()
             if stored_version is not None:  # the group is stored
                 version = stored_version[0]
                 if event.cur_mem_ver and version == event.cur_mem_ver:
@@ -272,16 +265,11 @@ class Processor:
                 and event.change_type in ("add_external_contact", "add_half_external_contact"))
 
     def _welcome(self, inbox_id: int, event: ev.ContactEvent, welcome_code: str, cost: Cost, *,
-                 claimed: bool | None = None, store=None) -> None:
-        """``store``: the router's ``store_for(event.state)``, read by ``_fetch``."""
+                 store=None) -> None:
+        """Send the welcome ``process`` claimed. ``store``: the router's ``store_for(event.state)``,
+        read by ``_fetch``."""
         age = time.time() - event.create_time
         factory = self._session
-        if claimed is None:
-            with cost("db"), self.engine.connect() as conn:
-                claimed = contacts.claim_welcome_on(conn, inbox_id=inbox_id, userid=event.user_id,
-                                                    external_userid=event.external_user_id)
-        if not claimed:
-            return
         if age > contacts.WELCOME_WINDOW_SECONDS:
             with cost("db"):
                 contacts.record_welcome(factory, inbox_id, "expired")
