@@ -22,7 +22,7 @@ import datetime as dt
 import json
 import secrets
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from enum import StrEnum
@@ -353,9 +353,6 @@ class SopSender:
         log.info("sop_robot_sent", chat_id=post.chat_id, post_id=post.id, messages=len(messages))
         return "sent"
 
-    def _mass_send(self, sender: str, payload: PostContent, batch: list[Row]) -> dict[str, int]:
-        return self._apply_call(sender, payload, batch, self._guarded_call(sender, payload, batch))
-
     def _guarded_call(self, sender: str, payload: PostContent, batch: list[Row]) -> _CallOutcome:
         """_mass_call, with anything unexpected taken as "WeCom may have created it": the batch is
         retried later (looked for first), and the other calls of the job are still recorded, so a
@@ -465,14 +462,18 @@ class SopSender:
 
     def _targets(self, msgid: str, sender: str) -> set[str]:
         """The chats (or customers) a task of ``sender`` was created for, confirmed or not."""
-        out: set[str] = set()
+        return {str(item.get("chat_id") or item.get("external_userid")) for item in self._send_list(msgid, sender)}
+
+    def _send_list(self, msgid: str, userid: str) -> Iterator[dict[str, Any]]:
+        """Every page of get_groupmsg_send_result: one entry per chat (group send) or customer
+        (1:1 send) of ``userid``'s part of the task."""
         cursor = ""
         while True:
-            page = self.client.get_groupmsg_send_result(msgid, sender, cursor=cursor)
-            out |= {str(item.get("chat_id") or item.get("external_userid")) for item in page.get("send_list") or []}
+            page = self.client.get_groupmsg_send_result(msgid, userid, cursor=cursor)
+            yield from page.get("send_list") or []
             cursor = page.get("next_cursor") or ""
             if not cursor:
-                return out
+                return
 
     def _retry_later(self, batch: list[Row], reason: str) -> dict[str, int]:
         """Back to ``planned`` a little later if the post's window allows, else failed."""
@@ -553,15 +554,9 @@ class SopSender:
             if not cursor:
                 break
         for userid in senders & confirmed:
-            cursor = ""
-            while True:
-                page = self.client.get_groupmsg_send_result(msgid, userid, cursor=cursor)
-                for item in page.get("send_list") or []:
-                    # A group send answers by chat_id, a 1:1 send (chat_type single) by external_userid.
-                    target = item.get("chat_id") or item.get("external_userid")
-                    if target:
-                        out[target] = (int(item.get("status", 0)), int(item.get("send_time") or 0))
-                cursor = page.get("next_cursor") or ""
-                if not cursor:
-                    break
+            for item in self._send_list(msgid, userid):
+                # A group send answers by chat_id, a 1:1 send (chat_type single) by external_userid.
+                target = item.get("chat_id") or item.get("external_userid")
+                if target:
+                    out[target] = (int(item.get("status", 0)), int(item.get("send_time") or 0))
         return out
