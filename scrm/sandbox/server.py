@@ -86,26 +86,14 @@ def create_sandbox_app(sandbox: Sandbox, *, latency_ms: int = 0) -> FastAPI:
     latency = max(0, latency_ms) / 1000
 
     async def cgi_bin(path: str, request: Request) -> JSONResponse:
-        if latency:
-            await asyncio.sleep(latency)
-        body: Any = None
-        if request.method == "POST":
-            raw = await request.body()
-            if raw.strip():
-                try:
-                    body = json.loads(raw)
-                except ValueError:
-                    return JSONResponse({"errcode": 47001, "errmsg": "data format error"})
-            else:
-                body = {}
-        out = sandbox.handle(request.method, path, dict(request.query_params), body)
-        # WeCom answers API errors with HTTP 200 and an errcode.
-        return JSONResponse(out)
+        """Documents /cgi-bin/ in the OpenAPI page; CgiBinFastPath answers the calls first."""
+        raw = await request.body() if request.method == "POST" else None
+        return JSONResponse(cgi_answer(sandbox, request.method, path, dict(request.query_params), raw))
 
     for method in ("GET", "POST"):  # one operation each, so the OpenAPI document has unique ids
         app.add_api_route("/cgi-bin/{path:path}", cgi_bin, methods=[method], operation_id=f"cgi_bin_{method.lower()}",
                           summary=f"WeCom API ({method})")
-    # The routes above document /cgi-bin/ (OpenAPI); calls are answered by cgi_bin_fast_path, below.
+    # The routes above document /cgi-bin/ (OpenAPI); calls are answered by CgiBinFastPath, below.
     app.add_middleware(CgiBinFastPath, sandbox=sandbox, latency=latency)
 
     # -- admin / test endpoints ---------------------------------------------------------------
@@ -357,10 +345,25 @@ def create_sandbox_app(sandbox: Sandbox, *, latency_ms: int = 0) -> FastAPI:
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
+def cgi_answer(sandbox: Sandbox, method: str, path: str, query: dict[str, str], raw: bytes | None) -> dict:
+    """One /cgi-bin/ call's answer, as WeCom gives it: HTTP 200 with an errcode; a POST body that is
+    not JSON is 47001, an empty one is ``{}``; GET has no body (``raw`` None)."""
+    body: Any = None
+    if raw is not None:
+        if raw.strip():
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                return {"errcode": 47001, "errmsg": "data format error"}
+        else:
+            body = {}
+    return sandbox.handle(method, path, query, body)
+
+
 class CgiBinFastPath:
     """The /cgi-bin/ API answered straight from ASGI, before FastAPI's routing and request objects:
-    the same answers as the ``cgi_bin`` route (query parameters, last value wins; a body that is
-    not JSON: 47001; HTTP 200 with an errcode), at a fraction of the CPU. A bench runs the sandbox on
+    the same answers as the ``cgi_bin`` route (:func:`cgi_answer`; query parameters, last value
+    wins), at a fraction of the CPU. A bench runs the sandbox on
     the same cores as the workers it measures, so the double's own cost must stay small."""
 
     def __init__(self, app, *, sandbox: Sandbox, latency: float):
@@ -374,8 +377,7 @@ class CgiBinFastPath:
         if self.latency:
             await asyncio.sleep(self.latency)
         method = scope["method"]
-        body: Any = None
-        out: dict | None = None
+        raw: bytes | None = None
         if method == "POST":
             chunks = []
             while True:
@@ -384,16 +386,8 @@ class CgiBinFastPath:
                 if not message.get("more_body"):
                     break
             raw = b"".join(chunks)
-            if raw.strip():
-                try:
-                    body = json.loads(raw)
-                except ValueError:
-                    out = {"errcode": 47001, "errmsg": "data format error"}
-            else:
-                body = {}
-        if out is None:
-            query = dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
-            out = self.sandbox.handle(method, scope["path"][len("/cgi-bin/"):], query, body)
+        query = dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
+        out = cgi_answer(self.sandbox, method, scope["path"][len("/cgi-bin/"):], query, raw)
         payload = json.dumps(out, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
         await send({"type": "http.response.start", "status": 200,
                     "headers": [*_JSON_HEADERS, (b"content-length", str(len(payload)).encode())]})
