@@ -20,6 +20,7 @@ from scrm.callbacks import dispatch
 from scrm.callbacks.dispatch import Processor
 from scrm.callbacks.models import CallbackInbox
 from scrm.wecom.events import TAG, dedup_key, render_event
+from tests.recording_log import RecordingLog
 from tests.waiting import wait_until
 
 WECOM_WAIT = 0.08
@@ -31,18 +32,6 @@ class SlowWeCom:
     def get_corp_tags(self):
         time.sleep(WECOM_WAIT)
         return [{"group_id": "g1", "group_name": "门店", "tag": [{"id": "t1", "name": "国贸店"}]}]
-
-
-class RecordingLog:
-    def __init__(self, records=None, bound=None):
-        self.records = [] if records is None else records
-        self._bound = bound or {}
-
-    def bind(self, **kw):
-        return RecordingLog(self.records, {**self._bound, **kw})
-
-    def __getattr__(self, level):
-        return lambda event, **kw: self.records.append((event, {**self._bound, **kw}))
 
 
 def tag_row(engine) -> int:
@@ -61,7 +50,7 @@ def test_callback_applied_splits_the_events_time_into_wecom_database_and_queue(s
     monkeypatch.setattr(dispatch, "log", records)
     inbox_id = tag_row(sqlite_engine)
     Processor(sqlite_engine, SlowWeCom()).process(inbox_id, queued_ms=1234.5)
-    [fields] = [f for event, f in records.records if event == "callback_applied"]
+    [fields] = [f for _, event, f in records.records if event == "callback_applied"]
     assert fields["inbox_id"] == inbox_id
     assert WECOM_WAIT * 1000 <= fields["wecom_ms"] < WECOM_WAIT * 1000 + 200  # the round trip, not the writes
     assert 0 < fields["db_ms"] < fields["total_ms"]

@@ -24,25 +24,9 @@ from scrm.contacts.models import Customer, FollowRelation
 from scrm.groups.models import CustomerGroup, GroupStatus
 from scrm.wecom.events import render_event
 from tests.pipeline_harness import CORP, harness
+from tests.recording_log import RecordingLog
 
 pytestmark = pytest.mark.filterwarnings("ignore:You should not use the 'timeout' argument")
-
-
-class RecordingLog:
-    """Stands in for dispatch's structlog logger: records (level, event, fields)."""
-
-    def __init__(self, records=None, bound=None):
-        self.records = [] if records is None else records
-        self._bound = bound or {}
-
-    def bind(self, **kw):
-        return RecordingLog(self.records, {**self._bound, **kw})
-
-    def __getattr__(self, level):
-        return lambda event, **kw: self.records.append((level, event, {**self._bound, **kw}))
-
-    def at(self, level):
-        return [(event, fields) for lvl, event, fields in self.records if lvl == level]
 
 
 @pytest.fixture
